@@ -1,0 +1,280 @@
+//! Per-backend shared state: everything an algorithm, a health checker or the admin API
+//! reads about one backend, in atomics. Writers: the relay (counters, in batches), the
+//! upstream (handshake latency, passive outcomes), health (state), admin (drain).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::config::BackendConfig;
+
+/// Health/admin state of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// Receives new connections.
+    Up = 0,
+    /// Failed its checks (or was ejected); receives none.
+    Down = 1,
+    /// Drained by the admin or removed by a reload; receives none, live ones are closed.
+    Draining = 2,
+}
+
+impl BackendState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => BackendState::Up,
+            1 => BackendState::Down,
+            _ => BackendState::Draining,
+        }
+    }
+
+    /// Name used in the admin API.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Draining => "draining",
+        }
+    }
+}
+
+/// Value stored in `custom_load` when the backend never reported (or reported garbage).
+pub const LOAD_UNKNOWN: u32 = u32::MAX;
+
+/// A float stored in an `AtomicU64` (bit pattern); single writer or last-writer-wins.
+#[derive(Debug, Default)]
+pub struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    /// A new value.
+    pub fn new(v: f64) -> Self {
+        AtomicF64(AtomicU64::new(v.to_bits()))
+    }
+    /// Reads it.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+    /// Writes it.
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Relaxed)
+    }
+}
+
+/// Shared state of one backend of one pool.
+#[derive(Debug)]
+pub struct Backend {
+    /// `host:port` as configured; its label everywhere.
+    pub address: String,
+    /// Pool name (for metrics labels).
+    pub pool: Arc<str>,
+    /// Static config (TLS etc.); replaced only by building a new `Backend`.
+    pub config: BackendConfig,
+    weight: AtomicU32,
+    max_connections: AtomicU64,
+    state: AtomicU8,
+    /// Live proxied connections.
+    pub active: AtomicU64,
+    /// Connections ever established.
+    pub total: AtomicU64,
+    /// Bytes relayed client → backend (flushed by the relay in batches).
+    pub bytes_c2b: AtomicU64,
+    /// Bytes relayed backend → client.
+    pub bytes_b2c: AtomicU64,
+    /// Data messages client → backend.
+    pub msgs_c2b: AtomicU64,
+    /// Data messages backend → client.
+    pub msgs_b2c: AtomicU64,
+    /// EWMA of bytes/s client → backend (written by the pool's sampler).
+    pub rate_c2b: AtomicF64,
+    /// EWMA of bytes/s backend → client.
+    pub rate_b2c: AtomicF64,
+    /// Peak-EWMA of handshake latency (connect → 101), seconds.
+    pub latency: AtomicF64,
+    /// When `latency` was last updated (ms, process clock).
+    pub latency_at_ms: AtomicU64,
+    /// Load 0–100 reported by the backend, or [`LOAD_UNKNOWN`].
+    pub custom_load: AtomicU32,
+    /// When `custom_load` was last reported (ms, process clock; 0 = never).
+    pub custom_load_at_ms: AtomicU64,
+    /// Start of the slow-start ramp (ms, process clock; 0 = no ramp).
+    pub ramp_start_ms: AtomicU64,
+    /// Length of the slow-start ramp in ms (0 = none).
+    pub slow_start_ms: AtomicU64,
+    /// Passive ejection: not picked before this time (ms; 0 = not ejected).
+    pub ejected_until_ms: AtomicU64,
+    /// Consecutive passive failures (connect errors, timeouts, bad 101s).
+    pub passive_failures: AtomicU32,
+    /// Current ejection back-off in ms (doubles, capped).
+    pub ejection_backoff_ms: AtomicU64,
+}
+
+impl Backend {
+    /// A new backend, `up`, with no ramp.
+    pub fn new(pool: Arc<str>, config: BackendConfig) -> Self {
+        Backend {
+            address: config.address.clone(),
+            pool,
+            weight: AtomicU32::new(config.weight.max(1)),
+            max_connections: AtomicU64::new(config.max_connections.unwrap_or(0)),
+            state: AtomicU8::new(BackendState::Up as u8),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            bytes_c2b: AtomicU64::new(0),
+            bytes_b2c: AtomicU64::new(0),
+            msgs_c2b: AtomicU64::new(0),
+            msgs_b2c: AtomicU64::new(0),
+            rate_c2b: AtomicF64::new(0.0),
+            rate_b2c: AtomicF64::new(0.0),
+            latency: AtomicF64::new(0.0),
+            latency_at_ms: AtomicU64::new(0),
+            custom_load: AtomicU32::new(LOAD_UNKNOWN),
+            custom_load_at_ms: AtomicU64::new(0),
+            ramp_start_ms: AtomicU64::new(0),
+            slow_start_ms: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            ejection_backoff_ms: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// A bare backend for unit tests of the algorithms.
+    pub fn for_test(address: &str, weight: u32) -> Arc<Self> {
+        Arc::new(Backend::new(
+            Arc::from("test"),
+            BackendConfig { address: address.to_string(), weight, max_connections: None, tls: None },
+        ))
+    }
+
+    /// Configured weight (≥ 1).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
+    }
+
+    /// Changes the weight (reload).
+    pub fn set_weight(&self, w: u32) {
+        self.weight.store(w.max(1), Relaxed)
+    }
+
+    /// Per-backend cap (0 = unlimited).
+    pub fn max_connections(&self) -> u64 {
+        self.max_connections.load(Relaxed)
+    }
+
+    /// Changes the cap (reload); `None` = unlimited.
+    pub fn set_max_connections(&self, m: Option<u64>) {
+        self.max_connections.store(m.unwrap_or(0), Relaxed)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> BackendState {
+        BackendState::from_u8(self.state.load(Relaxed))
+    }
+
+    /// Sets the state; a change to `Up` starts the slow-start ramp. Returns the old state.
+    pub fn set_state(&self, s: BackendState, now_ms: u64) -> BackendState {
+        let old = BackendState::from_u8(self.state.swap(s as u8, Relaxed));
+        if s == BackendState::Up && old != BackendState::Up {
+            self.start_ramp(now_ms);
+        }
+        old
+    }
+
+    /// Starts the slow-start ramp now (no effect when slow start is off).
+    pub fn start_ramp(&self, now_ms: u64) {
+        if self.slow_start_ms.load(Relaxed) > 0 {
+            self.ramp_start_ms.store(now_ms, Relaxed);
+        }
+    }
+
+    /// Is it at its `max_connections`?
+    pub fn is_full(&self) -> bool {
+        let max = self.max_connections();
+        max != 0 && self.active.load(Relaxed) >= max
+    }
+
+    /// Is it passively ejected at `now_ms`?
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.ejected_until_ms.load(Relaxed)
+    }
+
+    /// May a new connection go here (up, not ejected, not full)?
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.state() == BackendState::Up && !self.is_ejected(now_ms) && !self.is_full()
+    }
+
+    /// Slow-start factor in (0, 1]: ramps linearly from 5 % to 100 % over the window.
+    pub fn ramp_factor(&self, now_ms: u64) -> f64 {
+        let window = self.slow_start_ms.load(Relaxed);
+        let start = self.ramp_start_ms.load(Relaxed);
+        if window == 0 || start == 0 || now_ms >= start + window {
+            return 1.0;
+        }
+        (now_ms.saturating_sub(start) as f64 / window as f64).clamp(0.05, 1.0)
+    }
+
+    /// Weight scaled by the slow-start ramp.
+    pub fn effective_weight(&self, now_ms: u64) -> f64 {
+        self.weight() as f64 * self.ramp_factor(now_ms)
+    }
+
+    /// Live connections.
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+
+    /// Records a handshake latency sample into the peak-EWMA (decay time constant
+    /// `tau_ms`): a sample above the current value replaces it at once (peak), a lower one
+    /// is blended in, so a slow backend is penalised immediately and forgiven gradually.
+    pub fn observe_latency(&self, secs: f64, now_ms: u64, tau_ms: f64) {
+        let prev = self.latency.get();
+        let at = self.latency_at_ms.swap(now_ms, Relaxed);
+        let next = if at == 0 || secs > prev {
+            secs
+        } else {
+            let dt = now_ms.saturating_sub(at) as f64;
+            let w = (-dt / tau_ms).exp();
+            prev * w + secs * (1.0 - w)
+        };
+        self.latency.set(next);
+    }
+
+    /// The latency estimate decayed towards zero-cost by the time since the last sample,
+    /// so a backend that was slow once is retried as time passes (seconds).
+    pub fn latency_estimate(&self, now_ms: u64, tau_ms: f64) -> f64 {
+        let at = self.latency_at_ms.load(Relaxed);
+        if at == 0 {
+            return 0.0;
+        }
+        let dt = now_ms.saturating_sub(at) as f64;
+        self.latency.get() * (-dt / tau_ms).exp()
+    }
+
+    /// Bytes/s EWMA in both directions.
+    pub fn bandwidth(&self) -> f64 {
+        self.rate_c2b.get() + self.rate_b2c.get()
+    }
+}
+
+/// Keeps `active` right however a connection ends: increments on creation, decrements on drop.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Backend>);
+
+impl ActiveGuard {
+    /// Counts one more live connection on `b`.
+    pub fn new(b: Arc<Backend>) -> Self {
+        b.active.fetch_add(1, Relaxed);
+        b.total.fetch_add(1, Relaxed);
+        ActiveGuard(b)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}

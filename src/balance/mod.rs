@@ -1,0 +1,117 @@
+//! Backend selection: the [`Balancer`] trait and one file per algorithm.
+//!
+//! Algorithms only compare numbers that `backend.rs` measures; they never do I/O and never
+//! take a lock shared by all accepts (see each file for how it stays lock-free).
+
+mod least_connections;
+mod round_robin;
+
+pub use least_connections::LeastConnections;
+pub use round_robin::RoundRobin;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendState};
+use crate::config::{Algorithm, PoolConfig};
+
+/// What a balancer may look at for one pick.
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext<'a> {
+    /// Process clock (ms), see `clock::now_ms`.
+    pub now_ms: u64,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Request target as sent (path and query).
+    pub target: &'a str,
+    /// Request headers.
+    pub headers: &'a [httparse::Header<'a>],
+    /// Indices already tried for this client (skip them).
+    pub exclude: &'a [usize],
+}
+
+impl<'a> PickContext<'a> {
+    /// A context with no request data, for tests and health code.
+    pub fn bare(now_ms: u64) -> PickContext<'static> {
+        PickContext {
+            now_ms,
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            target: "/",
+            headers: &[],
+            exclude: &[],
+        }
+    }
+
+    /// May backend `i` be picked: available and not already tried?
+    pub fn eligible(&self, i: usize, b: &Backend) -> bool {
+        b.is_available(self.now_ms) && !self.exclude.contains(&i)
+    }
+}
+
+/// A backend-selection algorithm. `pick` returns an index into `backends`, or `None` when
+/// every backend is excluded (down, draining, ejected, full or already tried).
+pub trait Balancer: Send + Sync + std::fmt::Debug {
+    /// Chooses a backend for a new connection.
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize>;
+}
+
+/// Builds the balancer a pool's config asks for.
+pub fn build(cfg: &PoolConfig, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
+    let _ = backends;
+    match cfg.algorithm {
+        Algorithm::RoundRobin => Box::new(RoundRobin::new(backends)),
+        _ => Box::new(LeastConnections::default()),
+    }
+}
+
+/// Why no backend could be picked, for `switchyard_shed_total{reason}`.
+pub fn exhaustion_reason(backends: &[Arc<Backend>], now_ms: u64) -> &'static str {
+    let any_up = backends
+        .iter()
+        .any(|b| b.state() == BackendState::Up && !b.is_ejected(now_ms));
+    if any_up {
+        "backend_full"
+    } else {
+        "no_backend"
+    }
+}
+
+/// Shared helper for "least X per weight" algorithms: the eligible backend with the lowest
+/// `score / effective_weight`, ties broken by rotating the scan start (`rotor`).
+pub(crate) fn least_by<F>(backends: &[Arc<Backend>], ctx: &PickContext<'_>, rotor: usize, score: F) -> Option<usize>
+where
+    F: Fn(&Backend) -> f64,
+{
+    let n = backends.len();
+    if n == 0 {
+        return None;
+    }
+    let mut best: Option<(usize, f64)> = None;
+    for k in 0..n {
+        let i = (rotor + k) % n;
+        let b = &backends[i];
+        if !ctx.eligible(i, b) {
+            continue;
+        }
+        let s = score(b) / b.effective_weight(ctx.now_ms);
+        if best.is_none_or(|(_, bs)| s < bs) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    /// `n` picks with a fresh context each; returns the count per backend.
+    pub fn distribution(bal: &dyn Balancer, backends: &[Arc<Backend>], n: usize) -> Vec<usize> {
+        let mut counts = vec![0; backends.len()];
+        for _ in 0..n {
+            let i = bal.pick(backends, &PickContext::bare(1_000_000)).expect("a pick");
+            counts[i] += 1;
+        }
+        counts
+    }
+}

@@ -1,0 +1,341 @@
+//! YAML → typed, validated [`Config`]. Pure: no sockets, no files but the one read.
+//!
+//! Every default lives in [`defaults`]; every problem found is reported at once, each
+//! with its line and column ([`ConfigError`]).
+
+pub mod defaults;
+mod decode;
+mod units;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use decode::parse;
+pub use units::{parse_duration, parse_size};
+
+/// One problem in a config file, with the 1-based position of the offending node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong, in one sentence.
+    pub message: String,
+    /// An optional hint, e.g. "did you mean `algorithm`?".
+    pub hint: Option<String>,
+}
+
+impl ConfigError {
+    /// Renders `FILE:LINE:COL: message (hint)`.
+    pub fn render(&self, file: &str) -> String {
+        match &self.hint {
+            Some(h) => format!("{file}:{}:{}: {} ({h})", self.line, self.col, self.message),
+            None => format!("{file}:{}:{}: {}", self.line, self.col, self.message),
+        }
+    }
+}
+
+/// Reads and parses a config file; I/O errors are reported at 1:1.
+pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError { line: 1, col: 1, message: format!("cannot read {}: {e}", path.display()), hint: None }]
+    })?;
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    parse(&text, &base)
+}
+
+/// The whole configuration of a running balancer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Client-facing listeners, names unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// Admin/metrics/dashboard listener; absent = none.
+    pub admin: Option<AdminConfig>,
+    /// Backend pools by name.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Process-wide limits and timers.
+    pub limits: Limits,
+    /// How shed connections are answered.
+    pub shedding: Shedding,
+    /// Process settings (threads, access log).
+    pub process: ProcessConfig,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name (used in logs and metrics).
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS termination, if any.
+    pub tls: Option<ListenerTls>,
+    /// Routes in order; first match wins.
+    pub routes: Vec<Route>,
+    /// Allowed `Origin` values; `None` = any.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Certificates a TLS listener serves (`tls: {cert, key}` is one entry with no SNI names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    /// Certificates; the first one with no `sni` (or the first one) is the default.
+    pub certs: Vec<CertConfig>,
+}
+
+/// One certificate chain and its key, optionally selected by SNI names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertConfig {
+    /// PEM certificate chain (resolved relative to the config file).
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key: PathBuf,
+    /// Server names that select this certificate.
+    pub sni: Vec<String>,
+}
+
+/// A route: when `matcher` matches, the request goes to `pool`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Conditions, all of which must hold; all `None` = catch-all.
+    pub matcher: RouteMatch,
+    /// Name of the pool (validated to exist).
+    pub pool: String,
+}
+
+/// Route conditions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteMatch {
+    /// Request path must start with this.
+    pub path_prefix: Option<String>,
+    /// `Host` (without port) must equal this, case-insensitively.
+    pub host: Option<String>,
+    /// A header (name case-insensitive) must have exactly this value.
+    pub header: Option<HeaderMatch>,
+}
+
+/// A header condition of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatch {
+    /// Header name.
+    pub name: String,
+    /// Exact value.
+    pub value: String,
+}
+
+/// Admin listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Address to bind.
+    pub bind: SocketAddr,
+}
+
+/// The balancing algorithms of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Fewest active connections per weight.
+    LeastConnections,
+    /// Least bytes/s EWMA per weight.
+    LeastBandwidth,
+    /// Peak-EWMA handshake latency × (active + 1).
+    LeastResponseTime,
+    /// Two random choices, less loaded wins.
+    PowerOfTwo,
+    /// Consistent hashing, optionally with bounded loads.
+    Hash,
+    /// Load reported by the backends themselves.
+    CustomLoad,
+    /// Weighted random.
+    Random,
+}
+
+impl Algorithm {
+    /// Every algorithm with its config name.
+    pub const ALL: [(&'static str, Algorithm); 8] = [
+        ("round_robin", Algorithm::RoundRobin),
+        ("least_connections", Algorithm::LeastConnections),
+        ("least_bandwidth", Algorithm::LeastBandwidth),
+        ("least_response_time", Algorithm::LeastResponseTime),
+        ("power_of_two", Algorithm::PowerOfTwo),
+        ("hash", Algorithm::Hash),
+        ("custom_load", Algorithm::CustomLoad),
+        ("random", Algorithm::Random),
+    ];
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+/// A pool of interchangeable backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// How a backend is picked.
+    pub algorithm: Algorithm,
+    /// Hash settings (only with `algorithm: hash`).
+    pub hash: Option<HashConfig>,
+    /// Backends; never empty.
+    pub backends: Vec<BackendConfig>,
+    /// Active health checks; `None` = passive only.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Ramp for a new or recovered backend's share; `None` = none.
+    pub slow_start: Option<Duration>,
+    /// Polling of backend-reported load (only with `algorithm: custom_load`).
+    pub custom_load: Option<CustomLoadConfig>,
+    /// EWMA window of `least_bandwidth` (and the bytes/s shown in the admin API).
+    pub bandwidth_window: Duration,
+    /// Closing of connections on over-loaded backends when the spread is uneven.
+    pub rebalance: RebalanceConfig,
+    /// TCP connect timeout (+ backend 101) per attempt.
+    pub connect_timeout: Duration,
+    /// How many backends are tried for one client before giving up.
+    pub max_attempts: u32,
+}
+
+/// Where the hash key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address (after TCP; no trust of X-Forwarded-For).
+    ClientIp,
+    /// A request header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// A query-string parameter.
+    Query(String),
+    /// The request path (without query).
+    Path,
+}
+
+/// `hash:` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashConfig {
+    /// Key source.
+    pub key: HashKey,
+    /// Bounded-load factor c (> 1.0); `None` = plain consistent hashing.
+    pub bounded_load: Option<f64>,
+}
+
+/// One backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// `host:port` as written (also the backend's label in metrics and the admin API).
+    pub address: String,
+    /// Relative share, ≥ 1.
+    pub weight: u32,
+    /// Per-backend connection cap; `None` = unlimited.
+    pub max_connections: Option<u64>,
+    /// `wss://` to this backend, if set.
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS to a backend.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendTls {
+    /// PEM CA bundle to trust instead of the built-in roots.
+    pub ca: Option<PathBuf>,
+    /// Name to verify (and send as SNI); default = host part of the address.
+    pub server_name: Option<String>,
+    /// Skip verification (logged as a warning at start).
+    pub insecure_skip_verify: bool,
+}
+
+/// Kind of active check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// TCP connect.
+    Tcp,
+    /// `GET path`, 2xx = healthy.
+    Http,
+    /// Upgrade on `path`, ping/pong, close 1000.
+    WebSocket,
+}
+
+/// `health_check:` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Kind.
+    pub kind: CheckKind,
+    /// Path for http and websocket checks.
+    pub path: String,
+    /// Interval between checks of one backend.
+    pub interval: Duration,
+    /// Timeout of one check.
+    pub timeout: Duration,
+    /// Consecutive successes to mark up.
+    pub rise: u32,
+    /// Consecutive failures to mark down.
+    pub fall: u32,
+}
+
+/// `custom_load:` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomLoadConfig {
+    /// Path polled with GET on each backend.
+    pub path: String,
+    /// Poll interval; a report older than 3 intervals is stale.
+    pub interval: Duration,
+}
+
+/// `rebalance:` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebalanceConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// Upper bound on closes (1012) per second for this pool.
+    pub max_moves_per_second: u32,
+    /// Allowed relative excess over the target share before moving (e.g. 0.1 = 10 %).
+    pub tolerance: f64,
+}
+
+/// `limits:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Whole-process cap on client connections.
+    pub max_connections: u64,
+    /// New connections per second (token bucket, burst = one second's worth); 0 = unlimited.
+    pub max_connections_per_second: u64,
+    /// The client must send its whole request head by then.
+    pub handshake_timeout: Duration,
+    /// Largest accepted request head.
+    pub max_request_header_bytes: usize,
+    /// Largest message (sum of its frames); 0 = unlimited.
+    pub max_message_bytes: u64,
+    /// No data frames either way for this long: close 1001; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Proxy pings the client this often; `None` = never.
+    pub ping_interval: Option<Duration>,
+    /// No pong within this after a ping: close.
+    pub ping_timeout: Duration,
+    /// Spread of closes on shutdown, drain and removal.
+    pub drain_timeout: Duration,
+    /// TLS handshake must finish by then.
+    pub tls_handshake_timeout: Duration,
+}
+
+/// `shedding:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shedding {
+    /// Close code sent to shed clients.
+    pub close_code: u16,
+    /// Mean retry hint carried in the close reason (jittered ±30 %).
+    pub retry_hint: Duration,
+    /// At the connection ceiling, close the longest-idle connection to admit a new one.
+    pub evict_idle: bool,
+}
+
+/// `process:` (Switchyard extension).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessConfig {
+    /// Worker threads serving connections; 0 = one per core.
+    pub workers: usize,
+    /// One log line per finished connection.
+    pub access_log: bool,
+}
