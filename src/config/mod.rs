@@ -6,6 +6,7 @@
 pub mod defaults;
 mod decode;
 mod units;
+mod validate;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -338,4 +339,49 @@ pub struct ProcessConfig {
     pub workers: usize,
     /// One log line per finished connection.
     pub access_log: bool,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_moves_per_second: defaults::REBALANCE_MOVES_PER_SECOND,
+            tolerance: defaults::REBALANCE_TOLERANCE,
+        }
+    }
+}
+
+impl Default for CustomLoadConfig {
+    fn default() -> Self {
+        Self { path: defaults::CUSTOM_LOAD_PATH.to_string(), interval: defaults::CUSTOM_LOAD_INTERVAL }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_second: defaults::MAX_CONNECTIONS_PER_SECOND,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            max_request_header_bytes: defaults::MAX_REQUEST_HEADER_BYTES,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            idle_timeout: Some(defaults::IDLE_TIMEOUT),
+            ping_interval: Some(defaults::PING_INTERVAL),
+            ping_timeout: defaults::PING_TIMEOUT,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+            tls_handshake_timeout: defaults::TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl Default for Shedding {
+    fn default() -> Self {
+        Self { close_code: defaults::SHED_CLOSE_CODE, retry_hint: defaults::RETRY_HINT, evict_idle: false }
+    }
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self { workers: defaults::WORKERS, access_log: defaults::ACCESS_LOG }
+    }
 }
