@@ -172,9 +172,12 @@ impl Ctx {
             }
         };
         if n < i128::from(min) || n > i128::from(max) {
+            // Bounds at the type's limit are not worth a mention.
+            let unbounded = max >= u64::from(u32::MAX);
             let msg = match (min, max) {
                 (0, _) if n < 0 => format!("{what} must not be negative, found {n}"),
-                (_, u64::MAX) => format!("{what} must be at least {min}, found {n}"),
+                _ if unbounded && n < i128::from(min) => format!("{what} must be at least {min}, found {n}"),
+                _ if unbounded => format!("{what} is too large (at most {max}), found {n}"),
                 _ => format!("{what} must be between {min} and {max}, found {n}"),
             };
             self.error(node, msg);

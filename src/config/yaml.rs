@@ -134,9 +134,16 @@ impl MarkedEventReceiver for Builder {
             Event::SequenceStart(..) => self.stack.push((at(NodeKind::Seq(Vec::new()), mark), None)),
             Event::MappingStart(..) => self.stack.push((at(NodeKind::Map(Vec::new()), mark), None)),
             Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((node, _)) = self.stack.pop() {
+                if let Some((mut node, _)) = self.stack.pop() {
                     if let NodeKind::Map(pairs) = &node.kind {
                         self.check_duplicates(pairs);
+                        // A block mapping's start event is marked after its first key;
+                        // the mapping is where its first key is.
+                        if let Some((key, _)) = pairs.first() {
+                            if (key.line, key.col) < (node.line, node.col) {
+                                (node.line, node.col) = (key.line, key.col);
+                            }
+                        }
                     }
                     self.push(node);
                 }
@@ -172,6 +179,10 @@ mod tests {
         let NodeKind::Map(inner) = &items[1].kind else { panic!("not a map") };
         assert_eq!(inner[0].1.as_str(), Some("d"));
         assert_eq!((inner[0].1.line, inner[0].1.col), (4, 9));
+        assert_eq!((items[1].line, items[1].col), (4, 5));
+        let root = tree("- a: 1\n  b: 2\n");
+        let NodeKind::Seq(items) = &root.kind else { panic!("not a seq") };
+        assert_eq!((root.line, root.col, items[0].line, items[0].col), (1, 1, 1, 3));
     }
 
     #[test]
