@@ -3,8 +3,8 @@
 //! Every default lives in [`defaults`]; every problem found is reported at once, each
 //! with its line and column ([`ConfigError`]).
 
-pub mod defaults;
 mod decode;
+pub mod defaults;
 mod units;
 mod validate;
 mod yaml;
@@ -43,7 +43,12 @@ impl ConfigError {
 /// Reads and parses a config file; I/O errors are reported at 1:1.
 pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError { line: 1, col: 1, message: format!("cannot read {}: {e}", path.display()), hint: None }]
+        vec![ConfigError {
+            line: 1,
+            col: 1,
+            message: format!("cannot read {}: {e}", path.display()),
+            hint: None,
+        }]
     })?;
     let base = path.parent().map(PathBuf::from).unwrap_or_default();
     parse(&text, &base)
@@ -171,7 +176,11 @@ impl Algorithm {
 
     /// The config name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -353,7 +362,10 @@ impl Default for RebalanceConfig {
 
 impl Default for CustomLoadConfig {
     fn default() -> Self {
-        Self { path: defaults::CUSTOM_LOAD_PATH.to_string(), interval: defaults::CUSTOM_LOAD_INTERVAL }
+        Self {
+            path: defaults::CUSTOM_LOAD_PATH.to_string(),
+            interval: defaults::CUSTOM_LOAD_INTERVAL,
+        }
     }
 }
 
@@ -376,12 +388,19 @@ impl Default for Limits {
 
 impl Default for Shedding {
     fn default() -> Self {
-        Self { close_code: defaults::SHED_CLOSE_CODE, retry_hint: defaults::RETRY_HINT, evict_idle: false }
+        Self {
+            close_code: defaults::SHED_CLOSE_CODE,
+            retry_hint: defaults::RETRY_HINT,
+            evict_idle: false,
+        }
     }
 }
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self { workers: defaults::WORKERS, access_log: defaults::ACCESS_LOG }
+        Self {
+            workers: defaults::WORKERS,
+            access_log: defaults::ACCESS_LOG,
+        }
     }
 }

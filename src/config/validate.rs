@@ -26,21 +26,39 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&'a Node> {
-        self.pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+        self.pairs
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
     }
 
     /// The key node of `key`, if present (errors about a whole setting point at it).
     pub fn key(&self, key: &str) -> Option<&'a Node> {
-        self.pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k)
+        self.pairs
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(k, _)| k)
     }
 }
 
 /// "did you mean `X`?" when a candidate is within edit distance 2 or equal ignoring case.
-pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<String> {
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<String> {
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (if c.to_ascii_lowercase() == lower { 0 } else { edit_distance(word, c) }, c))
+        .map(|c| {
+            (
+                if c.to_ascii_lowercase() == lower {
+                    0
+                } else {
+                    edit_distance(word, c)
+                },
+                c,
+            )
+        })
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| format!("did you mean `{c}`?"))
@@ -81,7 +99,10 @@ impl Ctx {
             NodeKind::Map(pairs) => pairs,
             NodeKind::Null => &[],
             _ => {
-                self.error(node, format!("{what} must be a mapping, found {}", node.describe()));
+                self.error(
+                    node,
+                    format!("{what} must be a mapping, found {}", node.describe()),
+                );
                 return None;
             }
         };
@@ -102,7 +123,10 @@ impl Ctx {
     pub fn required<'a>(&mut self, fields: &Fields<'a>, key: &str, what: &str) -> Option<&'a Node> {
         let value = fields.get(key);
         if value.is_none() {
-            self.error(fields.node, format!("{what} is missing required key `{key}`"));
+            self.error(
+                fields.node,
+                format!("{what} is missing required key `{key}`"),
+            );
         }
         value
     }
@@ -112,7 +136,10 @@ impl Ctx {
         match node.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                self.error(node, format!("{what} must be a string, found {}", node.describe()));
+                self.error(
+                    node,
+                    format!("{what} must be a string, found {}", node.describe()),
+                );
                 None
             }
         }
@@ -133,7 +160,10 @@ impl Ctx {
         match &node.kind {
             NodeKind::Seq(items) => Some(items),
             _ => {
-                self.error(node, format!("{what} must be a sequence, found {}", node.describe()));
+                self.error(
+                    node,
+                    format!("{what} must be a sequence, found {}", node.describe()),
+                );
                 None
             }
         }
@@ -142,7 +172,10 @@ impl Ctx {
     /// A sequence of strings.
     pub fn strings(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
         let items = self.seq(node, what)?;
-        let out: Vec<_> = items.iter().filter_map(|item| self.string(item, &format!("each of {what}"))).collect();
+        let out: Vec<_> = items
+            .iter()
+            .filter_map(|item| self.string(item, &format!("each of {what}")))
+            .collect();
         (out.len() == items.len()).then_some(out)
     }
 
@@ -161,7 +194,10 @@ impl Ctx {
     /// An integer in `min..=max`.
     pub fn int(&mut self, node: &Node, what: &str, min: u64, max: u64) -> Option<u64> {
         let Some(text) = node.as_str() else {
-            self.error(node, format!("{what} must be an integer, found {}", node.describe()));
+            self.error(
+                node,
+                format!("{what} must be an integer, found {}", node.describe()),
+            );
             return None;
         };
         let n = match text.parse::<i128>() {
@@ -176,7 +212,9 @@ impl Ctx {
             let unbounded = max >= u64::from(u32::MAX);
             let msg = match (min, max) {
                 (0, _) if n < 0 => format!("{what} must not be negative, found {n}"),
-                _ if unbounded && n < i128::from(min) => format!("{what} must be at least {min}, found {n}"),
+                _ if unbounded && n < i128::from(min) => {
+                    format!("{what} must be at least {min}, found {n}")
+                }
                 _ if unbounded => format!("{what} is too large (at most {max}), found {n}"),
                 _ => format!("{what} must be between {min} and {max}, found {n}"),
             };
@@ -188,7 +226,8 @@ impl Ctx {
 
     /// An integer ≥ `min` that fits in u32.
     pub fn u32(&mut self, node: &Node, what: &str, min: u32) -> Option<u32> {
-        self.int(node, what, u64::from(min), u64::from(u32::MAX)).and_then(|n| u32::try_from(n).ok())
+        self.int(node, what, u64::from(min), u64::from(u32::MAX))
+            .and_then(|n| u32::try_from(n).ok())
     }
 
     /// A finite number.
@@ -205,10 +244,18 @@ impl Ctx {
     /// A duration (`250ms`, `2s`, …).
     pub fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
         let Some(text) = node.as_str() else {
-            self.error(node, format!("{what} must be a duration like `2s`, found {}", node.describe()));
+            self.error(
+                node,
+                format!(
+                    "{what} must be a duration like `2s`, found {}",
+                    node.describe()
+                ),
+            );
             return None;
         };
-        parse_duration(text).map_err(|e| self.error(node, format!("{what}: {e}"))).ok()
+        parse_duration(text)
+            .map_err(|e| self.error(node, format!("{what}: {e}")))
+            .ok()
     }
 
     /// A duration that must be greater than zero.
@@ -226,16 +273,25 @@ impl Ctx {
         if node.as_str() == Some("off") {
             return Some(None);
         }
-        self.duration(node, what).map(|d| (!d.is_zero()).then_some(d))
+        self.duration(node, what)
+            .map(|d| (!d.is_zero()).then_some(d))
     }
 
     /// A size (`16KiB`, plain bytes, …).
     pub fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
         let Some(text) = node.as_str() else {
-            self.error(node, format!("{what} must be a size like `16KiB`, found {}", node.describe()));
+            self.error(
+                node,
+                format!(
+                    "{what} must be a size like `16KiB`, found {}",
+                    node.describe()
+                ),
+            );
             return None;
         };
-        parse_size(text).map_err(|e| self.error(node, format!("{what}: {e}"))).ok()
+        parse_size(text)
+            .map_err(|e| self.error(node, format!("{what}: {e}")))
+            .ok()
     }
 
     /// One of the named `options`, with a did-you-mean hint.
@@ -246,7 +302,14 @@ impl Ctx {
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
         let hint = did_you_mean(&text, names.iter().copied());
-        self.error_hint(node, format!("unknown {what} `{text}`; expected one of {}", names.join(", ")), hint);
+        self.error_hint(
+            node,
+            format!(
+                "unknown {what} `{text}`; expected one of {}",
+                names.join(", ")
+            ),
+            hint,
+        );
         None
     }
 }
@@ -255,27 +318,41 @@ impl Ctx {
 /// DNS name, and port is 1-65535.
 pub fn check_address(s: &str) -> Result<(), String> {
     if s.contains("://") {
-        return Err(format!("backend address `{s}` must be host:port without a scheme (use `tls: true` for wss)"));
+        return Err(format!(
+            "backend address `{s}` must be host:port without a scheme (use `tls: true` for wss)"
+        ));
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (ip, port) = rest.split_once("]:").ok_or_else(|| format!("backend address `{s}` must be `[IPv6]:port`"))?;
-        ip.parse::<Ipv6Addr>().map_err(|_| format!("`{ip}` in backend address `{s}` is not an IPv6 address"))?;
+        let (ip, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("backend address `{s}` must be `[IPv6]:port`"))?;
+        ip.parse::<Ipv6Addr>()
+            .map_err(|_| format!("`{ip}` in backend address `{s}` is not an IPv6 address"))?;
         (ip, port)
     } else {
-        let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("backend address `{s}` needs a port, e.g. `{s}:80`"))?;
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("backend address `{s}` needs a port, e.g. `{s}:80`"))?;
         if host.contains(':') {
-            return Err(format!("backend address `{s}`: write an IPv6 address in brackets, e.g. `[::1]:9001`"));
+            return Err(format!(
+                "backend address `{s}`: write an IPv6 address in brackets, e.g. `[::1]:9001`"
+            ));
         }
         if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            host.parse::<Ipv4Addr>().map_err(|_| format!("`{host}` in backend address `{s}` is not an IPv4 address"))?;
+            host.parse::<Ipv4Addr>()
+                .map_err(|_| format!("`{host}` in backend address `{s}` is not an IPv4 address"))?;
         } else if !is_dns_name(host) {
-            return Err(format!("`{host}` in backend address `{s}` is not a valid host name"));
+            return Err(format!(
+                "`{host}` in backend address `{s}` is not a valid host name"
+            ));
         }
         (host, port)
     };
     match port.parse::<u16>() {
         Ok(p) if p >= 1 => Ok(()),
-        _ => Err(format!("port `{port}` of backend `{host}` must be between 1 and 65535")),
+        _ => Err(format!(
+            "port `{port}` of backend `{host}` must be between 1 and 65535"
+        )),
     }
 }
 
@@ -301,7 +378,10 @@ pub fn check_binds(ctx: &mut Ctx, binds: &mut [(SocketAddr, &Node)]) {
             continue;
         }
         if let Some((_, first)) = binds[..i].iter().find(|(a, _)| a == addr) {
-            ctx.error(node, format!("address {addr} is already bound on line {}", first.line));
+            ctx.error(
+                node,
+                format!("address {addr} is already bound on line {}", first.line),
+            );
         }
     }
 }
@@ -320,7 +400,13 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for ok in ["127.0.0.1:9001", "[::1]:9001", "backend-1.internal:443", "localhost:1", "a.b.:65535"] {
+        for ok in [
+            "127.0.0.1:9001",
+            "[::1]:9001",
+            "backend-1.internal:443",
+            "localhost:1",
+            "a.b.:65535",
+        ] {
             assert_eq!(check_address(ok), Ok(()), "{ok}");
         }
         let cases = [
@@ -344,8 +430,14 @@ mod tests {
     #[test]
     fn hints() {
         let keys = ["algorithm", "backends", "hash"];
-        assert_eq!(did_you_mean("algoritm", keys), Some("did you mean `algorithm`?".into()));
-        assert_eq!(did_you_mean("BACKENDS", keys), Some("did you mean `backends`?".into()));
+        assert_eq!(
+            did_you_mean("algoritm", keys),
+            Some("did you mean `algorithm`?".into())
+        );
+        assert_eq!(
+            did_you_mean("BACKENDS", keys),
+            Some("did you mean `backends`?".into())
+        );
         assert_eq!(did_you_mean("zzzzzzz", keys), None);
     }
 }
