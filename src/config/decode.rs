@@ -1090,6 +1090,14 @@ shedding:
     }
 
     #[test]
+    fn empty_section_is_reported_at_its_key() {
+        let e = errors(&format!("admin:\n{MINIMAL}"));
+        has(&e, 1, 1, "`admin` is missing required key `bind`");
+        // Empty optional sections mean "all defaults".
+        assert!(parse(&format!("{MINIMAL}limits:\nshedding:\n"), Path::new("")).is_ok());
+    }
+
+    #[test]
     fn unknown_keys_with_hints() {
         let e = errors(&pool_with("    algoritm: round_robin\n"));
         let err = has(&e, 10, 5, "unknown key `algoritm`");

@@ -113,7 +113,15 @@ impl Builder {
             NodeKind::Seq(items) => items.push(node),
             // A mapping's events alternate key, value.
             NodeKind::Map(pairs) => match pending_key.take() {
-                Some(key) => pairs.push((key, node)),
+                Some(key) => {
+                    let mut node = node;
+                    // An empty value is marked at the next token, often lines below;
+                    // errors about it belong at its key.
+                    if node.kind == NodeKind::Null && node.line != key.line {
+                        (node.line, node.col) = (key.line, key.col);
+                    }
+                    pairs.push((key, node))
+                }
                 None => *pending_key = Some(node),
             },
             _ => {}
@@ -230,6 +238,7 @@ mod tests {
         assert_eq!(pairs[0].1.kind, NodeKind::Null);
         assert_eq!(pairs[1].1.kind, NodeKind::Null);
         assert_eq!(pairs[2].1.as_str(), Some("null"));
+        assert_eq!((pairs[0].1.line, pairs[0].1.col), (1, 1));
     }
 
     #[test]
