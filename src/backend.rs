@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::config::BackendConfig;
+use crate::metrics::BackendMetrics;
 
 /// Health/admin state of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,11 +106,15 @@ pub struct Backend {
     pub passive_failures: AtomicU32,
     /// Current ejection back-off in ms (doubles, capped).
     pub ejection_backoff_ms: AtomicU64,
+    /// Prometheus handles for this backend's series.
+    pub metrics: BackendMetrics,
 }
 
 impl Backend {
     /// A new backend, `up`, with no ramp.
     pub fn new(pool: Arc<str>, config: BackendConfig) -> Self {
+        let metrics = BackendMetrics::new(&pool, &config.address);
+        metrics.up.set(1.0);
         Backend {
             address: config.address.clone(),
             pool,
@@ -133,6 +138,7 @@ impl Backend {
             ejected_until_ms: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             ejection_backoff_ms: AtomicU64::new(0),
+            metrics,
             config,
         }
     }
@@ -141,7 +147,12 @@ impl Backend {
     pub fn for_test(address: &str, weight: u32) -> Arc<Self> {
         Arc::new(Backend::new(
             Arc::from("test"),
-            BackendConfig { address: address.to_string(), weight, max_connections: None, tls: None },
+            BackendConfig {
+                address: address.to_string(),
+                weight,
+                max_connections: None,
+                tls: None,
+            },
         ))
     }
 
@@ -173,6 +184,7 @@ impl Backend {
     /// Sets the state; a change to `Up` starts the slow-start ramp. Returns the old state.
     pub fn set_state(&self, s: BackendState, now_ms: u64) -> BackendState {
         let old = BackendState::from_u8(self.state.swap(s as u8, Relaxed));
+        self.metrics.up.set(if s == BackendState::Up { 1.0 } else { 0.0 });
         if s == BackendState::Up && old != BackendState::Up {
             self.start_ramp(now_ms);
         }
@@ -264,6 +276,8 @@ impl ActiveGuard {
     pub fn new(b: Arc<Backend>) -> Self {
         b.active.fetch_add(1, Relaxed);
         b.total.fetch_add(1, Relaxed);
+        b.metrics.active.increment(1.0);
+        b.metrics.total.increment(1);
         ActiveGuard(b)
     }
 
@@ -276,5 +290,6 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+        self.0.metrics.active.decrement(1.0);
     }
 }

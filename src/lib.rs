@@ -3,7 +3,23 @@
 //! A connection flows accept → limits → tls → handshake → route → balance → upstream →
 //! relay → close; the modules are laid out in that order.
 
+pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod handshake;
+pub mod health;
+pub mod limits;
+pub mod metrics;
+pub mod relay;
+pub mod route;
+pub mod runtime;
+pub mod server;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod ws;
+
+pub use server::Server;

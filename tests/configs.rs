@@ -11,10 +11,7 @@ fn every_example_config_parses() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 5,
-        "expected at least 5 example configs, found {files:?}"
-    );
+    assert!(files.len() >= 5, "expected at least 5 example configs, found {files:?}");
     for file in &files {
         if let Err(errors) = switchyard::config::load(file) {
             let name = file.display().to_string();

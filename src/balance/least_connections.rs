@@ -42,7 +42,11 @@ mod tests {
 
     #[test]
     fn ties_are_shared_and_exclusions_respected() {
-        let bs = vec![Backend::for_test("a:1", 1), Backend::for_test("b:1", 1), Backend::for_test("c:1", 1)];
+        let bs = vec![
+            Backend::for_test("a:1", 1),
+            Backend::for_test("b:1", 1),
+            Backend::for_test("c:1", 1),
+        ];
         let lc = LeastConnections::default();
         let mut counts = [0; 3];
         for _ in 0..300 {
@@ -52,7 +56,10 @@ mod tests {
         bs[1].set_state(BackendState::Draining, 1);
         bs[2].active.store(50, Relaxed);
         assert_eq!(lc.pick(&bs, &PickContext::bare(1)), Some(0));
-        let ctx = PickContext { exclude: &[0], ..PickContext::bare(1) };
+        let ctx = PickContext {
+            exclude: &[0],
+            ..PickContext::bare(1)
+        };
         assert_eq!(lc.pick(&bs, &ctx), Some(2));
     }
 }

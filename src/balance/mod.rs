@@ -66,9 +66,7 @@ pub fn build(cfg: &PoolConfig, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
 
 /// Why no backend could be picked, for `switchyard_shed_total{reason}`.
 pub fn exhaustion_reason(backends: &[Arc<Backend>], now_ms: u64) -> &'static str {
-    let any_up = backends
-        .iter()
-        .any(|b| b.state() == BackendState::Up && !b.is_ejected(now_ms));
+    let any_up = backends.iter().any(|b| b.state() == BackendState::Up && !b.is_ejected(now_ms));
     if any_up {
         "backend_full"
     } else {

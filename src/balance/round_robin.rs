@@ -30,7 +30,10 @@ impl RoundRobin {
                 *w = (*w * MAX_SCHEDULE / sum).max(1);
             }
         }
-        RoundRobin { schedule: smooth_schedule(&weights), cursor: AtomicUsize::new(0) }
+        RoundRobin {
+            schedule: smooth_schedule(&weights),
+            cursor: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -96,20 +99,31 @@ mod tests {
 
     #[test]
     fn equal_weights_alternate() {
-        let bs = vec![Backend::for_test("a:1", 1), Backend::for_test("b:1", 1), Backend::for_test("c:1", 1)];
+        let bs = vec![
+            Backend::for_test("a:1", 1),
+            Backend::for_test("b:1", 1),
+            Backend::for_test("c:1", 1),
+        ];
         let rr = RoundRobin::new(&bs);
         assert_eq!(distribution(&rr, &bs, 300), vec![100, 100, 100]);
     }
 
     #[test]
     fn skips_down_excluded_and_full() {
-        let bs = vec![Backend::for_test("a:1", 1), Backend::for_test("b:1", 1), Backend::for_test("c:1", 1)];
+        let bs = vec![
+            Backend::for_test("a:1", 1),
+            Backend::for_test("b:1", 1),
+            Backend::for_test("c:1", 1),
+        ];
         bs[0].set_state(BackendState::Down, 1);
         bs[2].set_max_connections(Some(1));
         bs[2].active.store(1, Relaxed);
         let rr = RoundRobin::new(&bs);
         assert_eq!(distribution(&rr, &bs, 100), vec![0, 100, 0]);
-        let ctx = PickContext { exclude: &[1], ..PickContext::bare(1) };
+        let ctx = PickContext {
+            exclude: &[1],
+            ..PickContext::bare(1)
+        };
         assert_eq!(rr.pick(&bs, &ctx), None);
     }
 

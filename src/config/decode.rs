@@ -12,14 +12,7 @@ use super::validate::{check_address, check_binds, did_you_mean, Ctx, Fields};
 use super::yaml::{parse_tree, Node, NodeKind};
 use super::*;
 
-const TOP_KEYS: &[&str] = &[
-    "listeners",
-    "admin",
-    "pools",
-    "limits",
-    "shedding",
-    "process",
-];
+const TOP_KEYS: &[&str] = &["listeners", "admin", "pools", "limits", "shedding", "process"];
 const LISTENER_KEYS: &[&str] = &["name", "bind", "tls", "routes", "allowed_origins"];
 const LIMITS_KEYS: &[&str] = &[
     "max_connections",
@@ -105,29 +98,18 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
     let admin = f.get("admin").map(|n| decode_admin(ctx, n, &mut binds));
     let pools_node = ctx.required(&f, "pools", "the config");
     let pools = pools_node.and_then(|n| decode_pools(ctx, n, base));
-    let limits = f
-        .get("limits")
-        .map_or_else(Limits::default, |n| decode_limits(ctx, n));
-    let shedding = f
-        .get("shedding")
-        .map_or_else(Shedding::default, |n| decode_shedding(ctx, n));
-    let process = f
-        .get("process")
-        .map_or_else(ProcessConfig::default, |n| decode_process(ctx, n));
+    let limits = f.get("limits").map_or_else(Limits::default, |n| decode_limits(ctx, n));
+    let shedding = f.get("shedding").map_or_else(Shedding::default, |n| decode_shedding(ctx, n));
+    let process = f.get("process").map_or_else(ProcessConfig::default, |n| decode_process(ctx, n));
 
     check_binds(ctx, &mut binds);
     if let Some(pools_node) = pools_node {
         let defined = pool_names(pools_node);
         for (name, node) in pool_refs {
             if !defined.contains(&name) {
-                let hint = did_you_mean(&name, defined.iter().map(String::as_str)).or_else(|| {
-                    (!defined.is_empty()).then(|| format!("defined pools: {}", defined.join(", ")))
-                });
-                ctx.error_hint(
-                    node,
-                    format!("route sends to pool `{name}`, which is not defined"),
-                    hint,
-                );
+                let hint = did_you_mean(&name, defined.iter().map(String::as_str))
+                    .or_else(|| (!defined.is_empty()).then(|| format!("defined pools: {}", defined.join(", "))));
+                ctx.error_hint(node, format!("route sends to pool `{name}`, which is not defined"), hint);
             }
         }
     }
@@ -141,12 +123,7 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
     })
 }
 
-fn bind<'a>(
-    ctx: &mut Ctx,
-    node: &'a Node,
-    what: &str,
-    binds: &mut Vec<(SocketAddr, &'a Node)>,
-) -> Option<SocketAddr> {
+fn bind<'a>(ctx: &mut Ctx, node: &'a Node, what: &str, binds: &mut Vec<(SocketAddr, &'a Node)>) -> Option<SocketAddr> {
     let text = ctx.string(node, what)?;
     match text.parse::<SocketAddr>() {
         Ok(addr) => {
@@ -154,24 +131,14 @@ fn bind<'a>(
             Some(addr)
         }
         Err(_) => {
-            let hint = Some(
-                "write IP:port, e.g. `127.0.0.1:8080`, `0.0.0.0:443` or `[::1]:8080`".to_string(),
-            );
-            ctx.error_hint(
-                node,
-                format!("{what} `{text}` is not an IP:port address"),
-                hint,
-            );
+            let hint = Some("write IP:port, e.g. `127.0.0.1:8080`, `0.0.0.0:443` or `[::1]:8080`".to_string());
+            ctx.error_hint(node, format!("{what} `{text}` is not an IP:port address"), hint);
             None
         }
     }
 }
 
-fn decode_admin<'a>(
-    ctx: &mut Ctx,
-    node: &'a Node,
-    binds: &mut Vec<(SocketAddr, &'a Node)>,
-) -> Option<AdminConfig> {
+fn decode_admin<'a>(ctx: &mut Ctx, node: &'a Node, binds: &mut Vec<(SocketAddr, &'a Node)>) -> Option<AdminConfig> {
     let f = ctx.fields(node, "`admin`", &["bind"])?;
     let addr = ctx
         .required(&f, "bind", "`admin`")
@@ -202,25 +169,18 @@ fn decode_listeners<'a>(
         let name = name_node.and_then(|n| ctx.name(n, &format!("{what}.name")));
         if let (Some(name), Some(node)) = (&name, name_node) {
             match names.iter().find(|(n, _)| n == name) {
-                Some((_, line)) => ctx.error(
-                    node,
-                    format!("listener name `{name}` is already used on line {line}"),
-                ),
+                Some((_, line)) => ctx.error(node, format!("listener name `{name}` is already used on line {line}")),
                 None => names.push((name.clone(), node.line)),
             }
         }
         let addr = ctx
             .required(&f, "bind", &what)
             .and_then(|n| bind(ctx, n, &format!("{what}.bind"), binds));
-        let tls = f
-            .get("tls")
-            .map(|n| decode_listener_tls(ctx, n, &format!("{what}.tls"), base));
+        let tls = f.get("tls").map(|n| decode_listener_tls(ctx, n, &format!("{what}.tls"), base));
         let routes = ctx
             .required(&f, "routes", &what)
             .and_then(|n| decode_routes(ctx, n, &what, pool_refs));
-        let origins = f
-            .get("allowed_origins")
-            .map(|n| ctx.strings(n, &format!("{what}.allowed_origins")));
+        let origins = f.get("allowed_origins").map(|n| ctx.strings(n, &format!("{what}.allowed_origins")));
         if let (Some(name), Some(bind), Some(routes)) = (name, addr, routes) {
             let (Some(tls), Some(allowed_origins)) = (optional(tls), optional(origins)) else {
                 continue;
@@ -245,17 +205,11 @@ fn decode_listener_tls(ctx: &mut Ctx, node: &Node, what: &str, base: &Path) -> O
         });
     };
     if let Some(key) = f.key("cert").or_else(|| f.key("key")) {
-        ctx.error(
-            key,
-            format!("{what}: use either `cert`/`key` or a list of `certs`, not both"),
-        );
+        ctx.error(key, format!("{what}: use either `cert`/`key` or a list of `certs`, not both"));
     }
     let items = ctx.seq(certs_node, &format!("{what}.certs"))?;
     if items.is_empty() {
-        ctx.error(
-            certs_node,
-            format!("{what}.certs must list at least one certificate"),
-        );
+        ctx.error(certs_node, format!("{what}.certs must list at least one certificate"));
         return None;
     }
     let mut certs = Vec::new();
@@ -265,10 +219,7 @@ fn decode_listener_tls(ctx: &mut Ctx, node: &Node, what: &str, base: &Path) -> O
             continue;
         };
         let sni = f.get("sni").map(|n| ctx.strings(n, &format!("{what}.sni")));
-        if let (Some(mut cert), Some(sni)) = (
-            decode_cert(ctx, &f, &what, base),
-            sni.unwrap_or(Some(Vec::new())),
-        ) {
+        if let (Some(mut cert), Some(sni)) = (decode_cert(ctx, &f, &what, base), sni.unwrap_or(Some(Vec::new()))) {
             cert.sni = sni;
             certs.push(cert);
         }
@@ -277,12 +228,8 @@ fn decode_listener_tls(ctx: &mut Ctx, node: &Node, what: &str, base: &Path) -> O
 }
 
 fn decode_cert(ctx: &mut Ctx, f: &Fields, what: &str, base: &Path) -> Option<CertConfig> {
-    let cert = ctx
-        .required(f, "cert", what)
-        .and_then(|n| ctx.name(n, &format!("{what}.cert")));
-    let key = ctx
-        .required(f, "key", what)
-        .and_then(|n| ctx.name(n, &format!("{what}.key")));
+    let cert = ctx.required(f, "cert", what).and_then(|n| ctx.name(n, &format!("{what}.cert")));
+    let key = ctx.required(f, "key", what).and_then(|n| ctx.name(n, &format!("{what}.key")));
     Some(CertConfig {
         cert: resolve(base, cert?),
         key: resolve(base, key?),
@@ -290,18 +237,10 @@ fn decode_cert(ctx: &mut Ctx, f: &Fields, what: &str, base: &Path) -> Option<Cer
     })
 }
 
-fn decode_routes<'a>(
-    ctx: &mut Ctx,
-    node: &'a Node,
-    listener: &str,
-    pool_refs: &mut Vec<(String, &'a Node)>,
-) -> Option<Vec<Route>> {
+fn decode_routes<'a>(ctx: &mut Ctx, node: &'a Node, listener: &str, pool_refs: &mut Vec<(String, &'a Node)>) -> Option<Vec<Route>> {
     let items = ctx.seq(node, &format!("{listener}.routes"))?;
     if items.is_empty() {
-        ctx.error(
-            node,
-            format!("{listener}.routes must list at least one route"),
-        );
+        ctx.error(node, format!("{listener}.routes must list at least one route"));
         return None;
     }
     let mut routes = Vec::new();
@@ -312,7 +251,10 @@ fn decode_routes<'a>(
             continue;
         };
         if let Some(line) = catch_all {
-            ctx.error(item, format!("{what} is unreachable: the route on line {line} has no `match` and catches all"));
+            ctx.error(
+                item,
+                format!("{what} is unreachable: the route on line {line} has no `match` and catches all"),
+            );
         }
         let pool_node = ctx.required(&f, "pool", &what);
         let pool = pool_node.and_then(|n| ctx.name(n, &format!("{what}.pool")));
@@ -323,11 +265,7 @@ fn decode_routes<'a>(
             Some(n) => decode_match(ctx, n, &format!("{what}.match")),
             None => Some(RouteMatch::default()),
         };
-        if matcher
-            .as_ref()
-            .is_some_and(|m| *m == RouteMatch::default())
-            && catch_all.is_none()
-        {
+        if matcher.as_ref().is_some_and(|m| *m == RouteMatch::default()) && catch_all.is_none() {
             catch_all = Some(item.line);
         }
         if let (Some(matcher), Some(pool)) = (matcher, pool) {
@@ -344,9 +282,7 @@ fn decode_match(ctx: &mut Ctx, node: &Node, what: &str) -> Option<RouteMatch> {
     if let Some(n) = f.get("path_prefix") {
         m.path_prefix = ctx.name(n, &format!("{what}.path_prefix"));
         match &m.path_prefix {
-            Some(p) if !p.starts_with('/') => {
-                ctx.error(n, format!("{what}.path_prefix `{p}` must start with `/`"))
-            }
+            Some(p) if !p.starts_with('/') => ctx.error(n, format!("{what}.path_prefix `{p}` must start with `/`")),
             Some(_) => {}
             None => ok = false,
         }
@@ -384,10 +320,7 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
         set(&mut l.max_connections, ctx.int(n, &w, 1, u64::MAX));
     }
     if let Some((n, w)) = get("max_connections_per_second") {
-        set(
-            &mut l.max_connections_per_second,
-            ctx.int(n, &w, 0, u64::MAX),
-        );
+        set(&mut l.max_connections_per_second, ctx.int(n, &w, 0, u64::MAX));
     }
     if let Some((n, w)) = get("handshake_timeout") {
         set(&mut l.handshake_timeout, ctx.positive_duration(n, &w));
@@ -395,10 +328,7 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
     if let Some((n, w)) = get("max_request_header_bytes") {
         match ctx.size(n, &w) {
             Some(v @ 1024..=1_048_576) => l.max_request_header_bytes = v as usize,
-            Some(v) => ctx.error(
-                n,
-                format!("{w} must be between 1KiB and 1MiB, found {v} bytes"),
-            ),
+            Some(v) => ctx.error(n, format!("{w} must be between 1KiB and 1MiB, found {v} bytes")),
             None => {}
         }
     }
@@ -425,11 +355,7 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
 
 fn decode_shedding(ctx: &mut Ctx, node: &Node) -> Shedding {
     let mut s = Shedding::default();
-    let Some(f) = ctx.fields(
-        node,
-        "`shedding`",
-        &["close_code", "retry_hint", "evict_idle"],
-    ) else {
+    let Some(f) = ctx.fields(node, "`shedding`", &["close_code", "retry_hint", "evict_idle"]) else {
         return s;
     };
     if let Some(n) = f.get("close_code") {
@@ -461,8 +387,7 @@ fn decode_process(ctx: &mut Ctx, node: &Node) -> ProcessConfig {
         let max = usize::MAX as u64;
         set(
             &mut p.workers,
-            ctx.int(n, "`process.workers`", 0, max)
-                .and_then(|w| usize::try_from(w).ok()),
+            ctx.int(n, "`process.workers`", 0, max).and_then(|w| usize::try_from(w).ok()),
         );
     }
     if let Some(n) = f.get("access_log") {
@@ -492,10 +417,7 @@ const CHECK_KINDS: [(&str, CheckKind); 3] = [
 /// The names of the pools as written, for route checks (even when a pool is invalid).
 fn pool_names(node: &Node) -> Vec<String> {
     match &node.kind {
-        NodeKind::Map(pairs) => pairs
-            .iter()
-            .filter_map(|(k, _)| k.as_str().map(String::from))
-            .collect(),
+        NodeKind::Map(pairs) => pairs.iter().filter_map(|(k, _)| k.as_str().map(String::from)).collect(),
         _ => Vec::new(),
     }
 }
@@ -504,10 +426,7 @@ fn decode_pools(ctx: &mut Ctx, node: &Node, base: &Path) -> Option<BTreeMap<Stri
     let NodeKind::Map(pairs) = &node.kind else {
         ctx.error(
             node,
-            format!(
-                "`pools` must be a mapping of pool names to pools, found {}",
-                node.describe()
-            ),
+            format!("`pools` must be a mapping of pool names to pools, found {}", node.describe()),
         );
         return None;
     };
@@ -533,16 +452,12 @@ fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<Po
         Some(n) => ctx.choice(n, "algorithm", &Algorithm::ALL),
         None => Some(Algorithm::LeastConnections),
     };
-    let hash =
-        only_with(ctx, &f, "hash", algorithm, Algorithm::Hash).map(|n| decode_hash(ctx, n, &what));
-    let custom = only_with(ctx, &f, "custom_load", algorithm, Algorithm::CustomLoad)
-        .map(|n| decode_custom_load(ctx, n, &what));
+    let hash = only_with(ctx, &f, "hash", algorithm, Algorithm::Hash).map(|n| decode_hash(ctx, n, &what));
+    let custom = only_with(ctx, &f, "custom_load", algorithm, Algorithm::CustomLoad).map(|n| decode_custom_load(ctx, n, &what));
     let backends = ctx
         .required(&f, "backends", &what)
         .and_then(|n| decode_backends(ctx, n, &what, base));
-    let health_check = f
-        .get("health_check")
-        .map(|n| decode_health_check(ctx, n, &what));
+    let health_check = f.get("health_check").map(|n| decode_health_check(ctx, n, &what));
     let mut pool = PoolConfig {
         algorithm: algorithm?,
         hash: None,
@@ -556,10 +471,7 @@ fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<Po
         max_attempts: defaults::MAX_ATTEMPTS,
     };
     if let Some(n) = f.get("slow_start") {
-        set(
-            &mut pool.slow_start,
-            ctx.optional_duration(n, &format!("{what}.slow_start")),
-        );
+        set(&mut pool.slow_start, ctx.optional_duration(n, &format!("{what}.slow_start")));
     }
     if let Some(n) = f.get("bandwidth_window") {
         set(
@@ -577,10 +489,7 @@ fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<Po
         );
     }
     if let Some(n) = f.get("max_attempts") {
-        set(
-            &mut pool.max_attempts,
-            ctx.u32(n, &format!("{what}.max_attempts"), 1),
-        );
+        set(&mut pool.max_attempts, ctx.u32(n, &format!("{what}.max_attempts"), 1));
     }
     // An algorithm that needs its section gets the defaults when it is absent.
     pool.hash = match hash {
@@ -602,13 +511,7 @@ fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<Po
 }
 
 /// The `key` section, reporting it when the pool's algorithm does not use it.
-fn only_with<'a>(
-    ctx: &mut Ctx,
-    f: &Fields<'a>,
-    key: &str,
-    algo: Option<Algorithm>,
-    needs: Algorithm,
-) -> Option<&'a Node> {
+fn only_with<'a>(ctx: &mut Ctx, f: &Fields<'a>, key: &str, algo: Option<Algorithm>, needs: Algorithm) -> Option<&'a Node> {
     let node = f.get(key)?;
     if let (Some(algo), Some(key_node)) = (algo, f.key(key)) {
         if algo != needs {
@@ -628,25 +531,20 @@ fn decode_hash(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HashConfig> {
     let f = ctx.fields(node, &what, &["key", "bounded_load"])?;
     let key = match f.get("key") {
         None => Some(HashKey::ClientIp),
-        Some(n) => ctx
-            .string(n, &format!("{what}.key"))
-            .and_then(|text| match hash_key(&text) {
-                Ok(key) => Some(key),
-                Err((message, hint)) => {
-                    ctx.error_hint(n, message, hint);
-                    None
-                }
-            }),
+        Some(n) => ctx.string(n, &format!("{what}.key")).and_then(|text| match hash_key(&text) {
+            Ok(key) => Some(key),
+            Err((message, hint)) => {
+                ctx.error_hint(n, message, hint);
+                None
+            }
+        }),
     };
     let bounded_load = match f.get("bounded_load") {
         None => Some(None),
         Some(n) => match ctx.float(n, &format!("{what}.bounded_load")) {
             Some(c) if c > 1.0 => Some(Some(c)),
             Some(c) => {
-                ctx.error(
-                    n,
-                    format!("{what}.bounded_load must be greater than 1.0 (e.g. 1.25), found {c}"),
-                );
+                ctx.error(n, format!("{what}.bounded_load must be greater than 1.0 (e.g. 1.25), found {c}"));
                 None
             }
             None => None,
@@ -659,13 +557,7 @@ fn decode_hash(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HashConfig> {
 }
 
 fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
-    let forms = [
-        "client_ip",
-        "path",
-        "header:NAME",
-        "cookie:NAME",
-        "query:NAME",
-    ];
+    let forms = ["client_ip", "path", "header:NAME", "cookie:NAME", "query:NAME"];
     if let Some((source, name)) = text.split_once(':') {
         let make: Option<fn(String) -> HashKey> = match source {
             "header" => Some(HashKey::Header),
@@ -674,18 +566,12 @@ fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
             _ => None,
         };
         return match make {
-            Some(_) if name.trim().is_empty() => Err((
-                format!("hash key `{text}` needs a name after `{source}:`"),
-                None,
-            )),
+            Some(_) if name.trim().is_empty() => Err((format!("hash key `{text}` needs a name after `{source}:`"), None)),
             Some(make) => Ok(make(name.to_string())),
             None => {
                 let hint = did_you_mean(source, ["header", "cookie", "query"]);
                 Err((
-                    format!(
-                        "unknown hash key source `{source}`; expected one of {}",
-                        forms.join(", ")
-                    ),
+                    format!("unknown hash key source `{source}`; expected one of {}", forms.join(", ")),
                     hint,
                 ))
             }
@@ -696,40 +582,22 @@ fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
         "path" => Ok(HashKey::Path),
         _ => {
             let hint = did_you_mean(text, forms.iter().map(|f| f.trim_end_matches(":NAME")));
-            Err((
-                format!(
-                    "unknown hash key `{text}`; expected one of {}",
-                    forms.join(", ")
-                ),
-                hint,
-            ))
+            Err((format!("unknown hash key `{text}`; expected one of {}", forms.join(", ")), hint))
         }
     }
 }
 
-fn decode_backends(
-    ctx: &mut Ctx,
-    node: &Node,
-    pool: &str,
-    base: &Path,
-) -> Option<Vec<BackendConfig>> {
+fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Option<Vec<BackendConfig>> {
     let items = ctx.seq(node, &format!("{pool}.backends"))?;
     if items.is_empty() {
-        ctx.error(
-            node,
-            format!("{pool}.backends must list at least one backend"),
-        );
+        ctx.error(node, format!("{pool}.backends must list at least one backend"));
         return None;
     }
     let mut seen: Vec<(String, usize)> = Vec::new();
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let what = format!("{pool}.backends[{i}]");
-        let Some(f) = ctx.fields(
-            item,
-            &what,
-            &["address", "weight", "max_connections", "tls"],
-        ) else {
+        let Some(f) = ctx.fields(item, &what, &["address", "weight", "max_connections", "tls"]) else {
             continue;
         };
         let address = ctx.required(&f, "address", &what).and_then(|n| {
@@ -740,29 +608,22 @@ fn decode_backends(
             }
             let lower = text.to_ascii_lowercase();
             match seen.iter().find(|(a, _)| *a == lower) {
-                Some((_, line)) => ctx.error(
-                    n,
-                    format!("backend `{text}` is already listed on line {line}"),
-                ),
+                Some((_, line)) => ctx.error(n, format!("backend `{text}` is already listed on line {line}")),
                 None => seen.push((lower, n.line)),
             }
             Some(text)
         });
-        let weight = f.get("weight").map_or(Some(defaults::WEIGHT), |n| {
-            ctx.u32(n, &format!("{what}.weight"), 1)
-        });
+        let weight = f
+            .get("weight")
+            .map_or(Some(defaults::WEIGHT), |n| ctx.u32(n, &format!("{what}.weight"), 1));
         let max_connections = f
             .get("max_connections")
             .map(|n| ctx.int(n, &format!("{what}.max_connections"), 1, u64::MAX));
-        let tls = f
-            .get("tls")
-            .map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
+        let tls = f.get("tls").map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
         let (Some(address), Some(weight)) = (address, weight) else {
             continue;
         };
-        let (Some(max_connections), Some(tls)) =
-            (optional(max_connections), tls.unwrap_or(Some(None)))
-        else {
+        let (Some(max_connections), Some(tls)) = (optional(max_connections), tls.unwrap_or(Some(None))) else {
             continue;
         };
         out.push(BackendConfig {
@@ -775,25 +636,16 @@ fn decode_backends(
     (out.len() == items.len()).then_some(out)
 }
 
-fn decode_backend_tls(
-    ctx: &mut Ctx,
-    node: &Node,
-    what: &str,
-    base: &Path,
-) -> Option<Option<BackendTls>> {
+fn decode_backend_tls(ctx: &mut Ctx, node: &Node, what: &str, base: &Path) -> Option<Option<BackendTls>> {
     if node.as_str().is_some() {
         return ctx.bool(node, what).map(|on| on.then(BackendTls::default));
     }
     let f = ctx.fields(node, what, &["ca", "server_name", "insecure_skip_verify"])?;
-    let ca = f
-        .get("ca")
-        .map(|n| ctx.name(n, &format!("{what}.ca")).map(|p| resolve(base, p)));
-    let server_name = f
-        .get("server_name")
-        .map(|n| ctx.name(n, &format!("{what}.server_name")));
-    let skip = f.get("insecure_skip_verify").map_or(Some(false), |n| {
-        ctx.bool(n, &format!("{what}.insecure_skip_verify"))
-    });
+    let ca = f.get("ca").map(|n| ctx.name(n, &format!("{what}.ca")).map(|p| resolve(base, p)));
+    let server_name = f.get("server_name").map(|n| ctx.name(n, &format!("{what}.server_name")));
+    let skip = f
+        .get("insecure_skip_verify")
+        .map_or(Some(false), |n| ctx.bool(n, &format!("{what}.insecure_skip_verify")));
     Some(Some(BackendTls {
         ca: optional(ca)?,
         server_name: optional(server_name)?,
@@ -803,33 +655,25 @@ fn decode_backend_tls(
 
 fn decode_health_check(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HealthCheckConfig> {
     let what = format!("{pool}.health_check");
-    let f = ctx.fields(
-        node,
-        &what,
-        &["kind", "path", "interval", "timeout", "rise", "fall"],
-    )?;
+    let f = ctx.fields(node, &what, &["kind", "path", "interval", "timeout", "rise", "fall"])?;
     let kind = ctx
         .required(&f, "kind", &what)
         .and_then(|n| ctx.choice(n, "health check kind", &CHECK_KINDS));
-    let path = f
-        .get("path")
-        .map_or(Some(defaults::CHECK_PATH.to_string()), |n| {
-            http_path(ctx, n, &format!("{what}.path"))
-        });
-    let interval = f
-        .get("interval")
-        .map_or(Some(defaults::CHECK_INTERVAL), |n| {
-            ctx.positive_duration(n, &format!("{what}.interval"))
-        });
+    let path = f.get("path").map_or(Some(defaults::CHECK_PATH.to_string()), |n| {
+        http_path(ctx, n, &format!("{what}.path"))
+    });
+    let interval = f.get("interval").map_or(Some(defaults::CHECK_INTERVAL), |n| {
+        ctx.positive_duration(n, &format!("{what}.interval"))
+    });
     let timeout = f.get("timeout").map_or(Some(defaults::CHECK_TIMEOUT), |n| {
         ctx.positive_duration(n, &format!("{what}.timeout"))
     });
-    let rise = f.get("rise").map_or(Some(defaults::CHECK_RISE), |n| {
-        ctx.u32(n, &format!("{what}.rise"), 1)
-    });
-    let fall = f.get("fall").map_or(Some(defaults::CHECK_FALL), |n| {
-        ctx.u32(n, &format!("{what}.fall"), 1)
-    });
+    let rise = f
+        .get("rise")
+        .map_or(Some(defaults::CHECK_RISE), |n| ctx.u32(n, &format!("{what}.rise"), 1));
+    let fall = f
+        .get("fall")
+        .map_or(Some(defaults::CHECK_FALL), |n| ctx.u32(n, &format!("{what}.fall"), 1));
     let (interval, timeout) = (interval?, timeout?);
     if timeout > interval {
         let at = f.get("timeout").or(f.get("interval")).unwrap_or(node);
@@ -868,38 +712,25 @@ fn decode_custom_load(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<CustomLo
         set(&mut c.path, http_path(ctx, n, &format!("{what}.path")));
     }
     if let Some(n) = f.get("interval") {
-        set(
-            &mut c.interval,
-            ctx.positive_duration(n, &format!("{what}.interval")),
-        );
+        set(&mut c.interval, ctx.positive_duration(n, &format!("{what}.interval")));
     }
     (ctx.errors.len() == errors_before).then_some(c)
 }
 
 fn decode_rebalance(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<RebalanceConfig> {
     let what = format!("{pool}.rebalance");
-    let f = ctx.fields(
-        node,
-        &what,
-        &["enabled", "max_moves_per_second", "tolerance"],
-    )?;
+    let f = ctx.fields(node, &what, &["enabled", "max_moves_per_second", "tolerance"])?;
     let mut r = RebalanceConfig::default();
     let errors_before = ctx.errors.len();
     if let Some(n) = f.get("enabled") {
         set(&mut r.enabled, ctx.bool(n, &format!("{what}.enabled")));
     }
     if let Some(n) = f.get("max_moves_per_second") {
-        set(
-            &mut r.max_moves_per_second,
-            ctx.u32(n, &format!("{what}.max_moves_per_second"), 1),
-        );
+        set(&mut r.max_moves_per_second, ctx.u32(n, &format!("{what}.max_moves_per_second"), 1));
     }
     if let Some(n) = f.get("tolerance") {
         match ctx.float(n, &format!("{what}.tolerance")) {
-            Some(t) if t < 0.0 => ctx.error(
-                n,
-                format!("{what}.tolerance must not be negative, found {t}"),
-            ),
+            Some(t) if t < 0.0 => ctx.error(n, format!("{what}.tolerance must not be negative, found {t}")),
             t => set(&mut r.tolerance, t),
         }
     }
@@ -1004,10 +835,7 @@ shedding:
         assert!(tls.certs[0].sni.is_empty());
         assert_eq!(l.routes.len(), 2);
         assert_eq!(l.routes[0].matcher.path_prefix.as_deref(), Some("/chat"));
-        assert_eq!(
-            l.routes[0].matcher.host.as_deref(),
-            Some("chat.example.com")
-        );
+        assert_eq!(l.routes[0].matcher.host.as_deref(), Some("chat.example.com"));
         assert_eq!(
             l.routes[0].matcher.header,
             Some(HeaderMatch {
@@ -1023,10 +851,7 @@ shedding:
                 pool: "default".into()
             }
         );
-        assert_eq!(
-            l.allowed_origins,
-            Some(vec!["https://app.example.com".to_string()])
-        );
+        assert_eq!(l.allowed_origins, Some(vec!["https://app.example.com".to_string()]));
         assert_eq!(
             c.admin,
             Some(AdminConfig {
@@ -1051,10 +876,7 @@ shedding:
         assert_eq!(d.backends[1].weight, 1);
         assert_eq!(d.backends[1].max_connections, None);
         let hc = d.health_check.as_ref().unwrap();
-        assert_eq!(
-            (hc.kind, hc.path.as_str()),
-            (CheckKind::WebSocket, "/health")
-        );
+        assert_eq!((hc.kind, hc.path.as_str()), (CheckKind::WebSocket, "/health"));
         assert_eq!(
             (hc.interval, hc.timeout, hc.rise, hc.fall),
             (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
@@ -1113,9 +935,7 @@ shedding:
     fn enum_values_with_hints() {
         let e = errors(&pool_with("    algorithm: round-robin\n"));
         assert_eq!(
-            has(&e, 10, 16, "unknown algorithm `round-robin`")
-                .hint
-                .as_deref(),
+            has(&e, 10, 16, "unknown algorithm `round-robin`").hint.as_deref(),
             Some("did you mean `round_robin`?")
         );
         let e = errors(&pool_with("    health_check:\n      kind: websockets\n"));
@@ -1141,10 +961,7 @@ shedding:
         has(&e, 10, 19, "must be an integer, found a mapping");
         has(&e, 11, 22, "`30` needs a unit, e.g. `30s`");
         has(&e, 12, 23, "must be greater than 0");
-        let e = errors(&MINIMAL.replace(
-            "127.0.0.1:9001",
-            "127.0.0.1:9001\n        weight: 0\n        max_connections: -5",
-        ));
+        let e = errors(&MINIMAL.replace("127.0.0.1:9001", "127.0.0.1:9001\n        weight: 0\n        max_connections: -5"));
         has(&e, 10, 17, "weight must be at least 1");
         has(&e, 11, 26, "must be at least 1, found -5");
     }
@@ -1162,30 +979,21 @@ shedding:
 
     #[test]
     fn duplicates() {
-        let text =
-            format!("{MINIMAL}      - address: 127.0.0.1:9001\nadmin:\n  bind: 127.0.0.1:8080\n");
+        let text = format!("{MINIMAL}      - address: 127.0.0.1:9001\nadmin:\n  bind: 127.0.0.1:8080\n");
         let e = errors(&text.replace(
             "listeners:\n",
             "listeners:\n  - {name: a, bind: \"[::1]:0\", routes: [{pool: p}]}\n",
         ));
         has(&e, 3, 11, "listener name `a` is already used on line 2");
-        has(
-            &e,
-            11,
-            18,
-            "backend `127.0.0.1:9001` is already listed on line 10",
-        );
-        has(
-            &e,
-            13,
-            9,
-            "address 127.0.0.1:8080 is already bound on line 4",
-        );
+        has(&e, 11, 18, "backend `127.0.0.1:9001` is already listed on line 10");
+        has(&e, 13, 9, "address 127.0.0.1:8080 is already bound on line 4");
     }
 
     #[test]
     fn health_check_rules() {
-        let e = errors(&pool_with("    health_check:\n      kind: http\n      path: health\n      interval: 1s\n      timeout: 2s\n      rise: 0\n"));
+        let e = errors(&pool_with(
+            "    health_check:\n      kind: http\n      path: health\n      interval: 1s\n      timeout: 2s\n      rise: 0\n",
+        ));
         has(&e, 12, 13, "must start with `/`");
         has(&e, 14, 16, "must not exceed the interval");
         has(&e, 15, 13, "must be at least 1");
@@ -1198,9 +1006,7 @@ shedding:
         let e = errors(&pool_with("    hash:\n      key: \"cookie:\"\n"));
         has(&e, 10, 5, "`hash` only applies to algorithm `hash`");
         has(&e, 11, 12, "needs a name after `cookie:`");
-        let e = errors(&pool_with(
-            "    algorithm: hash\n    hash: {key: headr:X, bounded_load: 1.0}\n",
-        ));
+        let e = errors(&pool_with("    algorithm: hash\n    hash: {key: headr:X, bounded_load: 1.0}\n"));
         assert_eq!(
             has(&e, 11, 17, "unknown hash key source").hint.as_deref(),
             Some("did you mean `header`?")
@@ -1238,23 +1044,10 @@ shedding:
             Path::new(""),
         )
         .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!((ok.limits.idle_timeout, ok.limits.ping_interval), (None, None));
+        assert_eq!((ok.limits.max_request_header_bytes, ok.limits.max_message_bytes), (8192, 0));
         assert_eq!(
-            (ok.limits.idle_timeout, ok.limits.ping_interval),
-            (None, None)
-        );
-        assert_eq!(
-            (
-                ok.limits.max_request_header_bytes,
-                ok.limits.max_message_bytes
-            ),
-            (8192, 0)
-        );
-        assert_eq!(
-            (
-                ok.shedding.close_code,
-                ok.shedding.evict_idle,
-                ok.process.workers
-            ),
+            (ok.shedding.close_code, ok.shedding.evict_idle, ok.process.workers),
             (4000, true, 2)
         );
     }

@@ -10,9 +10,7 @@ const NANOS_PER_S: u128 = 1_000 * NANOS_PER_MS;
 
 /// Splits `12.5ms` into (`12.5`, `ms`), allowing spaces between number and unit.
 fn split_number(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     (&s[..end], s[end..].trim_start())
 }
 
@@ -24,9 +22,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let (number, unit) = split_number(s);
     if number.is_empty() {
-        return Err(format!(
-            "`{s}` is not a duration; write e.g. `250ms`, `2s`, `5m` or `1h`"
-        ));
+        return Err(format!("`{s}` is not a duration; write e.g. `250ms`, `2s`, `5m` or `1h`"));
     }
     let unit_nanos = match unit {
         "ms" => NANOS_PER_MS,
@@ -34,17 +30,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60 * NANOS_PER_S,
         "h" => 3_600 * NANOS_PER_S,
         "" => return Err(format!("`{s}` needs a unit, e.g. `{s}s`")),
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
-            ))
-        }
+        other => return Err(format!("unknown duration unit `{other}` in `{s}`; use ms, s, m or h")),
     };
     let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if int_part.is_empty()
-        || frac_part.contains('.')
-        || (number.contains('.') && frac_part.is_empty())
-    {
+    if int_part.is_empty() || frac_part.contains('.') || (number.contains('.') && frac_part.is_empty()) {
         return Err(format!("`{s}` is not a valid number"));
     }
     let too_long = || format!("duration `{s}` is too long");
@@ -70,14 +59,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
     let (number, unit) = split_number(s);
     if number.is_empty() {
-        return Err(format!(
-            "`{s}` is not a size; write bytes or e.g. `16KiB`, `1MiB`"
-        ));
+        return Err(format!("`{s}` is not a size; write bytes or e.g. `16KiB`, `1MiB`"));
     }
     if number.contains('.') {
-        return Err(format!(
-            "size `{s}` must be a whole number; use a smaller unit"
-        ));
+        return Err(format!("size `{s}` must be a whole number; use a smaller unit"));
     }
     let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -89,11 +74,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "unknown size unit `{unit}` in `{s}`; use B, KB, MB, GB, KiB, MiB or GiB"
-            ))
-        }
+        _ => return Err(format!("unknown size unit `{unit}` in `{s}`; use B, KB, MB, GB, KiB, MiB or GiB")),
     };
     let too_large = || format!("size `{s}` is too large");
     let n: u64 = number.parse().map_err(|_| too_large())?;
@@ -119,26 +100,17 @@ mod tests {
 
     #[test]
     fn duration_errors() {
-        assert_eq!(
-            parse_duration("30").unwrap_err(),
-            "`30` needs a unit, e.g. `30s`"
-        );
+        assert_eq!(parse_duration("30").unwrap_err(), "`30` needs a unit, e.g. `30s`");
         assert!(parse_duration("1.5").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
-        assert!(parse_duration("5d")
-            .unwrap_err()
-            .contains("unknown duration unit `d`"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown duration unit `d`"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1..5s").is_err());
         assert!(parse_duration("1.s").is_err());
         assert!(parse_duration(".5s").is_err());
-        assert!(parse_duration("99999999999999999999999999h")
-            .unwrap_err()
-            .contains("too long"));
-        assert!(parse_duration("9999999999999999999h")
-            .unwrap_err()
-            .contains("too long"));
+        assert!(parse_duration("99999999999999999999999999h").unwrap_err().contains("too long"));
+        assert!(parse_duration("9999999999999999999h").unwrap_err().contains("too long"));
     }
 
     #[test]
@@ -158,16 +130,10 @@ mod tests {
     fn size_errors() {
         assert!(parse_size("-1").unwrap_err().contains("negative"));
         assert!(parse_size("1.5MiB").unwrap_err().contains("whole number"));
-        assert!(parse_size("10XB")
-            .unwrap_err()
-            .contains("unknown size unit"));
+        assert!(parse_size("10XB").unwrap_err().contains("unknown size unit"));
         assert!(parse_size("MiB").unwrap_err().contains("not a size"));
         assert!(parse_size("18446744073709551615").is_ok());
-        assert!(parse_size("18446744073709551616")
-            .unwrap_err()
-            .contains("too large"));
-        assert!(parse_size("17179869184GiB")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(parse_size("18446744073709551616").unwrap_err().contains("too large"));
+        assert!(parse_size("17179869184GiB").unwrap_err().contains("too large"));
     }
 }

@@ -26,26 +26,17 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&'a Node> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v)
+        self.pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
     }
 
     /// The key node of `key`, if present (errors about a whole setting point at it).
     pub fn key(&self, key: &str) -> Option<&'a Node> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(k, _)| k)
+        self.pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k)
     }
 }
 
 /// "did you mean `X`?" when a candidate is within edit distance 2 or equal ignoring case.
-pub fn did_you_mean<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<String> {
+pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<String> {
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -99,10 +90,7 @@ impl Ctx {
             NodeKind::Map(pairs) => pairs,
             NodeKind::Null => &[],
             _ => {
-                self.error(
-                    node,
-                    format!("{what} must be a mapping, found {}", node.describe()),
-                );
+                self.error(node, format!("{what} must be a mapping, found {}", node.describe()));
                 return None;
             }
         };
@@ -123,10 +111,7 @@ impl Ctx {
     pub fn required<'a>(&mut self, fields: &Fields<'a>, key: &str, what: &str) -> Option<&'a Node> {
         let value = fields.get(key);
         if value.is_none() {
-            self.error(
-                fields.node,
-                format!("{what} is missing required key `{key}`"),
-            );
+            self.error(fields.node, format!("{what} is missing required key `{key}`"));
         }
         value
     }
@@ -136,10 +121,7 @@ impl Ctx {
         match node.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                self.error(
-                    node,
-                    format!("{what} must be a string, found {}", node.describe()),
-                );
+                self.error(node, format!("{what} must be a string, found {}", node.describe()));
                 None
             }
         }
@@ -160,10 +142,7 @@ impl Ctx {
         match &node.kind {
             NodeKind::Seq(items) => Some(items),
             _ => {
-                self.error(
-                    node,
-                    format!("{what} must be a sequence, found {}", node.describe()),
-                );
+                self.error(node, format!("{what} must be a sequence, found {}", node.describe()));
                 None
             }
         }
@@ -194,10 +173,7 @@ impl Ctx {
     /// An integer in `min..=max`.
     pub fn int(&mut self, node: &Node, what: &str, min: u64, max: u64) -> Option<u64> {
         let Some(text) = node.as_str() else {
-            self.error(
-                node,
-                format!("{what} must be an integer, found {}", node.describe()),
-            );
+            self.error(node, format!("{what} must be an integer, found {}", node.describe()));
             return None;
         };
         let n = match text.parse::<i128>() {
@@ -244,18 +220,10 @@ impl Ctx {
     /// A duration (`250ms`, `2s`, …).
     pub fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
         let Some(text) = node.as_str() else {
-            self.error(
-                node,
-                format!(
-                    "{what} must be a duration like `2s`, found {}",
-                    node.describe()
-                ),
-            );
+            self.error(node, format!("{what} must be a duration like `2s`, found {}", node.describe()));
             return None;
         };
-        parse_duration(text)
-            .map_err(|e| self.error(node, format!("{what}: {e}")))
-            .ok()
+        parse_duration(text).map_err(|e| self.error(node, format!("{what}: {e}"))).ok()
     }
 
     /// A duration that must be greater than zero.
@@ -273,25 +241,16 @@ impl Ctx {
         if node.as_str() == Some("off") {
             return Some(None);
         }
-        self.duration(node, what)
-            .map(|d| (!d.is_zero()).then_some(d))
+        self.duration(node, what).map(|d| (!d.is_zero()).then_some(d))
     }
 
     /// A size (`16KiB`, plain bytes, …).
     pub fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
         let Some(text) = node.as_str() else {
-            self.error(
-                node,
-                format!(
-                    "{what} must be a size like `16KiB`, found {}",
-                    node.describe()
-                ),
-            );
+            self.error(node, format!("{what} must be a size like `16KiB`, found {}", node.describe()));
             return None;
         };
-        parse_size(text)
-            .map_err(|e| self.error(node, format!("{what}: {e}")))
-            .ok()
+        parse_size(text).map_err(|e| self.error(node, format!("{what}: {e}"))).ok()
     }
 
     /// One of the named `options`, with a did-you-mean hint.
@@ -302,14 +261,7 @@ impl Ctx {
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
         let hint = did_you_mean(&text, names.iter().copied());
-        self.error_hint(
-            node,
-            format!(
-                "unknown {what} `{text}`; expected one of {}",
-                names.join(", ")
-            ),
-            hint,
-        );
+        self.error_hint(node, format!("unknown {what} `{text}`; expected one of {}", names.join(", ")), hint);
         None
     }
 }
@@ -342,17 +294,13 @@ pub fn check_address(s: &str) -> Result<(), String> {
             host.parse::<Ipv4Addr>()
                 .map_err(|_| format!("`{host}` in backend address `{s}` is not an IPv4 address"))?;
         } else if !is_dns_name(host) {
-            return Err(format!(
-                "`{host}` in backend address `{s}` is not a valid host name"
-            ));
+            return Err(format!("`{host}` in backend address `{s}` is not a valid host name"));
         }
         (host, port)
     };
     match port.parse::<u16>() {
         Ok(p) if p >= 1 => Ok(()),
-        _ => Err(format!(
-            "port `{port}` of backend `{host}` must be between 1 and 65535"
-        )),
+        _ => Err(format!("port `{port}` of backend `{host}` must be between 1 and 65535")),
     }
 }
 
@@ -378,10 +326,7 @@ pub fn check_binds(ctx: &mut Ctx, binds: &mut [(SocketAddr, &Node)]) {
             continue;
         }
         if let Some((_, first)) = binds[..i].iter().find(|(a, _)| a == addr) {
-            ctx.error(
-                node,
-                format!("address {addr} is already bound on line {}", first.line),
-            );
+            ctx.error(node, format!("address {addr} is already bound on line {}", first.line));
         }
     }
 }
@@ -430,14 +375,8 @@ mod tests {
     #[test]
     fn hints() {
         let keys = ["algorithm", "backends", "hash"];
-        assert_eq!(
-            did_you_mean("algoritm", keys),
-            Some("did you mean `algorithm`?".into())
-        );
-        assert_eq!(
-            did_you_mean("BACKENDS", keys),
-            Some("did you mean `backends`?".into())
-        );
+        assert_eq!(did_you_mean("algoritm", keys), Some("did you mean `algorithm`?".into()));
+        assert_eq!(did_you_mean("BACKENDS", keys), Some("did you mean `backends`?".into()));
         assert_eq!(did_you_mean("zzzzzzz", keys), None);
     }
 }

@@ -133,10 +133,8 @@ impl Builder {
         for (i, (key, _)) in pairs.iter().enumerate() {
             let Some(name) = key.as_str() else { continue };
             if let Some((first, _)) = pairs[..i].iter().find(|(k, _)| k.as_str() == Some(name)) {
-                self.errors.push(key.error(format!(
-                    "duplicate key `{name}` (first set on line {})",
-                    first.line
-                )));
+                self.errors
+                    .push(key.error(format!("duplicate key `{name}` (first set on line {})", first.line)));
             }
         }
     }
@@ -146,18 +144,11 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(value, style, _, _) => {
-                let is_null = style == TScalarStyle::Plain
-                    && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
-                let kind = if is_null {
-                    NodeKind::Null
-                } else {
-                    NodeKind::Scalar(value)
-                };
+                let is_null = style == TScalarStyle::Plain && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                let kind = if is_null { NodeKind::Null } else { NodeKind::Scalar(value) };
                 self.push(at(kind, mark));
             }
-            Event::SequenceStart(..) => {
-                self.stack.push((at(NodeKind::Seq(Vec::new()), mark), None))
-            }
+            Event::SequenceStart(..) => self.stack.push((at(NodeKind::Seq(Vec::new()), mark), None)),
             Event::MappingStart(..) => self.stack.push((at(NodeKind::Map(Vec::new()), mark), None)),
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((mut node, _)) = self.stack.pop() {
@@ -175,17 +166,11 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(_) => {
-                self.errors.push(
-                    at(NodeKind::Null, mark)
-                        .error("aliases (`*name`) are not supported; write the value out"),
-                );
+                self.errors
+                    .push(at(NodeKind::Null, mark).error("aliases (`*name`) are not supported; write the value out"));
                 self.push(at(NodeKind::Null, mark));
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
 }
@@ -204,9 +189,7 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let root = tree("a: 1\nb:\n  - x\n  - {c: d}\n");
-        let NodeKind::Map(pairs) = &root.kind else {
-            panic!("not a map")
-        };
+        let NodeKind::Map(pairs) = &root.kind else { panic!("not a map") };
         assert_eq!((pairs[0].0.line, pairs[0].0.col), (1, 1));
         assert_eq!((pairs[0].1.line, pairs[0].1.col), (1, 4));
         let NodeKind::Seq(items) = &pairs[1].1.kind else {
@@ -220,21 +203,14 @@ mod tests {
         assert_eq!((inner[0].1.line, inner[0].1.col), (4, 9));
         assert_eq!((items[1].line, items[1].col), (4, 5));
         let root = tree("- a: 1\n  b: 2\n");
-        let NodeKind::Seq(items) = &root.kind else {
-            panic!("not a seq")
-        };
-        assert_eq!(
-            (root.line, root.col, items[0].line, items[0].col),
-            (1, 1, 1, 3)
-        );
+        let NodeKind::Seq(items) = &root.kind else { panic!("not a seq") };
+        assert_eq!((root.line, root.col, items[0].line, items[0].col), (1, 1, 1, 3));
     }
 
     #[test]
     fn nulls_and_quoted_strings() {
         let root = tree("a:\nb: ~\nc: \"null\"\n");
-        let NodeKind::Map(pairs) = &root.kind else {
-            panic!("not a map")
-        };
+        let NodeKind::Map(pairs) = &root.kind else { panic!("not a map") };
         assert_eq!(pairs[0].1.kind, NodeKind::Null);
         assert_eq!(pairs[1].1.kind, NodeKind::Null);
         assert_eq!(pairs[2].1.as_str(), Some("null"));

@@ -1,0 +1,212 @@
+//! The client's upgrade request: read it within limits ([`read_head`]), validate it
+//! against RFC 6455 §4.2.1 ([`validate`]), answer refusals ([`Refusal`]), and compute or
+//! verify `Sec-WebSocket-Accept`.
+
+mod accept;
+mod head;
+
+pub use accept::{accept_key, key_is_valid};
+pub use head::{read_head, HeadError};
+
+/// Most headers a request may carry (more is a 431: each is a slot, not an allocation).
+pub const MAX_HEADERS: usize = 64;
+
+/// Why the balancer answers a client with an HTTP error instead of a 101 — the whole
+/// "What a client gets" table for handshakes, one variant per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: not a GET, missing/malformed Host, Upgrade, Connection or key.
+    BadRequest(&'static str),
+    /// 426 with `Sec-WebSocket-Version: 13`.
+    UnsupportedVersion,
+    /// 403: `Origin` not in `allowed_origins`.
+    ForbiddenOrigin,
+    /// 404: no route matches.
+    NoRoute,
+    /// 408: the head was not complete within `handshake_timeout`.
+    Timeout,
+    /// 431: the head is larger than `max_request_header_bytes` (or has too many headers).
+    HeadTooLarge,
+    /// 502: the backend answered something other than a valid 101.
+    BadGateway(&'static str),
+    /// 503 with `Retry-After`: over the hard ceiling of pending connections.
+    Overloaded {
+        /// Seconds for `Retry-After`.
+        retry_after_s: u64,
+    },
+}
+
+impl Refusal {
+    /// Status code and reason phrase.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Refusal::BadRequest(_) => (400, "Bad Request"),
+            Refusal::ForbiddenOrigin => (403, "Forbidden"),
+            Refusal::NoRoute => (404, "Not Found"),
+            Refusal::Timeout => (408, "Request Timeout"),
+            Refusal::UnsupportedVersion => (426, "Upgrade Required"),
+            Refusal::HeadTooLarge => (431, "Request Header Fields Too Large"),
+            Refusal::BadGateway(_) => (502, "Bad Gateway"),
+            Refusal::Overloaded { .. } => (503, "Service Unavailable"),
+        }
+    }
+
+    /// Label for `switchyard_handshake_failures_total{reason}`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::UnsupportedVersion => "version",
+            Refusal::ForbiddenOrigin => "origin",
+            Refusal::NoRoute => "no_route",
+            Refusal::Timeout => "timeout",
+            Refusal::HeadTooLarge => "too_large",
+            Refusal::BadGateway(_) => "bad_gateway",
+            Refusal::Overloaded { .. } => "overloaded",
+        }
+    }
+
+    /// The whole HTTP response, `Connection: close`.
+    pub fn response(&self) -> String {
+        let (code, phrase) = self.status();
+        let body = match self {
+            Refusal::BadRequest(why) => format!("bad request: {why}\n"),
+            Refusal::UnsupportedVersion => "unsupported Sec-WebSocket-Version; this server speaks 13\n".into(),
+            Refusal::ForbiddenOrigin => "origin not allowed\n".into(),
+            Refusal::NoRoute => "no route for this request\n".into(),
+            Refusal::Timeout => "request head not received in time\n".into(),
+            Refusal::HeadTooLarge => "request head too large\n".into(),
+            Refusal::BadGateway(why) => format!("bad gateway: {why}\n"),
+            Refusal::Overloaded { .. } => "overloaded, try again later\n".into(),
+        };
+        let extra = match self {
+            Refusal::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n".to_string(),
+            Refusal::Overloaded { retry_after_s } => format!("Retry-After: {retry_after_s}\r\n"),
+            _ => String::new(),
+        };
+        format!(
+            "HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// The parts of a valid upgrade request the proxy needs later.
+#[derive(Debug, Clone, Copy)]
+pub struct Upgrade<'a> {
+    /// Request target (path and query).
+    pub target: &'a str,
+    /// `Host` value.
+    pub host: &'a str,
+    /// `Sec-WebSocket-Key` value.
+    pub key: &'a str,
+    /// `Origin`, if sent.
+    pub origin: Option<&'a str>,
+}
+
+/// Finds a header by case-insensitive name.
+pub fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+/// Does a comma-separated header value contain `token` (case-insensitive)?
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Checks a parsed request against RFC 6455 §4.2.1 and the contract's table.
+pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refusal> {
+    if req.method != Some("GET") {
+        return Err(Refusal::BadRequest("method must be GET"));
+    }
+    let target = req.path.unwrap_or("/");
+    let headers: &[httparse::Header<'a>] = req.headers;
+    let host = header(headers, "host")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|h| !h.trim().is_empty())
+        .ok_or(Refusal::BadRequest("missing Host header"))?;
+    if !header(headers, "upgrade").is_some_and(|v| has_token(v, "websocket")) {
+        return Err(Refusal::BadRequest("missing or invalid Upgrade header (need: websocket)"));
+    }
+    if !header(headers, "connection").is_some_and(|v| has_token(v, "upgrade")) {
+        return Err(Refusal::BadRequest("missing or invalid Connection header (need: Upgrade)"));
+    }
+    let key = header(headers, "sec-websocket-key")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::trim)
+        .filter(|k| key_is_valid(k))
+        .ok_or(Refusal::BadRequest(
+            "missing or invalid Sec-WebSocket-Key header (must be base64 of 16 bytes)",
+        ))?;
+    if header(headers, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(Refusal::UnsupportedVersion);
+    }
+    let origin = header(headers, "origin").and_then(|v| std::str::from_utf8(v).ok());
+    Ok(Upgrade {
+        target,
+        host: host.trim(),
+        key,
+        origin,
+    })
+}
+
+/// Is `origin` allowed by the listener's list (`None` = any)? An absent `Origin` is refused
+/// when a list is set: browsers always send it, so its absence is not a browser.
+pub fn origin_allowed(allowed: Option<&[String]>, origin: Option<&str>) -> bool {
+    match allowed {
+        None => true,
+        Some(list) => origin.is_some_and(|o| list.iter().any(|a| a.eq_ignore_ascii_case(o.trim()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str) -> Result<String, Refusal> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut hs);
+        req.parse(raw.as_bytes()).unwrap();
+        validate(&req).map(|u| u.target.to_string())
+    }
+
+    const GOOD: &str = "GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn accepts_a_good_request() {
+        assert_eq!(check(GOOD).unwrap(), "/chat?x=1");
+    }
+
+    #[test]
+    fn each_bad_header_is_named() {
+        let cases = [
+            (GOOD.replace("GET", "POST"), "GET"),
+            (GOOD.replace("Host: a\r\n", ""), "Host"),
+            (GOOD.replace("Upgrade: WebSocket\r\n", ""), "Upgrade"),
+            (GOOD.replace("keep-alive, Upgrade", "keep-alive"), "Connection"),
+            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), "Sec-WebSocket-Key"),
+            (
+                GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                "Sec-WebSocket-Key",
+            ),
+        ];
+        for (raw, name) in cases {
+            match check(&raw) {
+                Err(r @ Refusal::BadRequest(_)) => assert!(r.response().contains(name), "{name}: {}", r.response()),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(check(&GOOD.replace("Version: 13", "Version: 8")), Err(Refusal::UnsupportedVersion));
+        assert!(Refusal::UnsupportedVersion.response().contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn origins() {
+        let list = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(None, None));
+        assert!(origin_allowed(Some(&list), Some("https://app.example.com")));
+        assert!(!origin_allowed(Some(&list), Some("https://evil.example.com")));
+        assert!(!origin_allowed(Some(&list), None));
+    }
+}

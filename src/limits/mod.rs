@@ -1,0 +1,205 @@
+//! Admission: the process-wide connection cap, the new-connection rate (token bucket) and
+//! the hard ceiling past which connections are refused before their handshake.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Limits, Shedding};
+use crate::server::conns::ConnTable;
+
+/// Why a connection is shed (the `reason` label of `switchyard_shed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Over `limits.max_connections`.
+    MaxConnections,
+    /// Over `limits.max_connections_per_second`.
+    RateLimited,
+    /// Every backend down (or every attempt failed).
+    NoBackend,
+    /// Backends up but all at their `max_connections`.
+    BackendFull,
+    /// Closed as the longest idle to admit a new one (`shedding.evict_idle`).
+    Idle,
+}
+
+impl ShedReason {
+    /// Label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ShedReason::MaxConnections => "max_connections",
+            ShedReason::RateLimited => "rate",
+            ShedReason::NoBackend => "no_backend",
+            ShedReason::BackendFull => "backend_full",
+            ShedReason::Idle => "idle",
+        }
+    }
+
+    /// From a balancer exhaustion label.
+    pub fn from_label(l: &str) -> ShedReason {
+        if l == "backend_full" {
+            ShedReason::BackendFull
+        } else {
+            ShedReason::NoBackend
+        }
+    }
+}
+
+/// Token bucket: `rate` tokens per second, burst of one second's worth.
+#[derive(Debug)]
+pub struct TokenBucket {
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Default for TokenBucket {
+    fn default() -> Self {
+        TokenBucket {
+            state: Mutex::new((f64::NAN, Instant::now())),
+        }
+    }
+}
+
+impl TokenBucket {
+    /// Takes one token at `rate`/s (0 = unlimited); false when empty.
+    pub fn take(&self, rate: u64, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let Ok(mut s) = self.state.lock() else { return true };
+        let burst = rate as f64;
+        let (tokens, last) = *s;
+        let tokens = if tokens.is_nan() {
+            burst
+        } else {
+            (tokens + now.duration_since(last).as_secs_f64() * rate as f64).min(burst)
+        };
+        if tokens >= 1.0 {
+            *s = (tokens - 1.0, now);
+            true
+        } else {
+            *s = (tokens, now);
+            false
+        }
+    }
+}
+
+/// Process-wide admission state.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Client connections admitted and not yet ended.
+    active: AtomicU64,
+    /// TCP connections accepted and not yet admitted or refused.
+    pending: AtomicU64,
+    bucket: TokenBucket,
+}
+
+/// Holds one unit of a counter until dropped.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Arc<Admission>,
+    active: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let c = if self.active {
+            &self.admission.active
+        } else {
+            &self.admission.pending
+        };
+        c.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Admission {
+    /// Counts an accepted TCP connection; `None` when past the hard ceiling
+    /// (2 × `max_connections` admitted-or-pending): refuse with 503 before reading anything.
+    pub fn accept(self: &Arc<Self>, limits: &Limits) -> Option<Slot> {
+        let pending = self.pending.fetch_add(1, Relaxed) + 1;
+        let slot = Slot {
+            admission: self.clone(),
+            active: false,
+        };
+        if pending + self.active.load(Relaxed) > limits.max_connections.saturating_mul(2) {
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Admits a connection that completed a valid request, or says why it is shed.
+    /// With `evict_idle`, a full process closes its longest-idle connection to make room.
+    pub fn admit(
+        self: &Arc<Self>,
+        pending: Slot,
+        limits: &Limits,
+        shedding: &Shedding,
+        conns: &ConnTable,
+        now_ms: u64,
+    ) -> Result<Slot, ShedReason> {
+        if !self.bucket.take(limits.max_connections_per_second, Instant::now()) {
+            return Err(ShedReason::RateLimited);
+        }
+        let active = self.active.fetch_add(1, Relaxed);
+        drop(pending);
+        let slot = Slot {
+            admission: self.clone(),
+            active: true,
+        };
+        if active >= limits.max_connections {
+            if shedding.evict_idle && evict_longest_idle(conns, now_ms) {
+                crate::metrics::shed(ShedReason::Idle.label());
+                return Ok(slot);
+            }
+            return Err(ShedReason::MaxConnections);
+        }
+        Ok(slot)
+    }
+
+    /// Admitted connections now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+}
+
+/// Asks the connection idle the longest to close now (1001); false when there is none.
+fn evict_longest_idle(conns: &ConnTable, now_ms: u64) -> bool {
+    let all = conns.select(|c| c.close_request().is_none());
+    match all.iter().min_by_key(|c| c.last_data_ms.load(Relaxed)) {
+        Some(c) => {
+            c.request_close(now_ms, 1001);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The reason text of a shed close: a retry hint jittered ±30 % around `hint`.
+pub fn retry_reason(hint: Duration) -> String {
+    let base = hint.as_secs_f64().max(0.1);
+    let s = base * rand::random_range(0.7..1.3);
+    format!("try again in {s:.1}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bursts_one_second_then_refills() {
+        let b = TokenBucket::default();
+        let t0 = Instant::now();
+        assert_eq!((0..15).filter(|_| b.take(10, t0)).count(), 10);
+        assert!(!b.take(10, t0 + Duration::from_millis(50)));
+        assert!(b.take(10, t0 + Duration::from_millis(200)));
+        assert!(b.take(0, t0), "0 = unlimited");
+    }
+
+    #[test]
+    fn retry_hint_is_jittered_around_the_hint() {
+        for _ in 0..100 {
+            let r = retry_reason(Duration::from_secs(5));
+            let v: f64 = r.trim_start_matches("try again in ").trim_end_matches('s').parse().unwrap();
+            assert!((3.4..=6.6).contains(&v), "{r}");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Relay buffers: taken from a per-thread free list when a socket has data, given back as
+//! soon as everything read has been written, so an idle connection holds none.
+
+use std::cell::RefCell;
+
+/// Size of one relay buffer.
+pub const BUF_SIZE: usize = 32 * 1024;
+/// Free buffers kept per thread; more are returned to the allocator.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<[u8; BUF_SIZE]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A relay buffer that returns to its thread's free list when dropped.
+pub struct Buf(Option<Box<[u8; BUF_SIZE]>>);
+
+impl Buf {
+    /// No storage (an idle direction).
+    pub const fn empty() -> Buf {
+        Buf(None)
+    }
+
+    /// Makes sure storage is held, taking it from the free list if needed.
+    pub fn ensure(&mut self) {
+        if self.0.is_none() {
+            *self = Buf::take();
+        }
+    }
+
+    /// Gives the storage back to the free list.
+    pub fn release(&mut self) {
+        drop(std::mem::replace(self, Buf(None)));
+    }
+
+    /// Takes a buffer from the free list, or allocates one.
+    pub fn take() -> Buf {
+        let b = FREE.with(|f| f.borrow_mut().pop());
+        Buf(Some(b.unwrap_or_else(|| {
+            // Allocate on the heap directly; a 32 KiB array must not transit the stack.
+            let v = vec![0u8; BUF_SIZE].into_boxed_slice();
+            match v.try_into() {
+                Ok(b) => b,
+                Err(_) => unreachable!("length is BUF_SIZE"),
+            }
+        })))
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Some(b) => &b[..],
+            None => &[],
+        }
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            Some(b) => &mut b[..],
+            None => &mut [],
+        }
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            // try_with: during thread teardown the list may be gone; then just free it.
+            let _ = FREE.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < POOL_MAX {
+                    f.push(b);
+                }
+            });
+        }
+    }
+}

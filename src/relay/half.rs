@@ -1,0 +1,277 @@
+//! One direction of a relay: read from a source, scan frames, write to a destination.
+//! A buffer is held only while bytes are in flight; a slow destination stops the reads
+//! from its source (backpressure), so memory per direction is bounded by one buffer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::buf::Buf;
+use crate::stream::Stream;
+use crate::ws::frame::{ControlFrame, Opcode};
+use crate::ws::stream::{Event, Scanner};
+use crate::ws::CloseCode;
+
+/// Room kept free at the end of a buffer for one injected control frame.
+const HEADROOM: usize = 160;
+
+/// A frame the proxy itself puts into a direction at the next frame boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inject {
+    /// A ping with this payload (to the client).
+    Ping([u8; 8]),
+    /// A close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// What one call to [`Half::pump`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pumped {
+    /// Anything moved.
+    pub progress: bool,
+    /// Bytes arrived from the source.
+    pub rx: bool,
+    /// A data frame header passed.
+    pub data_seen: bool,
+    /// The proxy's own pong came back (and was cut out).
+    pub own_pong: bool,
+    /// Something that ends or changes the connection.
+    pub event: Option<HalfEvent>,
+}
+
+/// Events the relay acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfEvent {
+    /// The source closed (or failed) its side.
+    Eof,
+    /// A close frame from the source passed, with this code.
+    CloseFrame(u16),
+    /// The source broke RFC 6455 or a limit.
+    Violation(CloseCode),
+    /// Writing to the destination failed.
+    DstDead,
+}
+
+/// One direction's state.
+pub struct Half {
+    buf: Buf,
+    out_start: usize,
+    out_end: usize,
+    filled: usize,
+    rescan: bool,
+    /// Frame scanner of this direction.
+    pub scan: Scanner,
+    /// Masks injected frames (towards the backend).
+    pub mask_injected: bool,
+    /// Source ended.
+    pub src_done: bool,
+    /// Drop whatever the source still sends (a close went by).
+    pub discard: bool,
+    /// A close frame from the source passed.
+    pub close_seen: bool,
+    /// Destination can no longer be written.
+    pub dst_dead: bool,
+    /// Destination's write side was shut down.
+    pub shut: bool,
+    /// A frame waiting for the next boundary.
+    pub inject: Option<Inject>,
+    /// Bytes read and not yet flushed to shared counters.
+    pub unflushed_bytes: u64,
+}
+
+impl Half {
+    /// A direction with this scanner.
+    pub fn new(scan: Scanner, mask_injected: bool) -> Self {
+        Half {
+            buf: Buf::empty(),
+            out_start: 0,
+            out_end: 0,
+            filled: 0,
+            rescan: false,
+            scan,
+            mask_injected,
+            src_done: false,
+            discard: false,
+            close_seen: false,
+            dst_dead: false,
+            shut: false,
+            inject: None,
+            unflushed_bytes: 0,
+        }
+    }
+
+    /// Bytes that arrived before the relay started (pipelined after a handshake head).
+    /// Returns false when they do not fit in one buffer.
+    pub fn preload(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        self.buf.ensure();
+        if bytes.len() > self.buf.len() - HEADROOM {
+            return false;
+        }
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+        self.filled = bytes.len();
+        self.unflushed_bytes += bytes.len() as u64;
+        self.rescan = true;
+        true
+    }
+
+    /// Finished: source ended and the destination is shut (or dead).
+    pub fn finished(&self) -> bool {
+        self.src_done && (self.shut || self.dst_dead)
+    }
+
+    /// Moves bytes until blocked or something happens; see [`Pumped`].
+    pub fn pump(&mut self, src: &mut Stream, dst: &mut Stream, cx: &mut Context<'_>, own_ping: Option<&[u8]>) -> Pumped {
+        let mut r = Pumped::default();
+        loop {
+            if self.out_start < self.out_end {
+                if self.dst_dead {
+                    self.out_start = self.out_end;
+                } else {
+                    match Pin::new(&mut *dst).poll_write(cx, &self.buf[self.out_start..self.out_end]) {
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            self.out_start += n;
+                            r.progress = true;
+                            continue;
+                        }
+                        Poll::Ready(_) => {
+                            self.dst_dead = true;
+                            self.discard = true;
+                            r.event = Some(HalfEvent::DstDead);
+                            return r;
+                        }
+                        Poll::Pending => return r,
+                    }
+                }
+            }
+            // Everything scanned so far is written: keep only the carried partial frame.
+            if self.out_end > 0 {
+                self.buf.copy_within(self.out_end..self.filled, 0);
+                self.filled -= self.out_end;
+                self.out_start = 0;
+                self.out_end = 0;
+            }
+            if let Some(inj) = self.inject {
+                if self.dst_dead || (self.scan.at_boundary() && !self.rescan) {
+                    self.inject = None;
+                    if !self.dst_dead {
+                        self.put_front(inj);
+                        r.progress = true;
+                        if let Inject::Close(..) = inj {
+                            self.discard = true;
+                            self.filled = self.out_end;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if self.rescan && self.filled > 0 && !self.discard {
+                self.rescan = false;
+                if let Some(ev) = self.scan_buffered(&mut r, own_ping) {
+                    r.event = Some(ev);
+                    return r;
+                }
+                if self.out_end > 0 {
+                    continue;
+                }
+            }
+            if self.filled == 0 {
+                self.buf.release();
+            }
+            if self.src_done {
+                if !self.shut && !self.dst_dead && self.inject.is_none() && self.filled == 0 {
+                    match Pin::new(&mut *dst).poll_shutdown(cx) {
+                        Poll::Ready(_) => {
+                            self.shut = true;
+                            r.progress = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                return r;
+            }
+            self.buf.ensure();
+            // Headroom so an injected control frame always fits in front of unscanned bytes.
+            let end = self.buf.len() - HEADROOM;
+            let mut rb = ReadBuf::new(&mut self.buf[self.filled..end]);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    if self.filled == 0 {
+                        self.buf.release();
+                    }
+                    return r;
+                }
+                Poll::Ready(res) => {
+                    let n = rb.filled().len();
+                    if res.is_err() || n == 0 {
+                        self.src_done = true;
+                        self.filled = self.out_end;
+                        r.progress = true;
+                        r.event = Some(HalfEvent::Eof);
+                        return r;
+                    }
+                    self.filled += n;
+                    self.unflushed_bytes += n as u64;
+                    r.progress = true;
+                    r.rx = true;
+                    if self.discard {
+                        self.filled = self.out_end;
+                        continue;
+                    }
+                    if let Some(ev) = self.scan_buffered(&mut r, own_ping) {
+                        r.event = Some(ev);
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scans the unscanned bytes; returns an event that stops this direction.
+    fn scan_buffered(&mut self, r: &mut Pumped, own_ping: Option<&[u8]>) -> Option<HalfEvent> {
+        let stop = self.inject.is_some();
+        let s = self.scan.scan(&mut self.buf, self.out_end, &mut self.filled, own_ping, stop);
+        self.out_end = s.forward;
+        r.data_seen |= s.data_seen;
+        r.own_pong |= s.own_pong;
+        if stop && s.forward < self.filled {
+            self.rescan = true;
+        }
+        match s.event {
+            None => None,
+            Some(Event::Close(code)) => {
+                self.close_seen = true;
+                self.discard = true;
+                self.filled = self.out_end;
+                Some(HalfEvent::CloseFrame(code))
+            }
+            Some(Event::Violation(code)) => {
+                self.discard = true;
+                self.filled = self.out_end;
+                // the offending frame starts at a boundary: the close can follow at once
+                self.rescan = false;
+                Some(HalfEvent::Violation(code))
+            }
+        }
+    }
+
+    /// Writes an injected frame before the carried bytes (we are at a frame boundary).
+    fn put_front(&mut self, inj: Inject) {
+        let mask = self.mask_injected.then(rand::random::<[u8; 4]>);
+        let f = match inj {
+            Inject::Ping(token) => ControlFrame::new(Opcode::Ping, &token, mask),
+            Inject::Close(code, reason) => ControlFrame::close(code, reason, mask),
+        };
+        let bytes = f.as_bytes();
+        self.buf.ensure();
+        let l = bytes.len();
+        self.buf.copy_within(0..self.filled, l);
+        self.buf[..l].copy_from_slice(bytes);
+        self.filled += l;
+        self.out_start = 0;
+        self.out_end = l;
+    }
+}

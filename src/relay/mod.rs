@@ -1,0 +1,405 @@
+//! Bidirectional, frame-aware relay of an established WebSocket connection.
+//!
+//! One task drives both directions ([`half::Half`]) and one timer. Buffers are held only
+//! while bytes are in flight. The single deadline is the earliest of: idle timeout, ping
+//! due / pong overdue, a requested close (drain, shutdown), the end of the close grace, and
+//! the next counter flush; activity never re-arms the timer, it only moves the stored
+//! stamps, and the deadline is recomputed when the timer fires.
+
+pub mod buf;
+mod half;
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+
+use crate::clock;
+use crate::metrics::{close_code, CloseOrigin};
+use crate::server::conns::ConnShared;
+use crate::stream::Stream;
+use crate::ws::stream::{Scanner, Side};
+use crate::ws::CloseCode;
+use half::{Half, HalfEvent, Inject};
+
+/// How long both sides get to finish a closing handshake once one started.
+const CLOSE_GRACE_MS: u64 = 5_000;
+/// Local counters are flushed to the shared ones at least this often while active.
+const FLUSH_EVERY_MS: u64 = 1_000;
+
+/// Per-connection knobs, copied from the config at connection start.
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// Close after this long without data frames.
+    pub idle_timeout: Option<Duration>,
+    /// Ping the client when it has been silent this long.
+    pub ping_interval: Option<Duration>,
+    /// Close when a ping is not answered within this.
+    pub ping_timeout: Duration,
+    /// Client message limit (0 = none).
+    pub max_message: u64,
+    /// RSV bits the negotiated extensions use.
+    pub rsv_allowed: u8,
+}
+
+/// How a relayed connection ended, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// The first close code of the connection (1006 when a side vanished without one).
+    pub code: u16,
+    /// Who sent it.
+    pub origin: CloseOrigin,
+    /// Bytes client → backend.
+    pub bytes_c2b: u64,
+    /// Bytes backend → client.
+    pub bytes_b2c: u64,
+    /// Messages client → backend.
+    pub msgs_c2b: u64,
+    /// Messages backend → client.
+    pub msgs_b2c: u64,
+}
+
+/// A connection being relayed.
+pub struct Relay {
+    client: Stream,
+    backend: Stream,
+    c2b: Half,
+    b2c: Half,
+    timer: Pin<Box<Sleep>>,
+    conn: Arc<ConnShared>,
+    settings: RelaySettings,
+    ping_token: [u8; 8],
+    awaiting_pong_ms: u64,
+    last_ping_ms: u64,
+    last_client_rx_ms: u64,
+    last_data_ms: u64,
+    last_flush_ms: u64,
+    closing_deadline_ms: u64,
+    closing: bool,
+    injected: bool,
+    first_close: Option<(u16, CloseOrigin)>,
+    totals: [u64; 4],
+}
+
+impl Relay {
+    /// Prepares a relay; `client_early`/`backend_early` are bytes already read past the
+    /// handshake heads. Returns `None` when they do not fit in a buffer.
+    pub fn new(
+        client: Stream,
+        backend: Stream,
+        conn: Arc<ConnShared>,
+        settings: RelaySettings,
+        client_early: &[u8],
+        backend_early: &[u8],
+    ) -> Option<Self> {
+        let now = clock::now_ms();
+        let mut c2b = Half::new(Scanner::new(Side::Client, settings.rsv_allowed, settings.max_message), true);
+        let mut b2c = Half::new(Scanner::new(Side::Backend, settings.rsv_allowed, 0), false);
+        if !c2b.preload(client_early) || !b2c.preload(backend_early) {
+            return None;
+        }
+        let token = rand::random::<u64>().to_be_bytes();
+        let mut r = Relay {
+            client,
+            backend,
+            c2b,
+            b2c,
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            conn,
+            settings,
+            ping_token: token,
+            awaiting_pong_ms: 0,
+            last_ping_ms: now,
+            last_client_rx_ms: now,
+            last_data_ms: now,
+            last_flush_ms: now,
+            closing_deadline_ms: 0,
+            closing: false,
+            injected: false,
+            first_close: None,
+            totals: [0; 4],
+        };
+        r.rearm(now);
+        Some(r)
+    }
+
+    /// Relays until both sides are closed (or the close grace ends).
+    pub async fn run(mut self) -> Outcome {
+        poll_fn(|cx| self.poll_relay(cx)).await
+    }
+
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        self.conn.waker.register(cx.waker());
+        'outer: loop {
+            loop {
+                let token = self.ping_token;
+                let own = (self.awaiting_pong_ms != 0).then_some(&token[..]);
+                let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
+                let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, None);
+                if a.rx || b.rx {
+                    let now = clock::now_ms();
+                    if a.rx {
+                        self.last_client_rx_ms = now;
+                    }
+                    if a.data_seen || b.data_seen {
+                        self.last_data_ms = now;
+                        self.conn.last_data_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if now >= self.last_flush_ms + FLUSH_EVERY_MS {
+                        self.flush(now);
+                    }
+                }
+                if let Some(ev) = a.event {
+                    self.on_client_event(ev);
+                }
+                if let Some(ev) = b.event {
+                    self.on_backend_event(ev);
+                }
+                if self.c2b.finished() && self.b2c.finished() {
+                    return Poll::Ready(self.finish());
+                }
+                if !(a.progress || b.progress || a.event.is_some() || b.event.is_some()) {
+                    break;
+                }
+            }
+            // Timers: act on what is due, then sleep until the next thing is.
+            loop {
+                let now = clock::now_ms();
+                self.injected = false;
+                if self.on_time(now) {
+                    return Poll::Ready(self.finish());
+                }
+                if self.injected {
+                    continue 'outer; // a frame to put in: let the pumps run
+                }
+                self.rearm(now);
+                if self.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn on_client_event(&mut self, ev: HalfEvent) {
+        let now = clock::now_ms();
+        match ev {
+            HalfEvent::CloseFrame(code) => {
+                self.note_close(code, CloseOrigin::Client);
+                self.start_grace(now);
+            }
+            HalfEvent::Violation(code) => self.begin_close(code.code(), violation_reason(code), now),
+            HalfEvent::Eof if !self.c2b.close_seen && !self.closing => {
+                // The client vanished without a close: tell the backend.
+                self.note_close(1006, CloseOrigin::Client);
+                self.closing = true;
+                self.start_grace(now);
+                self.c2b.inject = Some(Inject::Close(CloseCode::GoingAway.code(), "client went away"));
+                note_sent(CloseCode::GoingAway.code());
+            }
+            HalfEvent::Eof => self.start_grace(now),
+            // The backend cannot be written: its read side will report the rest.
+            HalfEvent::DstDead => self.start_grace(now),
+        }
+    }
+
+    fn on_backend_event(&mut self, ev: HalfEvent) {
+        let now = clock::now_ms();
+        match ev {
+            HalfEvent::CloseFrame(code) => {
+                self.note_close(code, CloseOrigin::Backend);
+                self.start_grace(now);
+            }
+            HalfEvent::Eof | HalfEvent::Violation(_) if !self.b2c.close_seen && !self.closing => {
+                // RFC 6455 §7.4.1 1014: the backend connection died mid-stream.
+                self.closing = true;
+                self.start_grace(now);
+                self.note_close(CloseCode::BadGateway.code(), CloseOrigin::Proxy);
+                self.b2c.inject = Some(Inject::Close(CloseCode::BadGateway.code(), "backend connection lost"));
+                note_sent(CloseCode::BadGateway.code());
+                self.c2b.discard = true;
+            }
+            HalfEvent::DstDead if !self.closing => {
+                // The client cannot be written: it is gone.
+                self.note_close(1006, CloseOrigin::Client);
+                self.closing = true;
+                self.start_grace(now);
+                if !self.c2b.close_seen {
+                    self.c2b.inject = Some(Inject::Close(CloseCode::GoingAway.code(), "client went away"));
+                    note_sent(CloseCode::GoingAway.code());
+                }
+            }
+            _ => self.start_grace(now),
+        }
+    }
+
+    /// The proxy closes both sides with `code` (violation, idle, ping timeout, drain, shutdown).
+    fn begin_close(&mut self, code: u16, reason: &'static str, now: u64) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.start_grace(now);
+        self.note_close(code, CloseOrigin::Proxy);
+        note_sent(code);
+        if !self.b2c.close_seen && !self.b2c.dst_dead {
+            self.b2c.inject = Some(Inject::Close(code, reason));
+        }
+        if !self.c2b.close_seen && !self.c2b.dst_dead && !self.c2b.src_done {
+            self.c2b.inject = Some(Inject::Close(code, reason));
+        }
+        self.injected = true;
+        self.c2b.discard |= self.c2b.inject.is_none();
+    }
+
+    fn start_grace(&mut self, now: u64) {
+        if self.closing_deadline_ms == 0 {
+            self.closing_deadline_ms = now + CLOSE_GRACE_MS;
+        }
+    }
+
+    fn note_close(&mut self, code: u16, origin: CloseOrigin) {
+        if origin != CloseOrigin::Proxy {
+            close_code(code, origin);
+        }
+        if self.first_close.is_none() {
+            self.first_close = Some((code, origin));
+        }
+    }
+
+    /// Acts on whatever is due at `now`; true when the connection must end now.
+    fn on_time(&mut self, now: u64) -> bool {
+        if self.closing_deadline_ms != 0 && now >= self.closing_deadline_ms {
+            return true;
+        }
+        if let Some((at, code)) = self.conn.close_request() {
+            if now >= at {
+                let reason = if code == CloseCode::GoingAway.code() {
+                    "server shutting down"
+                } else {
+                    "backend restarting"
+                };
+                self.begin_close(code, reason, now);
+            }
+        }
+        if let Some(idle) = self.settings.idle_timeout {
+            if now >= self.last_data_ms + idle.as_millis() as u64 {
+                self.begin_close(CloseCode::GoingAway.code(), "idle timeout", now);
+            }
+        }
+        if let Some(interval) = self.settings.ping_interval {
+            if self.awaiting_pong_ms != 0 && self.last_client_rx_ms > self.awaiting_pong_ms {
+                self.awaiting_pong_ms = 0; // anything from the client proves it is alive
+            }
+            if self.awaiting_pong_ms != 0 {
+                if now >= self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
+                    self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);
+                }
+            } else if !self.closing && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
+                self.b2c.inject = Some(Inject::Ping(self.ping_token));
+                self.awaiting_pong_ms = now;
+                self.last_ping_ms = now;
+                self.injected = true;
+            }
+        }
+        if self.has_unflushed() && now >= self.last_flush_ms + FLUSH_EVERY_MS {
+            self.flush(now);
+        }
+        false
+    }
+
+    fn ping_due(&self, interval: Duration) -> u64 {
+        self.last_client_rx_ms.max(self.last_ping_ms) + interval.as_millis() as u64
+    }
+
+    fn next_deadline(&self) -> u64 {
+        let mut d = u64::MAX;
+        if self.closing_deadline_ms != 0 {
+            d = d.min(self.closing_deadline_ms);
+        }
+        if let Some((at, _)) = self.conn.close_request() {
+            if !self.closing {
+                d = d.min(at);
+            }
+        }
+        if !self.closing {
+            if let Some(idle) = self.settings.idle_timeout {
+                d = d.min(self.last_data_ms + idle.as_millis() as u64);
+            }
+            if let Some(interval) = self.settings.ping_interval {
+                d = d.min(if self.awaiting_pong_ms != 0 {
+                    self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64
+                } else {
+                    self.ping_due(interval)
+                });
+            }
+        }
+        if self.has_unflushed() {
+            d = d.min(self.last_flush_ms + FLUSH_EVERY_MS);
+        }
+        d
+    }
+
+    fn rearm(&mut self, now: u64) {
+        let d = self.next_deadline().max(now + 1).min(now + 3_600_000);
+        let at = tokio::time::Instant::from_std(clock::instant_at(d));
+        if self.timer.deadline() != at {
+            self.timer.as_mut().reset(at);
+        }
+    }
+
+    fn has_unflushed(&self) -> bool {
+        self.c2b.unflushed_bytes != 0 || self.b2c.unflushed_bytes != 0
+    }
+
+    /// Adds local counters to the backend's atomics and metric handles.
+    fn flush(&mut self, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_flush_ms = now;
+        let b = &self.conn.backend;
+        let (bc, bb) = (
+            std::mem::take(&mut self.c2b.unflushed_bytes),
+            std::mem::take(&mut self.b2c.unflushed_bytes),
+        );
+        let (mc, mb) = (self.c2b.scan.take_messages(), self.b2c.scan.take_messages());
+        b.bytes_c2b.fetch_add(bc, Relaxed);
+        b.bytes_b2c.fetch_add(bb, Relaxed);
+        b.msgs_c2b.fetch_add(mc, Relaxed);
+        b.msgs_b2c.fetch_add(mb, Relaxed);
+        b.metrics.bytes_c2b.increment(bc);
+        b.metrics.bytes_b2c.increment(bb);
+        b.metrics.msgs_c2b.increment(mc);
+        b.metrics.msgs_b2c.increment(mb);
+        for (t, v) in self.totals.iter_mut().zip([bc, bb, mc, mb]) {
+            *t += v;
+        }
+    }
+
+    fn finish(&mut self) -> Outcome {
+        self.flush(clock::now_ms());
+        let (code, origin) = self.first_close.unwrap_or((1006, CloseOrigin::Proxy));
+        Outcome {
+            code,
+            origin,
+            bytes_c2b: self.totals[0],
+            bytes_b2c: self.totals[1],
+            msgs_c2b: self.totals[2],
+            msgs_b2c: self.totals[3],
+        }
+    }
+}
+
+/// Counts a close frame the proxy sent.
+fn note_sent(code: u16) {
+    close_code(code, CloseOrigin::Proxy);
+}
+
+fn violation_reason(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::MessageTooBig => "message too big",
+        CloseCode::InvalidPayload => "invalid close reason",
+        _ => "protocol error",
+    }
+}

@@ -1,0 +1,136 @@
+//! The live state built from a `Config`: pools with their backends and balancers. A reload
+//! builds a new `Runtime` that reuses the `Backend` of every address that stays, so counts,
+//! EWMAs, health and slow start survive; the server swaps it in atomically.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendState};
+use crate::balance::{self, Balancer};
+use crate::clock;
+use crate::config::{Config, PoolConfig};
+
+/// TLS settings to reach one backend.
+pub type BackendTlsConnector = (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
+
+/// A pool of backends with its balancer.
+pub struct Pool {
+    /// Name.
+    pub name: Arc<str>,
+    /// Its config.
+    pub config: PoolConfig,
+    /// Backends, in config order.
+    pub backends: Vec<Arc<Backend>>,
+    /// Chooses among `backends`.
+    pub balancer: Box<dyn Balancer>,
+    tls: HashMap<String, BackendTlsConnector>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("backends", &self.backends.len())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// TLS connector and server name for a backend with `tls` set.
+    pub fn tls_for(&self, address: &str) -> Option<&BackendTlsConnector> {
+        self.tls.get(address)
+    }
+
+    /// A backend by address.
+    pub fn backend(&self, address: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.address == address)
+    }
+}
+
+/// Everything derived from one config.
+pub struct Runtime {
+    /// The config it was built from.
+    pub config: Config,
+    /// Pools by name.
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// TLS acceptors by listener name.
+    pub tls: HashMap<String, tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("pools", &self.pools).finish()
+    }
+}
+
+impl Runtime {
+    /// Builds the runtime; backends of `previous` with the same pool, address and TLS
+    /// settings are kept (with their live state), new ones start their slow-start ramp.
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
+        let now = clock::now_ms();
+        let mut pools = HashMap::new();
+        for (name, pc) in &config.pools {
+            let pname: Arc<str> = Arc::from(name.as_str());
+            let old = previous.and_then(|p| p.pools.get(name));
+            let mut backends = Vec::with_capacity(pc.backends.len());
+            let mut tls = HashMap::new();
+            let slow_ms = pc.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
+            for bc in &pc.backends {
+                let kept = old
+                    .and_then(|o| o.backend(&bc.address))
+                    .filter(|b| b.config.tls == bc.tls && b.state() != BackendState::Draining);
+                let b = match kept {
+                    Some(b) => {
+                        b.set_weight(bc.weight);
+                        b.set_max_connections(bc.max_connections);
+                        b.clone()
+                    }
+                    None => {
+                        let b = Arc::new(Backend::new(pname.clone(), bc.clone()));
+                        b.slow_start_ms.store(slow_ms, Relaxed);
+                        if previous.is_some() {
+                            b.start_ramp(now);
+                        }
+                        b
+                    }
+                };
+                b.slow_start_ms.store(slow_ms, Relaxed);
+                if let Some(t) = &bc.tls {
+                    let c =
+                        crate::tls::client_connector(t, &bc.address).map_err(|e| format!("pool {name}, backend {}: {e}", bc.address))?;
+                    tls.insert(bc.address.clone(), c);
+                }
+                backends.push(b);
+            }
+            let balancer = balance::build(pc, &backends);
+            pools.insert(
+                name.clone(),
+                Arc::new(Pool {
+                    name: pname,
+                    config: pc.clone(),
+                    backends,
+                    balancer,
+                    tls,
+                }),
+            );
+        }
+        let mut tls_acceptors = HashMap::new();
+        for l in &config.listeners {
+            if let Some(t) = &l.tls {
+                let sc = crate::tls::server_config(t).map_err(|e| format!("listener {}: {e}", l.name))?;
+                tls_acceptors.insert(l.name.clone(), tokio_rustls::TlsAcceptor::from(sc));
+            }
+        }
+        Ok(Runtime {
+            config,
+            pools,
+            tls: tls_acceptors,
+        })
+    }
+
+    /// The TLS acceptor of a listener, if it terminates TLS.
+    pub fn tls_acceptor(&self, listener: &str) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.get(listener)
+    }
+}

@@ -1,0 +1,382 @@
+//! Accept loops, worker threads and graceful shutdown.
+//!
+//! Each worker thread runs a single-threaded tokio runtime with its own `SO_REUSEPORT`
+//! socket per listener (the kernel spreads connections), so a connection lives on one
+//! thread and its relay never crosses threads. A control thread runs the admin listener,
+//! health checks, samplers and reloads. Shared state is atomics plus an `ArcSwap<Runtime>`.
+
+mod connection;
+pub mod conns;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::config::Config;
+use crate::limits::Admission;
+use crate::runtime::Runtime;
+use conns::ConnTable;
+
+/// Server phases broadcast to the workers.
+const RUNNING: u8 = 0;
+const STOP_ACCEPTING: u8 = 1;
+const EXIT: u8 = 2;
+
+/// State every task of the process shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The live config-derived state; swapped whole on reload.
+    pub runtime: ArcSwap<Runtime>,
+    /// Live proxied connections.
+    pub conns: Arc<ConnTable>,
+    /// Connection caps and rate.
+    pub admission: Arc<Admission>,
+    /// Set once shutdown began (`/healthz` answers 503).
+    pub draining: AtomicBool,
+    /// The config file, for reloads.
+    pub config_path: Option<PathBuf>,
+}
+
+/// A running balancer.
+pub struct Server {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    addrs: Vec<(String, SocketAddr)>,
+    phase: watch::Sender<u8>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    control: tokio::runtime::Handle,
+    control_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    control_thread: Option<std::thread::JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+}
+
+/// Binds `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), non-blocking.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Raises the open-file soft limit to the hard limit (each proxied connection uses two).
+pub fn raise_nofile_limit() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Binds one socket per worker for `addr`; with port 0 the first picks the port.
+fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let first = bind_reuseport(addr)?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind_reuseport(actual)?);
+    }
+    Ok((actual, all))
+}
+
+impl Server {
+    /// Builds the runtime, binds every listener and starts the workers and control thread.
+    pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Server, String> {
+        crate::metrics::install();
+        crate::metrics::describe();
+        clock::epoch();
+        raise_nofile_limit();
+        let workers = match config.process.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let runtime = Runtime::build(config, None)?;
+        let mut groups = Vec::new();
+        let mut addrs = Vec::new();
+        for l in &runtime.config.listeners {
+            let (actual, socks) = bind_group(l.bind, workers).map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.bind))?;
+            addrs.push((l.name.clone(), actual));
+            groups.push((Arc::<str>::from(l.name.as_str()), socks));
+        }
+        let admin_listener = match &runtime.config.admin {
+            Some(a) => Some(std::net::TcpListener::bind(a.bind).map_err(|e| format!("admin: cannot bind {}: {e}", a.bind))?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            conns: Arc::new(ConnTable::default()),
+            admission: Arc::new(Admission::default()),
+            draining: AtomicBool::new(false),
+            config_path,
+        });
+        let (phase, _) = watch::channel(RUNNING);
+        let mut threads = Vec::new();
+        for w in 0..workers {
+            let mine: Vec<(Arc<str>, std::net::TcpListener)> = groups.iter_mut().map(|(n, socks)| (n.clone(), socks.remove(0))).collect();
+            let shared = shared.clone();
+            let rx = phase.subscribe();
+            let t = std::thread::Builder::new()
+                .name(format!("switchyard-w{w}"))
+                .spawn(move || worker(shared, mine, rx))
+                .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            threads.push(t);
+        }
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let control_thread = std::thread::Builder::new()
+            .name("switchyard-control".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    return;
+                };
+                let _ = handle_tx.send(rt.handle().clone());
+                rt.block_on(async move {
+                    let _ = stop_rx.await;
+                });
+            })
+            .map_err(|e| format!("cannot start control thread: {e}"))?;
+        let control = handle_rx.recv().map_err(|_| "control runtime failed to start".to_string())?;
+        let server = Server {
+            shared,
+            addrs,
+            phase,
+            workers: threads,
+            control,
+            control_stop: Some(stop_tx),
+            control_thread: Some(control_thread),
+            admin_addr,
+        };
+        server.start_background(admin_listener);
+        Ok(server)
+    }
+
+    fn start_background(&self, admin_listener: Option<std::net::TcpListener>) {
+        let _guard = self.control.enter();
+        if let Some(l) = admin_listener {
+            crate::admin::spawn(self.shared.clone(), l);
+        }
+        crate::health::spawn_all(&self.shared);
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+    }
+
+    /// Every listener and its bound address.
+    pub fn addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Handle of the control runtime (admin, health, reload).
+    pub fn control(&self) -> &tokio::runtime::Handle {
+        &self.control
+    }
+
+    /// Graceful shutdown: stop accepting, `/healthz` → 503, close every connection with 1001
+    /// spread over `drain_timeout`, wait for them (plus the close grace), then stop.
+    /// Blocking; call from a non-async context or `spawn_blocking`.
+    pub fn shutdown(mut self, force: Option<std::sync::mpsc::Receiver<()>>) {
+        self.shared.draining.store(true, Relaxed);
+        let _ = self.phase.send(STOP_ACCEPTING);
+        let drain = self.shared.runtime.load().config.limits.drain_timeout;
+        let now = clock::now_ms();
+        let all = self.shared.conns.select(|_| true);
+        tracing::info!(
+            connections = all.len(),
+            drain_ms = drain.as_millis() as u64,
+            "shutting down: draining connections"
+        );
+        ConnTable::spread_close(&all, now, drain.as_millis() as u64, crate::ws::CloseCode::GoingAway.code());
+        let deadline = std::time::Instant::now() + drain + Duration::from_secs(6);
+        while std::time::Instant::now() < deadline && (self.shared.admission.active() > 0 || !self.shared.conns.is_empty()) {
+            if force.as_ref().is_some_and(|f| f.try_recv().is_ok()) {
+                tracing::warn!("second signal: exiting at once");
+                break;
+            }
+            // connections that finished their handshake after the drain began
+            let late = self.shared.conns.select(|c| c.close_request().is_none());
+            ConnTable::spread_close(&late, clock::now_ms(), 1, crate::ws::CloseCode::GoingAway.code());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop_threads(true);
+    }
+
+    fn stop_threads(&mut self, join: bool) {
+        let _ = self.phase.send(EXIT);
+        if let Some(s) = self.control_stop.take() {
+            let _ = s.send(());
+        }
+        if join {
+            for t in self.workers.drain(..) {
+                let _ = t.join();
+            }
+            if let Some(t) = self.control_thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_threads(false);
+    }
+}
+
+fn worker(shared: Arc<Shared>, listeners: Vec<(Arc<str>, std::net::TcpListener)>, mut phase: watch::Receiver<u8>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start worker runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        for (name, l) in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(shared.clone(), name, l, phase.clone()));
+                }
+                Err(e) => tracing::error!(listener = %name, "cannot register listener: {e}"),
+            }
+        }
+        while *phase.borrow_and_update() != EXIT {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListener, mut phase: watch::Receiver<u8>) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    tokio::spawn(connection::handle(shared.clone(), name.clone(), sock, peer));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            r = phase.changed() => {
+                if r.is_err() || *phase.borrow() != RUNNING {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Problems only visible by opening files the config names (TLS certificates and keys),
+/// positioned at the first mention of the file name in the config text.
+pub fn file_problems(cfg: &Config, path: &std::path::Path) -> Vec<crate::config::ConfigError> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    let locate = |needle: &std::path::Path| -> (usize, usize) {
+        let name = needle.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        for (i, line) in text.lines().enumerate() {
+            if let Some(c) = line.find(&name) {
+                return (i + 1, c + 1);
+            }
+        }
+        (1, 1)
+    };
+    for l in &cfg.listeners {
+        let Some(t) = &l.tls else { continue };
+        for c in &t.certs {
+            if let Err(message) = crate::tls::load_certified_key(c) {
+                let (line, col) = locate(&c.cert);
+                out.push(crate::config::ConfigError {
+                    line,
+                    col,
+                    message,
+                    hint: None,
+                });
+            }
+        }
+    }
+    for p in cfg.pools.values() {
+        for b in &p.backends {
+            if let Some(t) = &b.tls {
+                if let Err(message) = crate::tls::client_connector(t, &b.address) {
+                    let (line, col) = t.ca.as_deref().map(locate).unwrap_or((1, 1));
+                    out.push(crate::config::ConfigError {
+                        line,
+                        col,
+                        message,
+                        hint: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reloads the config file: read → validate → build (reusing live backend state) → swap.
+/// Rejected whole on any error; the old config keeps serving.
+pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
+    let Some(path) = shared.config_path.clone() else {
+        return Err(vec!["no config file to reload (demo mode)".into()]);
+    };
+    let name = path.display().to_string();
+    let result = (|| {
+        let cfg = crate::config::load(&path).map_err(|e| e.iter().map(|e| e.render(&name)).collect::<Vec<_>>())?;
+        let probs = file_problems(&cfg, &path);
+        if !probs.is_empty() {
+            return Err(probs.iter().map(|e| e.render(&name)).collect());
+        }
+        let old = shared.runtime.load_full();
+        let rt = Runtime::build(cfg, Some(&old)).map_err(|e| vec![e])?;
+        shared.runtime.store(Arc::new(rt));
+        Ok(())
+    })();
+    crate::metrics::reload(result.is_ok());
+    result
+}
+
+/// Polls the config file's modification time and reloads (debounced) when it changes.
+pub fn watch_file(server: &Server) {
+    let shared = server.shared.clone();
+    server.control().spawn(async move {
+        let Some(path) = shared.config_path.clone() else { return };
+        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last = stamp(&path);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = stamp(&path);
+            if now != last {
+                // debounce: wait until the file stops changing
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                last = stamp(&path);
+                match reload(&shared) {
+                    Ok(()) => tracing::info!("reloaded after the config file changed"),
+                    Err(e) => tracing::error!("reload after file change rejected:\n{}", e.join("\n")),
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,278 @@
+//! Opening the backend side: pick, connect (bounded), forward the rewritten upgrade
+//! request, verify the backend's 101, and move on to the next backend when one fails
+//! before its 101 (the client never sees a single dead backend).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::backend::{ActiveGuard, Backend};
+use crate::balance::{exhaustion_reason, PickContext};
+use crate::clock;
+use crate::handshake::{accept_key, has_token, header, read_head};
+use crate::limits::ShedReason;
+use crate::runtime::Pool;
+use crate::stream::Stream;
+
+/// Largest backend response head accepted.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Time constant of the handshake-latency peak-EWMA decay.
+pub const LATENCY_TAU_MS: f64 = 10_000.0;
+
+/// Why no backend connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No backend could be picked or every attempt failed: shed with 1013.
+    #[error("no backend available ({})", .0.label())]
+    Exhausted(ShedReason),
+    /// The backend answered, but not with a valid 101: 502.
+    #[error("bad gateway: {0}")]
+    BadGateway(&'static str),
+}
+
+/// A backend connection that answered a valid 101.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The connection.
+    pub stream: Stream,
+    /// The backend's response head followed by any frames it already sent.
+    pub response: Vec<u8>,
+    /// Length of the head within `response`.
+    pub head_len: usize,
+    /// Counts the connection on the backend while held.
+    pub guard: ActiveGuard,
+    /// RSV bits the negotiated extensions use.
+    pub rsv_allowed: u8,
+}
+
+/// What the client asked, as the upstream needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRequest<'a> {
+    /// Parsed request headers.
+    pub headers: &'a [httparse::Header<'a>],
+    /// Request target.
+    pub target: &'a str,
+    /// Host header.
+    pub host: &'a str,
+    /// `Sec-WebSocket-Key`.
+    pub key: &'a str,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+}
+
+/// Opens a verified WebSocket connection to a backend of `pool`.
+pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, UpstreamError> {
+    let head = rewrite_request(req);
+    let expected = accept_key(req.key);
+    let mut tried: Vec<usize> = Vec::new();
+    for _ in 0..pool.config.max_attempts.max(1) {
+        let now = clock::now_ms();
+        let ctx = PickContext {
+            now_ms: now,
+            client_ip: req.peer.ip(),
+            target: req.target,
+            headers: req.headers,
+            exclude: &tried,
+        };
+        let Some(i) = pool.balancer.pick(&pool.backends, &ctx) else {
+            if tried.is_empty() {
+                return Err(UpstreamError::Exhausted(ShedReason::from_label(exhaustion_reason(
+                    &pool.backends,
+                    now,
+                ))));
+            }
+            break;
+        };
+        tried.push(i);
+        let backend = &pool.backends[i];
+        // Count the connection on the backend from the first attempt, so concurrent picks
+        // see it (least-connections) and `max_connections` cannot be overshot by a burst.
+        let guard = ActiveGuard::new(backend.clone());
+        let started = Instant::now();
+        match tokio::time::timeout(pool.config.connect_timeout, attempt(pool, backend, &head)).await {
+            Ok(Ok((stream, response, head_len))) => {
+                let verdict = verify(&response[..head_len], &expected);
+                match verdict {
+                    Ok(rsv_allowed) => {
+                        backend.observe_latency(started.elapsed().as_secs_f64(), clock::now_ms(), LATENCY_TAU_MS);
+                        crate::health::passive_success(backend);
+                        return Ok(Upstream {
+                            stream,
+                            response,
+                            head_len,
+                            guard,
+                            rsv_allowed,
+                        });
+                    }
+                    Err(why) => {
+                        crate::health::passive_failure(backend, pool, clock::now_ms());
+                        tracing::warn!(backend = %backend.address, pool = %pool.name, "invalid upgrade answer: {why}");
+                        return Err(UpstreamError::BadGateway(why));
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(backend = %backend.address, "attempt failed: {e}");
+                crate::health::passive_failure(backend, pool, clock::now_ms());
+            }
+            Err(_) => {
+                tracing::debug!(backend = %backend.address, "attempt timed out");
+                crate::health::passive_failure(backend, pool, clock::now_ms());
+            }
+        }
+        // A failed attempt took no real connection.
+        drop(guard);
+    }
+    Err(UpstreamError::Exhausted(ShedReason::NoBackend))
+}
+
+/// Connects, sends the head, reads the answer's head.
+async fn attempt(pool: &Pool, backend: &Arc<Backend>, head: &[u8]) -> std::io::Result<(Stream, Vec<u8>, usize)> {
+    let mut stream = connect(pool, backend).await?;
+    stream.write_all(head).await?;
+    let (buf, end) = read_head(&mut stream, MAX_RESPONSE_HEAD).await.map_err(std::io::Error::other)?;
+    Ok((stream, buf, end))
+}
+
+/// TCP (and TLS when configured) connection to a backend.
+pub async fn connect(pool: &Pool, backend: &Backend) -> std::io::Result<Stream> {
+    let tcp = TcpStream::connect(backend.address.as_str()).await?;
+    tcp.set_nodelay(true)?;
+    match pool.tls_for(&backend.address) {
+        None => Ok(Stream::Tcp(tcp)),
+        Some((connector, name)) => {
+            let tls = connector.connect(name.clone(), tcp).await?;
+            Ok(Stream::TlsClient(Box::new(tls)))
+        }
+    }
+}
+
+/// The request the backend gets: the client's, plus `X-Forwarded-For`,
+/// `X-Forwarded-Proto` and `Forwarded` (RFC 7239).
+fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let ip = req.peer.ip();
+    let proto = if req.tls { "https" } else { "http" };
+    let _ = write!(out, "GET {} HTTP/1.1\r\n", req.target);
+    let mut xff_done = false;
+    let mut fwd_done = false;
+    let for_node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let fwd_elem = format!("for={for_node};proto={proto};host=\"{}\"", req.host.replace('"', ""));
+    for h in req.headers {
+        if h.name.eq_ignore_ascii_case("x-forwarded-proto") {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") && !xff_done {
+            let _ = write!(out, ", {ip}");
+            xff_done = true;
+        } else if h.name.eq_ignore_ascii_case("forwarded") && !fwd_done {
+            let _ = write!(out, ", {fwd_elem}");
+            fwd_done = true;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if !xff_done {
+        let _ = write!(out, "X-Forwarded-For: {ip}\r\n");
+    }
+    if !fwd_done {
+        let _ = write!(out, "Forwarded: {fwd_elem}\r\n");
+    }
+    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n\r\n");
+    out
+}
+
+/// Checks a backend's answer is a valid 101 for our key; returns the allowed RSV bits.
+fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, &'static str> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hs);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("unparsable response"),
+    }
+    if resp.code != Some(101) {
+        return Err("status is not 101");
+    }
+    let headers: &[httparse::Header<'_>] = resp.headers;
+    if !header(headers, "upgrade").is_some_and(|v| has_token(v, "websocket")) {
+        return Err("missing Upgrade: websocket");
+    }
+    if !header(headers, "connection").is_some_and(|v| has_token(v, "upgrade")) {
+        return Err("missing Connection: upgrade");
+    }
+    if header(headers, "sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(&expected_accept[..]) {
+        return Err("wrong Sec-WebSocket-Accept");
+    }
+    Ok(match header(headers, "sec-websocket-extensions") {
+        None => 0,
+        Some(v) if v.trim_ascii().is_empty() => 0,
+        // RFC 7692 §6: permessage-deflate uses RSV1; unknown extensions may use any.
+        Some(v) if v.split(|&b| b == b',').all(|e| e.trim_ascii().starts_with(b"permessage-deflate")) => 0b100,
+        Some(_) => 0b111,
+    })
+}
+
+/// Upper bound for one attempt, used by callers that budget a whole handshake.
+pub fn attempt_budget(pool: &Pool) -> Duration {
+    pool.config.connect_timeout * pool.config.max_attempts.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_are_added_and_appended() {
+        let hs = [
+            httparse::Header { name: "Host", value: b"h" },
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"10.0.0.1",
+            },
+            httparse::Header {
+                name: "X-Forwarded-Proto",
+                value: b"spoofed",
+            },
+            httparse::Header {
+                name: "Sec-WebSocket-Protocol",
+                value: b"chat",
+            },
+        ];
+        let req = ClientRequest {
+            headers: &hs,
+            target: "/a?b",
+            host: "h",
+            key: "k",
+            peer: "192.0.2.7:5".parse().unwrap(),
+            tls: false,
+        };
+        let out = String::from_utf8(rewrite_request(&req)).unwrap();
+        assert!(out.starts_with("GET /a?b HTTP/1.1\r\n"));
+        assert!(out.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"));
+        assert!(out.contains("Forwarded: for=192.0.2.7;proto=http;host=\"h\"\r\n"));
+        assert!(out.contains("X-Forwarded-Proto: http\r\n") && !out.contains("spoofed"));
+        assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
+    }
+
+    #[test]
+    fn verifies_the_101() {
+        let acc = accept_key("dGhlIHNhbXBsZSBub25jZQ==");
+        let good = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            std::str::from_utf8(&acc).unwrap()
+        );
+        assert_eq!(verify(good.as_bytes(), &acc), Ok(0));
+        let pmd = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        assert_eq!(verify(pmd.as_bytes(), &acc), Ok(0b100));
+        assert!(verify(good.replace("101 Switching Protocols", "200 OK").as_bytes(), &acc).is_err());
+        assert!(verify(good.replace("s3pP", "xxxx").as_bytes(), &accept_key("AAAAAAAAAAAAAAAAAAAAAA==")).is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! Per-direction frame scanner: walks the bytes of one direction of a WebSocket stream,
+//! frame header by frame header, without copying or unmasking payloads. It decides how
+//! many bytes may be forwarded, keeps control frames whole, validates client frames
+//! (RFC 6455 §5), enforces the message size limit, counts messages and spots close frames.
+
+use super::close::{check_close_payload, CloseCode};
+use super::frame::{apply_mask, parse_header, FrameHeader, Opcode};
+
+/// Whose frames a scanner reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Frames from the client: masked, validated strictly.
+    Client,
+    /// Frames from the backend: trusted, only framed and counted.
+    Backend,
+}
+
+/// What stopped a scan early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A close frame with this code (1005 = empty) is included in the forwardable bytes;
+    /// anything after it is to be dropped.
+    Close(u16),
+    /// The frame at the end of the forwardable bytes breaks the rules: close with this code.
+    Violation(CloseCode),
+}
+
+/// Result of one scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    /// Bytes before this offset may be forwarded.
+    pub forward: usize,
+    /// Why the scan stopped early, if it did.
+    pub event: Option<Event>,
+    /// A pong answering the proxy's own ping was found and cut out of the buffer.
+    pub own_pong: bool,
+    /// A data frame header was seen (activity for the idle timer).
+    pub data_seen: bool,
+}
+
+/// State of one direction between reads.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    side: Side,
+    /// Payload bytes of the current data frame not yet passed.
+    remaining: u64,
+    /// Inside a fragmented data message.
+    fragmented: bool,
+    /// Bytes of the current message so far.
+    msg_len: u64,
+    /// RSV bits an extension negotiated (RSV1 = 0b100 for permessage-deflate).
+    rsv_allowed: u8,
+    /// 0 = unlimited.
+    max_message: u64,
+    /// Complete data messages seen and not yet taken by [`Scanner::take_messages`].
+    messages: u64,
+}
+
+impl Scanner {
+    /// A scanner for `side` with the extensions' RSV bits and the message limit.
+    pub fn new(side: Side, rsv_allowed: u8, max_message: u64) -> Self {
+        Scanner {
+            side,
+            remaining: 0,
+            fragmented: false,
+            msg_len: 0,
+            rsv_allowed,
+            max_message,
+            messages: 0,
+        }
+    }
+
+    /// Between frames (nothing of a frame's payload pending)?
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Messages counted since the last call.
+    pub fn take_messages(&mut self) -> u64 {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// Messages counted and not yet taken.
+    pub fn pending_messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Scans `buf[start..*filled]`. Forwardable bytes end at `Scanned::forward`; the bytes
+    /// from there to `*filled` are an incomplete header or control frame to keep for the next
+    /// read (or, after an event, to drop). A pong whose payload equals `own_ping` is cut out
+    /// (`*filled` shrinks). With `stop_at_boundary`, stops at the first frame boundary after
+    /// `start` so the caller can insert a frame there.
+    pub fn scan(&mut self, buf: &mut [u8], start: usize, filled: &mut usize, own_ping: Option<&[u8]>, stop_at_boundary: bool) -> Scanned {
+        let mut out = Scanned {
+            forward: start,
+            event: None,
+            own_pong: false,
+            data_seen: false,
+        };
+        let mut pos = start;
+        loop {
+            let avail = *filled - pos;
+            if self.remaining > 0 {
+                if avail == 0 {
+                    break;
+                }
+                let k = (self.remaining.min(avail as u64)) as usize;
+                pos += k;
+                self.remaining -= k as u64;
+                if stop_at_boundary && self.remaining == 0 {
+                    break;
+                }
+                continue;
+            }
+            if avail == 0 || (stop_at_boundary && pos > start) {
+                break;
+            }
+            let h = match parse_header(&buf[pos..*filled]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    out.forward = pos;
+                    out.event = Some(Event::Violation(CloseCode::ProtocolError));
+                    return out;
+                }
+            };
+            if let Err(code) = self.check(&h) {
+                out.forward = pos;
+                out.event = Some(Event::Violation(code));
+                return out;
+            }
+            if h.opcode.is_control() {
+                let total = h.header_len + h.len as usize;
+                if avail < total {
+                    break; // keep a control frame whole (≤ 139 bytes)
+                }
+                let mut payload = [0u8; 125];
+                let p = &mut payload[..h.len as usize];
+                p.copy_from_slice(&buf[pos + h.header_len..pos + total]);
+                if let Some(m) = h.mask {
+                    apply_mask(p, m, 0);
+                }
+                match h.opcode {
+                    Opcode::Close => {
+                        let code = match check_close_payload(p) {
+                            Ok(c) => c,
+                            Err(c) if self.side == Side::Client => {
+                                out.forward = pos;
+                                out.event = Some(Event::Violation(c));
+                                return out;
+                            }
+                            // a backend's odd close is passed on as it is
+                            Err(_) => 1005,
+                        };
+                        out.forward = pos + total;
+                        out.event = Some(Event::Close(code));
+                        return out;
+                    }
+                    Opcode::Pong if self.side == Side::Client && own_ping == Some(&*p) => {
+                        buf.copy_within(pos + total..*filled, pos);
+                        *filled -= total;
+                        out.own_pong = true;
+                        continue;
+                    }
+                    _ => pos += total,
+                }
+                continue;
+            }
+            // Data frame (RFC 6455 §5.4 fragmentation rules are checked in `check`).
+            out.data_seen = true;
+            self.msg_len = if h.opcode == Opcode::Continuation {
+                self.msg_len + h.len
+            } else {
+                h.len
+            };
+            if h.fin {
+                self.fragmented = false;
+                self.messages += 1;
+            } else {
+                self.fragmented = true;
+            }
+            pos += h.header_len;
+            self.remaining = h.len;
+        }
+        out.forward = pos;
+        out
+    }
+
+    /// RFC 6455 rules for one header; backends are only held to the size-free framing rules.
+    fn check(&self, h: &FrameHeader) -> Result<(), CloseCode> {
+        if self.side == Side::Backend {
+            return Ok(());
+        }
+        // §5.1: a client must mask every frame.
+        if h.mask.is_none() {
+            return Err(CloseCode::ProtocolError);
+        }
+        // §5.2: RSV bits only as negotiated by an extension.
+        if h.rsv & !self.rsv_allowed != 0 {
+            return Err(CloseCode::ProtocolError);
+        }
+        match h.opcode {
+            Opcode::Reserved(_) => Err(CloseCode::ProtocolError),
+            // §5.5: control frames are ≤ 125 bytes and not fragmented.
+            op if op.is_control() => {
+                if !h.fin || h.len > 125 {
+                    Err(CloseCode::ProtocolError)
+                } else {
+                    Ok(())
+                }
+            }
+            // §5.4: continuation only inside a fragmented message, a new message only outside.
+            Opcode::Continuation if !self.fragmented => Err(CloseCode::ProtocolError),
+            Opcode::Text | Opcode::Binary if self.fragmented => Err(CloseCode::ProtocolError),
+            op => {
+                let so_far = if op == Opcode::Continuation { self.msg_len } else { 0 };
+                if self.max_message != 0 && so_far.saturating_add(h.len) > self.max_message {
+                    Err(CloseCode::MessageTooBig)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::{write_header, ControlFrame};
+
+    fn frame(fin: bool, op: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut h = [0u8; 14];
+        let n = write_header(&mut h, fin, op, mask, payload.len() as u64);
+        let mut v = h[..n].to_vec();
+        let mut p = payload.to_vec();
+        if let Some(m) = mask {
+            apply_mask(&mut p, m, 0);
+        }
+        v.extend_from_slice(&p);
+        v
+    }
+
+    const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn scan_all(s: &mut Scanner, bytes: &[u8]) -> (Scanned, Vec<u8>) {
+        let mut buf = bytes.to_vec();
+        let mut filled = buf.len();
+        let r = s.scan(&mut buf, 0, &mut filled, Some(b"sy-ping!"), false);
+        buf.truncate(filled);
+        (r, buf)
+    }
+
+    #[test]
+    fn forwards_whole_frames_and_counts_messages() {
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let mut bytes = frame(true, Opcode::Text, b"hello", M);
+        bytes.extend(frame(false, Opcode::Binary, &[7; 300], M));
+        bytes.extend(frame(true, Opcode::Ping, b"p", M));
+        bytes.extend(frame(true, Opcode::Continuation, &[8; 70000], M));
+        let (r, _) = scan_all(&mut s, &bytes);
+        assert_eq!(r.forward, bytes.len());
+        assert_eq!(r.event, None);
+        assert_eq!(s.take_messages(), 2);
+    }
+
+    #[test]
+    fn split_header_and_payload_across_reads() {
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let bytes = frame(true, Opcode::Binary, &[1; 1000], M);
+        for cut in [1usize, 3, 8, 500] {
+            let mut s2 = s.clone();
+            let mut buf = bytes[..cut].to_vec();
+            let mut filled = cut;
+            let r = s2.scan(&mut buf, 0, &mut filled, None, false);
+            // an incomplete header is kept back; once parsed, payload flows
+            assert!(r.forward == 0 || r.forward == cut, "cut {cut}: {r:?}");
+        }
+        let (r, _) = scan_all(&mut s, &bytes);
+        assert_eq!(r.forward, bytes.len());
+    }
+
+    #[test]
+    fn control_frames_are_kept_whole() {
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let bytes = frame(true, Opcode::Ping, b"abcdef", M);
+        let mut buf = bytes.clone();
+        let mut filled = bytes.len() - 1;
+        let r = s.scan(&mut buf, 0, &mut filled, None, false);
+        assert_eq!(r.forward, 0);
+    }
+
+    #[test]
+    fn rfc_violations_from_clients() {
+        let cases: Vec<(Vec<u8>, CloseCode)> = vec![
+            (frame(true, Opcode::Text, b"x", None), CloseCode::ProtocolError), // unmasked
+            (frame(true, Opcode::Reserved(3), b"x", M), CloseCode::ProtocolError),
+            (frame(true, Opcode::Reserved(0xb), b"x", M), CloseCode::ProtocolError),
+            (frame(false, Opcode::Ping, b"x", M), CloseCode::ProtocolError), // fragmented control
+            (frame(true, Opcode::Ping, &[0; 126], M), CloseCode::ProtocolError), // big control
+            (frame(true, Opcode::Continuation, b"x", M), CloseCode::ProtocolError), // stray continuation
+            (
+                {
+                    let mut v = frame(true, Opcode::Text, b"x", M);
+                    v[0] |= 0x40; // RSV1 without an extension
+                    v
+                },
+                CloseCode::ProtocolError,
+            ),
+            (frame(true, Opcode::Close, &[3], M), CloseCode::ProtocolError),
+        ];
+        for (bytes, code) in cases {
+            let mut s = Scanner::new(Side::Client, 0, 0);
+            let mut all = frame(true, Opcode::Text, b"ok", M);
+            let first = all.len();
+            all.extend(bytes);
+            let (r, _) = scan_all(&mut s, &all);
+            assert_eq!(r.event, Some(Event::Violation(code)));
+            assert_eq!(r.forward, first, "bytes before the bad frame still go");
+        }
+        // a new message inside a fragmented one
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let mut all = frame(false, Opcode::Text, b"a", M);
+        all.extend(frame(true, Opcode::Text, b"b", M));
+        assert_eq!(scan_all(&mut s, &all).0.event, Some(Event::Violation(CloseCode::ProtocolError)));
+        // RSV1 is fine once permessage-deflate is negotiated
+        let mut s = Scanner::new(Side::Client, 0b100, 0);
+        let mut v = frame(true, Opcode::Text, b"x", M);
+        v[0] |= 0x40;
+        assert_eq!(scan_all(&mut s, &v).0.event, None);
+    }
+
+    #[test]
+    fn message_limit_counts_fragments() {
+        let mut s = Scanner::new(Side::Client, 0, 100);
+        let mut all = frame(false, Opcode::Binary, &[0; 60], M);
+        let first = all.len();
+        all.extend(frame(true, Opcode::Continuation, &[0; 41], M));
+        let (r, _) = scan_all(&mut s, &all);
+        assert_eq!(r.event, Some(Event::Violation(CloseCode::MessageTooBig)));
+        assert_eq!(r.forward, first);
+        let mut s = Scanner::new(Side::Client, 0, 100);
+        assert_eq!(scan_all(&mut s, &frame(true, Opcode::Binary, &[0; 100], M)).0.event, None);
+    }
+
+    #[test]
+    fn close_is_found_and_own_pong_is_cut() {
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let mut all = frame(true, Opcode::Pong, b"sy-ping!", M);
+        let other_pong = frame(true, Opcode::Pong, b"theirs", M);
+        all.extend(&other_pong);
+        all.extend(ControlFrame::close(4001, "bye", M).as_bytes());
+        let (r, buf) = scan_all(&mut s, &all);
+        assert!(r.own_pong);
+        assert_eq!(r.event, Some(Event::Close(4001)));
+        assert_eq!(&buf[..other_pong.len()], &other_pong[..], "only the proxy's pong is removed");
+        assert_eq!(r.forward, buf.len());
+    }
+
+    #[test]
+    fn stop_at_boundary_stops_after_the_current_frame() {
+        let mut s = Scanner::new(Side::Backend, 0, 0);
+        let a = frame(true, Opcode::Binary, &[1; 10], None);
+        let mut all = a.clone();
+        all.extend(frame(true, Opcode::Binary, &[2; 10], None));
+        let mut buf = all.clone();
+        let mut filled = buf.len();
+        let r = s.scan(&mut buf, 0, &mut filled, None, true);
+        assert_eq!(r.forward, a.len());
+        assert!(s.at_boundary());
+    }
+}
