@@ -30,6 +30,9 @@ const CLOSE_GRACE_MS: u64 = 5_000;
 /// Local counters are flushed to the shared ones at least this often while active.
 const FLUSH_EVERY_MS: u64 = 1_000;
 
+/// Close code for a backend that died mid-stream (the contract allows 1014 or 1011).
+pub const BACKEND_LOST: CloseCode = CloseCode::InternalError;
+
 /// Per-connection knobs, copied from the config at connection start.
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
@@ -213,12 +216,14 @@ impl Relay {
                 self.start_grace(now);
             }
             HalfEvent::Eof | HalfEvent::Violation(_) if !self.b2c.close_seen && !self.closing => {
-                // RFC 6455 §7.4.1 1014: the backend connection died mid-stream.
+                // The backend connection died mid-stream: 1011, not 1014, because common
+                // client libraries (tungstenite among them) reject 1014 as reserved and
+                // would report a protocol error instead (see README).
                 self.closing = true;
                 self.start_grace(now);
-                self.note_close(CloseCode::BadGateway.code(), CloseOrigin::Proxy);
-                self.b2c.inject = Some(Inject::Close(CloseCode::BadGateway.code(), "backend connection lost"));
-                note_sent(CloseCode::BadGateway.code());
+                self.note_close(BACKEND_LOST.code(), CloseOrigin::Proxy);
+                self.b2c.inject = Some(Inject::Close(BACKEND_LOST.code(), "backend connection lost"));
+                note_sent(BACKEND_LOST.code());
                 self.c2b.discard = true;
             }
             HalfEvent::DstDead if !self.closing => {

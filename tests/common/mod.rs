@@ -1,0 +1,277 @@
+//! Shared helpers for end-to-end tests: real backends (tokio-tungstenite), real clients,
+//! the balancer started in-process from YAML on port 0. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use switchyard::Server;
+
+/// A client connection.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound for any single wait in a test.
+pub const T: Duration = Duration::from_secs(10);
+
+/// Runs `f` with a hard time limit.
+pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f).await.expect("test took longer than 60 s")
+}
+
+/// A running balancer; shut down (without waiting) on drop.
+pub struct Proxy {
+    pub server: Server,
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts the balancer from YAML (the first listener's address is `addr`).
+    pub fn start(yaml: &str) -> Proxy {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEST_LOG").unwrap_or_else(|_| "off".into()))
+            .with_test_writer()
+            .try_init();
+        let cfg = switchyard::config::parse(yaml, std::path::Path::new(".")).unwrap_or_else(|e| panic!("bad test config: {e:?}\n{yaml}"));
+        let server = Server::start(cfg, None).expect("server starts");
+        let addr = server.addrs()[0].1;
+        Proxy { server, addr }
+    }
+
+    /// `ws://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.server.admin_addr().expect("admin configured")
+    }
+}
+
+/// YAML for one listener on port 0 routing everything to pool `p` with these backends.
+pub fn config(algorithm: &str, backends: &[SocketAddr], extra: &str) -> String {
+    let mut y = format!("listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    algorithm: {algorithm}\n    connect_timeout: 5s\n    backends:\n");
+    for b in backends {
+        y.push_str(&format!("      - address: \"{b}\"\n"));
+    }
+    y.push_str(extra);
+    y
+}
+
+/// A test backend: a real WebSocket echo server that can be told what to do by text
+/// messages (`close:CODE:REASON`, `die`, `stream:N`, `whoami`), and counts connections.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub live: Arc<AtomicUsize>,
+    pub last_headers: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an echo backend on 127.0.0.1:0. `name` is answered to `whoami`.
+pub async fn backend(name: &'static str) -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on(l, name)
+}
+
+/// Starts an echo backend on an existing listener.
+pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let live = Arc::new(AtomicUsize::new(0));
+    let last_headers = Arc::new(Mutex::new(Vec::new()));
+    let (a, lv, h) = (accepted.clone(), live.clone(), last_headers.clone());
+    let task = tokio::spawn(async move {
+        let conns = Arc::new(Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
+        while let Ok((s, _)) = l.accept().await {
+            let (a, lv, h) = (a.clone(), lv.clone(), h.clone());
+            let t = tokio::spawn(async move {
+                let cb = |req: &Request, mut resp: Response| {
+                    let hs: Vec<(String, String)> =
+                        req.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+                    if let Some(p) = req.headers().get("sec-websocket-protocol") {
+                        let first = p.to_str().unwrap_or("").split(',').next().unwrap_or("").trim().to_string();
+                        resp.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
+                    }
+                    *h.lock().unwrap() = hs;
+                    Ok(resp)
+                };
+                let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(s, cb, Some(cfg)).await else { return };
+                a.fetch_add(1, Ordering::SeqCst);
+                lv.fetch_add(1, Ordering::SeqCst);
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Text(t) if t.as_str() == "whoami" => {
+                            let _ = ws.send(Message::text(name)).await;
+                        }
+                        Message::Text(t) if t.as_str() == "die" => break,
+                        Message::Text(t) if t.as_str().starts_with("close:") => {
+                            let mut it = t.as_str().splitn(3, ':').skip(1);
+                            let code: u16 = it.next().unwrap().parse().unwrap();
+                            let reason = it.next().unwrap_or("").to_string();
+                            let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
+                            // wait for the client's answer
+                            while let Some(Ok(_)) = ws.next().await {}
+                            break;
+                        }
+                        Message::Text(t) if t.as_str().starts_with("stream:") => {
+                            let n: usize = t.as_str()[7..].parse().unwrap();
+                            for i in 0..n {
+                                if ws.send(Message::binary(vec![(i % 251) as u8; 1024])).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Message::Text(_) | Message::Binary(_) => {
+                            if ws.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                        Message::Close(_) => {
+                            // tungstenite answers the close itself; drain until the end
+                            while let Some(Ok(_)) = ws.next().await {}
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                lv.fetch_sub(1, Ordering::SeqCst);
+            });
+            conns.lock().unwrap().push(t);
+        }
+    });
+    Backend { addr, accepted, live, last_headers, task }
+}
+
+/// A port nothing listens on.
+pub async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// Connects a client (bounded).
+pub async fn connect(url: &str) -> Ws {
+    let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+    let (ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async_with_config(url, Some(cfg), false))
+        .await
+        .expect("connect in time")
+        .expect("connect ok");
+    ws
+}
+
+/// Sends a text message and returns the next data message's text.
+pub async fn ask(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.unwrap();
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("answer in time") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Binary(b))) => return String::from_utf8_lossy(&b).to_string(),
+            Some(Ok(Message::Close(c))) => panic!("closed instead of answering: {c:?}"),
+            Some(Ok(_)) => continue,
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+}
+
+/// Reads until a close frame arrives; returns (code, reason).
+pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Proves the balancer still serves: a fresh client gets an echo.
+pub async fn still_serves(url: &str) {
+    let mut ws = connect(url).await;
+    assert_eq!(ask(&mut ws, "still here?").await, "still here?");
+    let _ = ws.close(None).await;
+}
+
+/// Sends raw bytes, returns everything the balancer answered until it closed (bounded).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(T, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+            // a 101 keeps the connection open: its head is all we need
+            if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// A valid upgrade request with `extra` headers inserted.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n")
+}
+
+/// The status code of an HTTP response text.
+pub fn status(resp: &str) -> u16 {
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Completes a raw handshake through the balancer; returns the socket and bytes past the 101.
+pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let pending = tokio::time::timeout(T, switchyard::ws::peer::client_handshake(&mut s, "test", path)).await.unwrap().unwrap();
+    (s, pending)
+}
+
+/// Reads frames until a close; returns its code (1005 if empty).
+pub async fn raw_close_code(s: &mut TcpStream, pending: &mut Vec<u8>) -> u16 {
+    use switchyard::ws::frame::Opcode;
+    loop {
+        let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(s, pending)).await.expect("frame in time").expect("a frame");
+        if f.opcode == Opcode::Close {
+            return if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { 1005 };
+        }
+    }
+}
+
+/// GET on the admin listener; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 request; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let resp = raw_exchange(addr, req.as_bytes()).await;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status(&resp), body)
+}

@@ -1,0 +1,134 @@
+//! Backend selection and failure handling end to end: dead backends are skipped, invalid
+//! 101s are 502, no backend is 1013, weighted round robin and least connections count right.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// A backend that answers every request with `answer` (then closes).
+async fn fake_backend(answer: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = switchyard::handshake::read_head(&mut s, 16384).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+fn weighted(algorithm: &str, backends: &[(SocketAddr, u32)], extra: &str) -> String {
+    let mut y = format!("listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    algorithm: {algorithm}\n    backends:\n");
+    for (b, w) in backends {
+        y.push_str(&format!("      - address: \"{b}\"\n        weight: {w}\n"));
+    }
+    y.push_str(extra);
+    y
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_skipped() {
+    bounded(async {
+        let good = backend("good").await;
+        let dead = dead_port().await;
+        let p = Proxy::start(&config("round_robin", &[dead, good.addr], ""));
+        for _ in 0..6 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "whoami").await, "good");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
+    bounded(async {
+        let p = Proxy::start(&config("least_connections", &[dead_port().await, dead_port().await], "shedding:\n  retry_hint: 4s\n"));
+        let mut ws = connect(&p.url("/")).await;
+        let (code, reason) = expect_close(&mut ws).await;
+        assert_eq!(code, 1013);
+        let secs: f64 = reason.strip_prefix("try again in ").and_then(|r| r.strip_suffix('s')).unwrap().parse().unwrap();
+        assert!((2.8..=5.2).contains(&secs), "{reason}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_invalid_101_or_another_status_is_502() {
+    bounded(async {
+        let wrong_accept = fake_backend("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n").await;
+        let not_101 = fake_backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        for b in [wrong_accept, not_101] {
+            let p = Proxy::start(&config("round_robin", &[b], ""));
+            let resp = raw_exchange(p.addr, upgrade_request("/", "").as_bytes()).await;
+            assert_eq!(status(&resp), 502, "{resp}");
+        }
+        // and a good backend behind the same kind of balancer still works
+        let good = backend("good").await;
+        let p = Proxy::start(&config("round_robin", &[good.addr], ""));
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn weighted_round_robin_gives_exact_shares() {
+    bounded(async {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let p = Proxy::start(&weighted("round_robin", &[(a.addr, 3), (b.addr, 1)], ""));
+        let mut seq = String::new();
+        for _ in 0..40 {
+            let mut ws = connect(&p.url("/")).await;
+            seq.push_str(&ask(&mut ws, "whoami").await);
+            let _ = ws.close(None).await;
+        }
+        assert_eq!(seq.matches('a').count(), 30, "{seq}");
+        assert_eq!(seq.matches('b').count(), 10, "{seq}");
+        assert!(!seq.contains("aaaa"), "interleaved, not bunched: {seq}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn least_connections_fills_the_emptier_backend() {
+    bounded(async {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let p = Proxy::start(&weighted("least_connections", &[(a.addr, 1), (b.addr, 1)], ""));
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut ws = connect(&p.url("/")).await;
+            let who = ask(&mut ws, "whoami").await;
+            held.push((who, ws));
+        }
+        assert_eq!(held.iter().filter(|(w, _)| w == "a").count(), 2);
+        // close both connections on `a`: the next two must land there
+        let mut kept = Vec::new();
+        for (w, mut ws) in held {
+            if w == "a" {
+                ws.close(None).await.unwrap();
+            } else {
+                kept.push(ws);
+            }
+        }
+        while a.live.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // the balancer's own count drops when the relay ends
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for _ in 0..2 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "whoami").await, "a");
+            kept.push(ws);
+        }
+    })
+    .await
+}
