@@ -1,0 +1,140 @@
+//! The real `switchyard` binary: `--version`, `check`, `run` with signals, `demo`.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        Proc(Command::new(BIN).args(args).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("binary runs"))
+    }
+
+    /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
+    fn line_after(&mut self, prefix: &str) -> String {
+        let out = self.0.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = prefix.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(&prefix) {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20)).expect("the binary announces its address")
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("switchyard {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    let mut n = 0;
+    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/configs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let out = Command::new(BIN).arg("check").arg(&p).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            // TLS examples name certificate files that exist only where deployed
+            if p.to_string_lossy().contains("tls") {
+                assert!(text.contains("certificate") || text.trim() == "ok", "{}: {text}", p.display());
+                continue;
+            }
+            assert!(out.status.success(), "{}: {text}", p.display());
+            assert_eq!(text.trim(), "ok");
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+}
+
+#[test]
+fn check_reports_every_problem_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(
+        &f,
+        "listeners:\n  - name: a\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: nope\npools:\n  p:\n    algoritm: round_robin\n    backends:\n      - address: \"not an address\"\n        weight: 0\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = f.display().to_string();
+    assert!(text.contains(&format!("{name}:5:")), "unknown pool at line 5: {text}");
+    assert!(text.contains(&format!("{name}:8:5:")) && text.contains("algorithm"), "typo with hint: {text}");
+    assert!(text.contains(&format!("{name}:10:")), "bad address: {text}");
+    assert!(text.contains(&format!("{name}:11:")), "zero weight: {text}");
+    assert!(text.lines().count() >= 4, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_and_drains_on_sigterm() {
+    bounded(async {
+        let b = backend("b").await;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, config("round_robin", &[b.addr], "limits:\n  drain_timeout: 1s\n")).unwrap();
+        let mut p = Proc::spawn(&["run", "-c", f.to_str().unwrap()]);
+        let url = tokio::task::block_in_place(|| p.line_after("listening l "));
+        let mut ws = connect(&url).await;
+        assert_eq!(ask(&mut ws, "hello").await, "hello");
+        p.signal(libc::SIGTERM);
+        let (code, _) = expect_close(&mut ws).await;
+        assert_eq!(code, 1001);
+        drop(ws);
+        let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(15)));
+        assert_eq!(status, Some(0));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_and_echoes() {
+    bounded(async {
+        let mut p = Proc::spawn(&["demo", "--port", "0", "--admin-port", "0", "--quiet"]);
+        let url = tokio::task::block_in_place(|| p.line_after("listening demo "));
+        let mut ws = connect(&url).await;
+        assert_eq!(ask(&mut ws, "ping?").await, "ping?");
+        let _ = ws.close(None).await;
+        p.signal(libc::SIGINT);
+        assert_eq!(tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(40))), Some(0));
+    })
+    .await
+}
