@@ -17,8 +17,9 @@
 //! - no estimate goes below [`MIN_LATENCY_S`], so a long-unsampled backend still competes
 //!   on connections rather than winning every pick until its first new sample arrives.
 //!
-//! Lock-free: reads atomics only (two passes over the backends).
+//! Lock-free: reads atomics only (one pass, plus one when an unsampled backend is met).
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -47,18 +48,29 @@ fn sampled(b: &Backend) -> bool {
 
 impl Balancer for LeastResponseTime {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
-        let (mut sum, mut n) = (0.0, 0u32);
-        for (i, b) in backends.iter().enumerate() {
-            if sampled(b) && ctx.eligible(i, b) {
-                sum += b.latency_estimate(ctx.now_ms, DECAY_MS).max(MIN_LATENCY_S);
-                n += 1;
-            }
-        }
-        let neutral = if n == 0 { DEFAULT_LATENCY_S } else { sum / n as f64 };
+        let estimate = |b: &Backend| b.latency_estimate(ctx.now_ms, DECAY_MS).max(MIN_LATENCY_S);
+        // The neutral latency costs a pass of its own: computed only when an unsampled
+        // backend is met (a local cache, not shared state).
+        let neutral = OnceCell::new();
+        let neutral = || {
+            *neutral.get_or_init(|| {
+                let (mut sum, mut n) = (0.0, 0u32);
+                for (i, b) in backends.iter().enumerate() {
+                    if sampled(b) && ctx.eligible(i, b) {
+                        sum += estimate(b);
+                        n += 1;
+                    }
+                }
+                if n == 0 {
+                    DEFAULT_LATENCY_S
+                } else {
+                    sum / n as f64
+                }
+            })
+        };
         let rotor = self.rotor.fetch_add(1, Relaxed);
         least_score(backends, ctx, rotor, |_, b| {
-            let latency =
-                if sampled(b) { b.latency_estimate(ctx.now_ms, DECAY_MS).max(MIN_LATENCY_S) } else { neutral };
+            let latency = if sampled(b) { estimate(b) } else { neutral() };
             latency * (b.active() + 1) as f64
         })
     }
