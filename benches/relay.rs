@@ -59,7 +59,11 @@ fn bench(c: &mut Criterion) {
     let server = switchyard::Server::start(cfg, None).unwrap();
     let proxied = format!("ws://{}/", server.addrs()[0].1);
     let direct = format!("ws://{backend}/");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
 
     let mut g = c.benchmark_group("echo_1KiB_x16");
     g.throughput(Throughput::Elements(CONNS as u64));
@@ -79,7 +83,10 @@ fn bench(c: &mut Criterion) {
     let rate = |(d, n): (Duration, u64)| (n * CONNS as u64) as f64 / d.as_secs_f64();
     let (rd, rp) = (rate(totals[0]), rate(totals[1]));
     if rd > 0.0 && rp > 0.0 {
-        println!("echo 1KiB x{CONNS}: direct {rd:.0} msg/s, proxied {rp:.0} msg/s, ratio proxied/direct {:.2}", rp / rd);
+        println!(
+            "echo 1KiB x{CONNS}: direct {rd:.0} msg/s, proxied {rp:.0} msg/s, ratio proxied/direct {:.2}",
+            rp / rd
+        );
     }
 }
 

@@ -13,7 +13,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1024);
     let rest = url.strip_prefix("ws://").ok_or("only ws:// URLs")?;
-    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut s = tokio::net::TcpStream::connect(hostport).await?;
     s.set_nodelay(true)?;
     let mut pending = client_handshake(&mut s, hostport, &path).await?;
@@ -32,6 +35,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     write_frame(&mut s, true, Opcode::Close, &1000u16.to_be_bytes(), true).await?;
     rtts.sort_unstable();
     let pct = |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)];
-    println!("{n} round trips of {size} bytes: p50 {} µs, p99 {} µs, max {} µs", pct(0.5), pct(0.99), rtts[rtts.len() - 1]);
+    println!(
+        "{n} round trips of {size} bytes: p50 {} µs, p99 {} µs, max {} µs",
+        pct(0.5),
+        pct(0.99),
+        rtts[rtts.len() - 1]
+    );
     Ok(())
 }

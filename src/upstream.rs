@@ -20,8 +20,8 @@ use crate::stream::Stream;
 
 /// Largest backend response head accepted.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
-/// Time constant of the handshake-latency peak-EWMA decay.
-pub const LATENCY_TAU_MS: f64 = 10_000.0;
+/// Time constant of the handshake-latency peak-EWMA decay (shared with the algorithm).
+use crate::balance::least_response_time::DECAY_MS as LATENCY_TAU_MS;
 
 /// Why no backend connection could be made.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,15 @@ impl Drop for Proc {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
-        Proc(Command::new(BIN).args(args).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("binary runs"))
+        Proc(
+            Command::new(BIN)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("binary runs"),
+        )
     }
 
     /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
@@ -60,7 +68,10 @@ impl Proc {
 fn version_prints_the_crate_version() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("switchyard {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("switchyard {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -98,7 +109,10 @@ fn check_reports_every_problem_with_line_and_column() {
     let text = String::from_utf8_lossy(&out.stdout);
     let name = f.display().to_string();
     assert!(text.contains(&format!("{name}:5:")), "unknown pool at line 5: {text}");
-    assert!(text.contains(&format!("{name}:8:5:")) && text.contains("algorithm"), "typo with hint: {text}");
+    assert!(
+        text.contains(&format!("{name}:8:5:")) && text.contains("algorithm"),
+        "typo with hint: {text}"
+    );
     assert!(text.contains(&format!("{name}:10:")), "bad address: {text}");
     assert!(text.contains(&format!("{name}:11:")), "zero weight: {text}");
     assert!(text.lines().count() >= 4, "{text}");

@@ -28,7 +28,10 @@ async fn bad_requests_get_400_naming_the_header() {
             (good.replace("Upgrade: websocket\r\n", ""), "Upgrade"),
             (good.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"), "Connection"),
             (good.replace("dGhlIHNhbXBsZSBub25jZQ==", "dG9vIHNob3J0"), "Sec-WebSocket-Key"),
-            (good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), "Sec-WebSocket-Key"),
+            (
+                good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                "Sec-WebSocket-Key",
+            ),
             ("GARBAGE\r\n\r\n".to_string(), "malformed"),
         ];
         for (req, name) in cases {
@@ -125,7 +128,13 @@ async fn unmatched_route_gets_404_and_each_matcher_works() {
         let (p, _b) = proxy_with("", "").await;
         let resp = raw_exchange(p.addr, upgrade_request("/other", "").as_bytes()).await;
         assert_eq!(status(&resp), 404, "{resp}");
-        let by_host = raw_exchange(p.addr, upgrade_request("/other", "").replace("Host: test", "Host: only.example.com:8080").as_bytes()).await;
+        let by_host = raw_exchange(
+            p.addr,
+            upgrade_request("/other", "")
+                .replace("Host: test", "Host: only.example.com:8080")
+                .as_bytes(),
+        )
+        .await;
         assert_eq!(status(&by_host), 101, "{by_host}");
         let by_header = raw_exchange(p.addr, upgrade_request("/other", "X-Tenant: a\r\n").as_bytes()).await;
         assert_eq!(status(&by_header), 101, "{by_header}");

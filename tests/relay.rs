@@ -46,10 +46,20 @@ async fn fragmented_message_with_interleaved_ping() {
     bounded(async {
         let (p, _b) = one_backend("").await;
         let mut ws = connect(&p.url("/")).await;
-        ws.send(Message::Frame(Frame::message(&b"hello "[..], OpCode::Data(Data::Text), false))).await.unwrap();
+        ws.send(Message::Frame(Frame::message(&b"hello "[..], OpCode::Data(Data::Text), false)))
+            .await
+            .unwrap();
         ws.send(Message::Ping(b"in-between".to_vec().into())).await.unwrap();
-        ws.send(Message::Frame(Frame::message(&b"fragmented "[..], OpCode::Data(Data::Continue), false))).await.unwrap();
-        ws.send(Message::Frame(Frame::message(&b"world"[..], OpCode::Data(Data::Continue), true))).await.unwrap();
+        ws.send(Message::Frame(Frame::message(
+            &b"fragmented "[..],
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(&b"world"[..], OpCode::Data(Data::Continue), true)))
+            .await
+            .unwrap();
         let (mut pong, mut text) = (None, None);
         while pong.is_none() || text.is_none() {
             match tokio::time::timeout(T, ws.next()).await.unwrap() {
@@ -74,7 +84,12 @@ async fn close_codes_and_reasons_pass_both_ways() {
         assert_eq!(expect_close(&mut ws).await, (4001, "see you".to_string()));
         // client → backend → back (tungstenite echoes the client's code)
         let mut ws = connect(&p.url("/")).await;
-        ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(4002), reason: "client says bye".into() }))).await.unwrap();
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4002),
+            reason: "client says bye".into(),
+        })))
+        .await
+        .unwrap();
         assert_eq!(expect_close(&mut ws).await, (4002, "client says bye".to_string()));
         still_serves(&p.url("/")).await;
     })
@@ -87,12 +102,16 @@ async fn subprotocol_is_negotiated_end_to_end() {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let (p, b) = one_backend("").await;
         let mut req = p.url("/").into_client_request().unwrap();
-        req.headers_mut().insert("sec-websocket-protocol", "chat.v2, chat.v1".parse().unwrap());
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "chat.v2, chat.v1".parse().unwrap());
         let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
         assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "chat.v2");
         assert_eq!(ask(&mut ws, "x").await, "x");
         let h = b.last_headers.lock().unwrap().clone();
-        assert!(h.iter().any(|(k, v)| k == "sec-websocket-protocol" && v == "chat.v2, chat.v1"), "{h:?}");
+        assert!(
+            h.iter().any(|(k, v)| k == "sec-websocket-protocol" && v == "chat.v2, chat.v1"),
+            "{h:?}"
+        );
     })
     .await
 }
@@ -201,7 +220,10 @@ async fn client_protocol_violations_get_1002_and_the_backend_a_close() {
             while b.live.load(std::sync::atomic::Ordering::SeqCst) > before && t0.elapsed() < T {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(b.live.load(std::sync::atomic::Ordering::SeqCst) <= before, "{what}: backend connection not closed");
+            assert!(
+                b.live.load(std::sync::atomic::Ordering::SeqCst) <= before,
+                "{what}: backend connection not closed"
+            );
         }
         still_serves(&p.url("/")).await;
     })
@@ -217,8 +239,12 @@ async fn oversized_message_gets_1009_even_when_fragmented() {
         ws.send(Message::binary(vec![0u8; 1025])).await.unwrap();
         assert_eq!(expect_close(&mut ws).await.0, 1009);
         let mut ws = connect(&p.url("/")).await;
-        ws.send(Message::Frame(Frame::message(vec![0u8; 600], OpCode::Data(Data::Binary), false))).await.unwrap();
-        ws.send(Message::Frame(Frame::message(vec![0u8; 600], OpCode::Data(Data::Continue), true))).await.unwrap();
+        ws.send(Message::Frame(Frame::message(vec![0u8; 600], OpCode::Data(Data::Binary), false)))
+            .await
+            .unwrap();
+        ws.send(Message::Frame(Frame::message(vec![0u8; 600], OpCode::Data(Data::Continue), true)))
+            .await
+            .unwrap();
         assert_eq!(expect_close(&mut ws).await.0, 1009);
         still_serves(&p.url("/")).await;
     })
@@ -298,4 +324,3 @@ async fn a_stream_of_server_messages_is_relayed_in_order() {
     })
     .await
 }
-

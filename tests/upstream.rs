@@ -50,11 +50,20 @@ async fn a_dead_backend_is_skipped() {
 #[tokio::test]
 async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
     bounded(async {
-        let p = Proxy::start(&config("least_connections", &[dead_port().await, dead_port().await], "shedding:\n  retry_hint: 4s\n"));
+        let p = Proxy::start(&config(
+            "least_connections",
+            &[dead_port().await, dead_port().await],
+            "shedding:\n  retry_hint: 4s\n",
+        ));
         let mut ws = connect(&p.url("/")).await;
         let (code, reason) = expect_close(&mut ws).await;
         assert_eq!(code, 1013);
-        let secs: f64 = reason.strip_prefix("try again in ").and_then(|r| r.strip_suffix('s')).unwrap().parse().unwrap();
+        let secs: f64 = reason
+            .strip_prefix("try again in ")
+            .and_then(|r| r.strip_suffix('s'))
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((2.8..=5.2).contains(&secs), "{reason}");
     })
     .await

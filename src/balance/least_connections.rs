@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use super::{least_by, Balancer, PickContext};
+use super::select::least_score;
+use super::{Balancer, PickContext};
 use crate::backend::Backend;
 
 /// Weighted least connections.
@@ -18,7 +19,7 @@ impl Balancer for LeastConnections {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
         let rotor = self.rotor.fetch_add(1, Relaxed);
         // +1: the connection being placed, so weight matters even when all are empty.
-        least_by(backends, ctx, rotor, |b| (b.active() + 1) as f64)
+        least_score(backends, ctx, rotor, |_, b| (b.active() + 1) as f64)
     }
 }
 

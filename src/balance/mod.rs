@@ -3,17 +3,30 @@
 //! Algorithms only compare numbers that `backend.rs` measures; they never do I/O and never
 //! take a lock shared by all accepts (see each file for how it stays lock-free).
 
+pub mod custom_load;
+pub mod hash;
+pub mod least_bandwidth;
 mod least_connections;
+pub mod least_response_time;
+mod power_of_two;
+mod random;
 mod round_robin;
+mod select;
 
+pub use custom_load::{parse_report, CustomLoad, Report};
+pub use hash::ConsistentHash;
+pub use least_bandwidth::{sample_rates, LeastBandwidth, RateSampler};
 pub use least_connections::LeastConnections;
+pub use least_response_time::LeastResponseTime;
+pub use power_of_two::PowerOfTwo;
+pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendState};
-use crate::config::{Algorithm, PoolConfig};
+use crate::config::{defaults, Algorithm, HashConfig, HashKey, PoolConfig};
 
 /// What a balancer may look at for one pick.
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +68,29 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize>;
 }
 
-/// Builds the balancer a pool's config asks for.
+/// Builds the balancer a pool's config asks for. `backends` must be the list later passed
+/// to `pick` (same order): round robin, hash and custom load precompute per-index data.
 pub fn build(cfg: &PoolConfig, backends: &[Arc<Backend>]) -> Box<dyn Balancer> {
-    let _ = backends;
     match cfg.algorithm {
         Algorithm::RoundRobin => Box::new(RoundRobin::new(backends)),
-        _ => Box::new(LeastConnections::default()),
+        Algorithm::LeastConnections => Box::new(LeastConnections::default()),
+        Algorithm::LeastBandwidth => Box::new(LeastBandwidth::default()),
+        Algorithm::LeastResponseTime => Box::new(LeastResponseTime::default()),
+        Algorithm::PowerOfTwo => Box::new(PowerOfTwo::new(backends)),
+        Algorithm::Hash => {
+            let default = HashConfig {
+                key: HashKey::ClientIp,
+                bounded_load: None,
+            };
+            Box::new(ConsistentHash::new(cfg.hash.as_ref().unwrap_or(&default), backends))
+        }
+        Algorithm::CustomLoad => {
+            // A report older than three poll intervals is stale (the config's contract).
+            let interval = cfg.custom_load.as_ref().map_or(defaults::CUSTOM_LOAD_INTERVAL, |c| c.interval);
+            let stale_after_ms = u64::try_from(interval.as_millis().saturating_mul(3)).unwrap_or(u64::MAX);
+            Box::new(CustomLoad::new(backends, stale_after_ms))
+        }
+        Algorithm::Random => Box::new(Random::new(backends)),
     }
 }
 
@@ -72,31 +102,6 @@ pub fn exhaustion_reason(backends: &[Arc<Backend>], now_ms: u64) -> &'static str
     } else {
         "no_backend"
     }
-}
-
-/// Shared helper for "least X per weight" algorithms: the eligible backend with the lowest
-/// `score / effective_weight`, ties broken by rotating the scan start (`rotor`).
-pub(crate) fn least_by<F>(backends: &[Arc<Backend>], ctx: &PickContext<'_>, rotor: usize, score: F) -> Option<usize>
-where
-    F: Fn(&Backend) -> f64,
-{
-    let n = backends.len();
-    if n == 0 {
-        return None;
-    }
-    let mut best: Option<(usize, f64)> = None;
-    for k in 0..n {
-        let i = (rotor + k) % n;
-        let b = &backends[i];
-        if !ctx.eligible(i, b) {
-            continue;
-        }
-        let s = score(b) / b.effective_weight(ctx.now_ms);
-        if best.is_none_or(|(_, bs)| s < bs) {
-            best = Some((i, s));
-        }
-    }
-    best.map(|(i, _)| i)
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ pub const T: Duration = Duration::from_secs(10);
 
 /// Runs `f` with a hard time limit.
 pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), f).await.expect("test took longer than 60 s")
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test took longer than 60 s")
 }
 
 /// A running balancer; shut down (without waiting) on drop.
@@ -105,8 +107,11 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
             let (a, lv, h) = (a.clone(), lv.clone(), h.clone());
             let t = tokio::spawn(async move {
                 let cb = |req: &Request, mut resp: Response| {
-                    let hs: Vec<(String, String)> =
-                        req.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+                    let hs: Vec<(String, String)> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
                     if let Some(p) = req.headers().get("sec-websocket-protocol") {
                         let first = p.to_str().unwrap_or("").split(',').next().unwrap_or("").trim().to_string();
                         resp.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
@@ -115,7 +120,9 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
                     Ok(resp)
                 };
                 let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(s, cb, Some(cfg)).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(s, cb, Some(cfg)).await else {
+                    return;
+                };
                 a.fetch_add(1, Ordering::SeqCst);
                 lv.fetch_add(1, Ordering::SeqCst);
                 while let Some(Ok(m)) = ws.next().await {
@@ -128,7 +135,12 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
                             let mut it = t.as_str().splitn(3, ':').skip(1);
                             let code: u16 = it.next().unwrap().parse().unwrap();
                             let reason = it.next().unwrap_or("").to_string();
-                            let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
+                            let _ = ws
+                                .send(Message::Close(Some(CloseFrame {
+                                    code: CloseCode::from(code),
+                                    reason: reason.into(),
+                                })))
+                                .await;
                             // wait for the client's answer
                             while let Some(Ok(_)) = ws.next().await {}
                             break;
@@ -159,7 +171,13 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
             conns.lock().unwrap().push(t);
         }
     });
-    Backend { addr, accepted, live, last_headers, task }
+    Backend {
+        addr,
+        accepted,
+        live,
+        last_headers,
+        task,
+    }
 }
 
 /// A port nothing listens on.
@@ -248,7 +266,10 @@ pub fn status(resp: &str) -> u16 {
 /// Completes a raw handshake through the balancer; returns the socket and bytes past the 101.
 pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let pending = tokio::time::timeout(T, switchyard::ws::peer::client_handshake(&mut s, "test", path)).await.unwrap().unwrap();
+    let pending = tokio::time::timeout(T, switchyard::ws::peer::client_handshake(&mut s, "test", path))
+        .await
+        .unwrap()
+        .unwrap();
     (s, pending)
 }
 
@@ -256,9 +277,16 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
 pub async fn raw_close_code(s: &mut TcpStream, pending: &mut Vec<u8>) -> u16 {
     use switchyard::ws::frame::Opcode;
     loop {
-        let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(s, pending)).await.expect("frame in time").expect("a frame");
+        let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(s, pending))
+            .await
+            .expect("frame in time")
+            .expect("a frame");
         if f.opcode == Opcode::Close {
-            return if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { 1005 };
+            return if f.payload.len() >= 2 {
+                u16::from_be_bytes([f.payload[0], f.payload[1]])
+            } else {
+                1005
+            };
         }
     }
 }
@@ -270,7 +298,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// A plain HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let resp = raw_exchange(addr, req.as_bytes()).await;
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status(&resp), body)
