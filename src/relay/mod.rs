@@ -83,6 +83,8 @@ pub struct Relay {
     closing_deadline_ms: u64,
     closing: bool,
     injected: bool,
+    dirty: bool,
+    seen_close_req: Option<u64>,
     first_close: Option<(u16, CloseOrigin)>,
     totals: [u64; 4],
 }
@@ -122,10 +124,12 @@ impl Relay {
             closing_deadline_ms: 0,
             closing: false,
             injected: false,
+            dirty: true,
+            seen_close_req: None,
             first_close: None,
             totals: [0; 4],
         };
-        r.rearm(now);
+        r.rearm(now, true);
         Some(r)
     }
 
@@ -136,10 +140,12 @@ impl Relay {
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         self.conn.waker.register(cx.waker());
+        let mut fired = false;
         'outer: loop {
             loop {
                 let token = self.ping_token;
                 let own = (self.awaiting_pong_ms != 0).then_some(&token[..]);
+                let had_unflushed = self.has_unflushed();
                 let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
                 let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, None);
                 if a.rx || b.rx {
@@ -153,12 +159,16 @@ impl Relay {
                     }
                     if now >= self.last_flush_ms + FLUSH_EVERY_MS {
                         self.flush(now);
+                    } else if !had_unflushed {
+                        self.dirty = true; // the flush deadline may be the earliest now
                     }
                 }
                 if let Some(ev) = a.event {
+                    self.dirty = true;
                     self.on_client_event(ev);
                 }
                 if let Some(ev) = b.event {
+                    self.dirty = true;
                     self.on_backend_event(ev);
                 }
                 if self.c2b.finished() && self.b2c.finished() {
@@ -168,20 +178,28 @@ impl Relay {
                     break;
                 }
             }
-            // Timers: act on what is due, then sleep until the next thing is.
+            // Timers run only when the timer fired or something that moves a deadline
+            // earlier happened, so a busy connection reads no clock here per message.
             loop {
-                let now = clock::now_ms();
-                self.injected = false;
-                if self.on_time(now) {
-                    return Poll::Ready(self.finish());
+                let close_req = self.conn.close_request().map(|(at, _)| at);
+                if fired || self.dirty || close_req != self.seen_close_req {
+                    self.seen_close_req = close_req;
+                    self.dirty = false;
+                    self.injected = false;
+                    let now = clock::now_ms();
+                    if self.on_time(now) {
+                        return Poll::Ready(self.finish());
+                    }
+                    self.rearm(now, fired);
+                    fired = false;
+                    if self.injected {
+                        continue 'outer; // a frame to put in: let the pumps run
+                    }
                 }
-                if self.injected {
-                    continue 'outer; // a frame to put in: let the pumps run
-                }
-                self.rearm(now);
                 if self.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                fired = true;
             }
         }
     }
@@ -347,10 +365,13 @@ impl Relay {
         d
     }
 
-    fn rearm(&mut self, now: u64) {
+    /// Re-arms the timer when the next deadline moved earlier or the timer fired: activity
+    /// pushes deadlines later on every message, and touching the timer wheel per message
+    /// would cost more than an early wake-up that finds nothing due.
+    fn rearm(&mut self, now: u64, fired: bool) {
         let d = self.next_deadline().max(now + 1).min(now + 3_600_000);
         let at = tokio::time::Instant::from_std(clock::instant_at(d));
-        if self.timer.deadline() != at {
+        if fired || at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
         }
     }
