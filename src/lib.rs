@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod rebalance;
 pub mod relay;
 pub mod route;
 pub mod runtime;

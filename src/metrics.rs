@@ -122,3 +122,8 @@ pub fn describe() {
         counter!("switchyard_config_reloads_total", "result" => r).increment(0);
     }
 }
+
+/// Counts connections closed by the rebalancer.
+pub fn rebalance_moves(pool: &str, n: u64) {
+    counter!("switchyard_rebalance_moves_total", "pool" => pool.to_string()).increment(n);
+}

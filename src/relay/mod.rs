@@ -143,8 +143,10 @@ impl Relay {
         let mut fired = false;
         'outer: loop {
             loop {
+                // The token is random per connection, so a pong carrying it answers our ping
+                // whenever it arrives; it is always cut out.
                 let token = self.ping_token;
-                let own = (self.awaiting_pong_ms != 0).then_some(&token[..]);
+                let own = self.settings.ping_interval.is_some().then_some(&token[..]);
                 let had_unflushed = self.has_unflushed();
                 let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
                 let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, None);
@@ -152,6 +154,7 @@ impl Relay {
                     let now = clock::now_ms();
                     if a.rx {
                         self.last_client_rx_ms = now;
+                        self.awaiting_pong_ms = 0; // anything from the client proves it is alive
                     }
                     if a.data_seen || b.data_seen {
                         self.last_data_ms = now;
@@ -313,9 +316,6 @@ impl Relay {
             }
         }
         if let Some(interval) = self.settings.ping_interval {
-            if self.awaiting_pong_ms != 0 && self.last_client_rx_ms > self.awaiting_pong_ms {
-                self.awaiting_pong_ms = 0; // anything from the client proves it is alive
-            }
             if self.awaiting_pong_ms != 0 {
                 if now >= self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
                     self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);

@@ -170,6 +170,7 @@ impl Server {
             crate::admin::spawn(self.shared.clone(), l);
         }
         crate::health::spawn_all(&self.shared);
+        tokio::spawn(crate::rebalance::run(self.shared.clone()));
     }
 
     /// The bound address of a listener (useful with port 0).

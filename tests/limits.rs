@@ -1,0 +1,298 @@
+//! Overload protection and the life of a long connection: connection caps, the rate limit,
+//! idle timeout, idle eviction, keepalive pings, graceful shutdown and rebalancing.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+use switchyard::backend::BackendState;
+use switchyard::ws::frame::Opcode;
+use tokio::io::AsyncWriteExt;
+
+fn retry_secs(reason: &str) -> f64 {
+    reason
+        .strip_prefix("try again in ")
+        .and_then(|r| r.strip_suffix('s'))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no retry hint in {reason:?}"))
+}
+
+#[tokio::test]
+async fn over_max_connections_extra_clients_get_1013_and_held_ones_keep_echoing() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[b.addr],
+            "limits:\n  max_connections: 3\nshedding:\n  retry_hint: 5s\n",
+        ));
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "x").await, "x");
+            held.push(ws);
+        }
+        let mut hints = Vec::new();
+        for _ in 0..5 {
+            let mut ws = connect(&p.url("/")).await;
+            let (code, reason) = expect_close(&mut ws).await;
+            assert_eq!(code, 1013);
+            hints.push(retry_secs(&reason));
+        }
+        assert!(hints.iter().all(|h| (3.4..=6.6).contains(h)), "{hints:?}");
+        assert!(hints.windows(2).any(|w| w[0] != w[1]), "hints are jittered: {hints:?}");
+        for ws in &mut held {
+            assert_eq!(ask(ws, "still").await, "still");
+        }
+        // a slot frees up: admitted again
+        held.pop().unwrap().close(None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        still_serves(&p.url("/")).await;
+        // the backend never saw the shed ones
+        assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_rate_limit_sheds_the_excess_of_a_burst_and_admits_again_after_a_second() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  max_connections_per_second: 5\n"));
+        let (mut ok, mut shed) = (0, 0);
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            let mut ws = connect(&p.url("/")).await;
+            ws.send_text("x").await;
+            match next_text_or_close(&mut ws).await {
+                Ok(_) => {
+                    ok += 1;
+                    held.push(ws);
+                }
+                Err(code) => {
+                    assert_eq!(code, 1013);
+                    shed += 1;
+                }
+            }
+        }
+        assert!((5..=6).contains(&ok), "burst of one second's worth admitted: ok={ok} shed={shed}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn idle_connections_get_1001_while_active_ones_survive() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  idle_timeout: 800ms\n"));
+        let mut idle = connect(&p.url("/")).await;
+        let mut active = connect(&p.url("/")).await;
+        let t0 = Instant::now();
+        let idle_task = tokio::spawn(async move { (expect_close(&mut idle).await, t0.elapsed()) });
+        while t0.elapsed() < Duration::from_millis(2000) {
+            assert_eq!(ask(&mut active, "tick").await, "tick");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let ((code, reason), at) = idle_task.await.unwrap();
+        assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+        assert!(at >= Duration::from_millis(700) && at < Duration::from_millis(1800), "{at:?}");
+        assert_eq!(ask(&mut active, "alive").await, "alive");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn at_the_ceiling_evict_idle_closes_the_longest_idle_to_admit_a_new_one() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[b.addr],
+            "limits:\n  max_connections: 2\nshedding:\n  evict_idle: true\n",
+        ));
+        let mut oldest = connect(&p.url("/")).await;
+        assert_eq!(ask(&mut oldest, "a").await, "a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut recent = connect(&p.url("/")).await;
+        assert_eq!(ask(&mut recent, "b").await, "b");
+        let mut newcomer = connect(&p.url("/")).await;
+        assert_eq!(ask(&mut newcomer, "c").await, "c");
+        assert_eq!(expect_close(&mut oldest).await.0, 1001);
+        assert_eq!(ask(&mut recent, "d").await, "d");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_that_ignores_pings_is_closed_after_interval_plus_timeout() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[b.addr],
+            "limits:\n  ping_interval: 400ms\n  ping_timeout: 400ms\n",
+        ));
+        // a raw client that reads but never answers
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        let t0 = Instant::now();
+        let mut pings = 0;
+        let code = loop {
+            let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(&mut s, &mut pending))
+                .await
+                .unwrap()
+                .unwrap();
+            match f.opcode {
+                Opcode::Ping => pings += 1,
+                Opcode::Close => break u16::from_be_bytes([f.payload[0], f.payload[1]]),
+                _ => {}
+            }
+        };
+        let at = t0.elapsed();
+        assert_eq!(code, 1001);
+        assert_eq!(pings, 1);
+        assert!(at >= Duration::from_millis(750) && at < Duration::from_millis(2500), "{at:?}");
+        // a client that answers (tungstenite pongs automatically while reading) stays
+        let mut ws = connect(&p.url("/")).await;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(1800) {
+            assert_eq!(ask(&mut ws, "x").await, "x");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // a raw client that answers only with pongs (no data) also stays
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(1800) {
+            let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(&mut s, &mut pending))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.opcode, Opcode::Ping, "no close while answering");
+            switchyard::ws::peer::write_frame(&mut s, true, Opcode::Pong, &f.payload, true)
+                .await
+                .unwrap();
+        }
+        s.shutdown().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_everything_with_1001_spread_over_drain_timeout() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  drain_timeout: 1s\n"));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "x").await, "x");
+            tasks.push(tokio::spawn(async move {
+                let c = expect_close(&mut ws).await;
+                (c, Instant::now())
+            }));
+        }
+        let t0 = Instant::now();
+        let Proxy { server, .. } = p;
+        let stop = tokio::task::spawn_blocking(move || server.shutdown(None));
+        let mut times = Vec::new();
+        for t in tasks {
+            let ((code, _), at) = t.await.unwrap();
+            assert_eq!(code, 1001);
+            times.push(at.duration_since(t0));
+        }
+        times.sort();
+        assert!(*times.last().unwrap() < Duration::from_millis(1500), "{times:?}");
+        assert!(
+            times[9] - times[0] > Duration::from_millis(300),
+            "spread, not all at once: {times:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(10), stop).await.unwrap().unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rebalance_moves_connections_onto_a_backend_that_comes_up_within_the_rate() {
+    bounded(async {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let p = Proxy::start(&config(
+            "least_connections",
+            &[a.addr, b.addr],
+            "    rebalance:\n      enabled: true\n      max_moves_per_second: 4\n",
+        ));
+        let pool = p.server.shared.runtime.load().pools["p"].clone();
+        pool.backends[1].set_state(BackendState::Down, switchyard::clock::now_ms());
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "whoami").await, "a");
+            held.push(ws);
+        }
+        let t0 = Instant::now();
+        pool.backends[1].set_state(BackendState::Up, switchyard::clock::now_ms());
+        // Clients that get 1012 reconnect at once, as real ones would.
+        let url = p.url("/");
+        let tasks: Vec<_> = held
+            .into_iter()
+            .map(|mut ws| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(4), expect_close(&mut ws)).await {
+                        Ok((code, _)) => {
+                            let at = Instant::now();
+                            let mut again = connect(&url).await;
+                            let who = ask(&mut again, "whoami").await;
+                            Some((code, at, who, again))
+                        }
+                        Err(_) => None,
+                    }
+                })
+            })
+            .collect();
+        let mut moved = Vec::new();
+        for t in tasks {
+            if let Some(m) = t.await.unwrap() {
+                moved.push(m);
+            }
+        }
+        assert!(moved.iter().all(|(c, ..)| *c == 1012), "every move is a 1012");
+        assert_eq!(moved.len(), 6, "exactly the excess moves");
+        assert!(
+            moved.iter().all(|(_, _, who, _)| who == "b"),
+            "reconnecting clients land on the new backend"
+        );
+        // 4 per second: six moves take more than a second
+        let last = moved.iter().map(|(_, t, ..)| t.duration_since(t0)).max().unwrap();
+        assert!(last > Duration::from_millis(1000), "rate-limited: {last:?}");
+        assert_eq!((pool.backends[0].active(), pool.backends[1].active()), (6, 6));
+    })
+    .await
+}
+
+/// Helpers local to these tests.
+trait SendText {
+    async fn send_text(&mut self, t: &str);
+}
+
+impl SendText for Ws {
+    async fn send_text(&mut self, t: &str) {
+        use futures_util::SinkExt;
+        let _ = self.send(tokio_tungstenite::tungstenite::Message::text(t)).await;
+    }
+}
+
+/// The next text, or the close code.
+async fn next_text_or_close(ws: &mut Ws) -> Result<String, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("in time") {
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Close(Some(f)))) => return Err(u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
