@@ -123,54 +123,74 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let name = path.display().to_string();
         anyhow::bail!(problems.iter().map(|e| e.render(&name)).collect::<Vec<_>>().join("\n"));
     }
+    let signals = Signals::register()?;
     let server = Server::start(cfg, Some(path.to_path_buf())).map_err(anyhow::Error::msg)?;
     announce(&server);
     tracing::info!(config = %path.display(), "switchyard running");
     if watch {
         switchyard::server::watch_file(&server);
     }
-    wait_for_signals(server)
+    signals.wait(server)
 }
 
-/// Waits for SIGINT/SIGTERM (graceful drain; a second one exits at once) and SIGHUP (reload).
-fn wait_for_signals(server: Server) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("signal runtime")?;
-    let shared = server.shared.clone();
-    rt.block_on(async move {
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    let r = switchyard::server::reload(&shared);
-                    match r {
-                        Ok(()) => tracing::info!("reloaded on SIGHUP"),
-                        Err(e) => tracing::error!("reload on SIGHUP rejected:\n{}", e.join("\n")),
+/// Signal streams, registered before anything is announced so no early signal is lost.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("signal runtime")?;
+        let _g = rt.enter();
+        let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        drop(_g);
+        Ok(Signals { rt, term, int, hup })
+    }
+
+    /// Waits for SIGINT/SIGTERM (graceful drain; a second one exits at once) and SIGHUP (reload).
+    fn wait(self, server: Server) -> anyhow::Result<()> {
+        let Signals {
+            rt,
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        let shared = server.shared.clone();
+        rt.block_on(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading");
+                        let _ = switchyard::server::reload(&shared);
                     }
                 }
             }
-        }
-        tracing::info!("signal received: draining (send it again to exit at once)");
-        let (force_tx, force_rx) = std::sync::mpsc::channel();
-        let done = tokio::task::spawn_blocking(move || server.shutdown(Some(force_rx)));
-        tokio::pin!(done);
-        loop {
-            tokio::select! {
-                _ = &mut done => break,
-                _ = term.recv() => { let _ = force_tx.send(()); }
-                _ = int.recv() => { let _ = force_tx.send(()); }
+            tracing::info!("signal received: draining (send it again to exit at once)");
+            let (force_tx, force_rx) = std::sync::mpsc::channel();
+            let done = tokio::task::spawn_blocking(move || server.shutdown(Some(force_rx)));
+            tokio::pin!(done);
+            loop {
+                tokio::select! {
+                    _ = &mut done => break,
+                    _ = term.recv() => { let _ = force_tx.send(()); }
+                    _ = int.recv() => { let _ = force_tx.send(()); }
+                }
             }
-        }
-        tracing::info!("stopped");
-        Ok(())
-    })
+            tracing::info!("stopped");
+            Ok(())
+        })
+    }
 }
 
 fn demo(port: u16, admin_port: u16, quiet: bool) -> anyhow::Result<()> {
@@ -188,6 +208,7 @@ fn demo(port: u16, admin_port: u16, quiet: bool) -> anyhow::Result<()> {
     })?;
     let yaml = switchyard::demo::demo_config(port, admin_port, &backends);
     let cfg = config::parse(&yaml, Path::new(".")).map_err(|e| anyhow::anyhow!("demo config: {e:?}"))?;
+    let signals = Signals::register()?;
     let server = Server::start(cfg, None).map_err(anyhow::Error::msg)?;
     announce(&server);
     for b in &backends {
@@ -200,5 +221,5 @@ fn demo(port: u16, admin_port: u16, quiet: bool) -> anyhow::Result<()> {
         }
     }
     let _rt = rt; // keeps the backends and the traffic running
-    wait_for_signals(server)
+    signals.wait(server)
 }

@@ -3,66 +3,8 @@
 mod common;
 use common::*;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        Proc(
-            Command::new(BIN)
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("binary runs"),
-        )
-    }
-
-    /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
-    fn line_after(&mut self, prefix: &str) -> String {
-        let out = self.0.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = prefix.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(rest.to_string());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20)).expect("the binary announces its address")
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, sig) };
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if let Ok(Some(st)) = self.0.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn version_prints_the_crate_version() {

@@ -72,7 +72,7 @@ pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, pe
     }
 }
 
-async fn handshake(shared: &Arc<Shared>, listener: &str, sock: TcpStream, peer: SocketAddr) -> Option<Ready> {
+async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, peer: SocketAddr) -> Option<Ready> {
     let started = Instant::now();
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
@@ -87,7 +87,7 @@ async fn handshake(shared: &Arc<Shared>, listener: &str, sock: TcpStream, peer: 
         .await;
         return None;
     };
-    let lcfg = rt.config.listeners.iter().find(|l| l.name == listener)?;
+    let lcfg = rt.config.listeners.iter().find(|l| *l.name == **listener)?;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     let mut stream = match rt.tls_acceptor(listener) {
         None => Stream::Tcp(sock),
@@ -156,7 +156,7 @@ async fn handshake(shared: &Arc<Shared>, listener: &str, sock: TcpStream, peer: 
     }
     metrics::handshake_duration(&pool.name, started.elapsed().as_secs_f64());
     let now = clock::now_ms();
-    let reg = shared.conns.register(upstream.guard.backend().clone(), now);
+    let reg = shared.conns.register(upstream.guard.backend().clone(), listener.clone(), now);
     if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
         reg.shared.request_close(now, crate::ws::CloseCode::GoingAway.code());
     }

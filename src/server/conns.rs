@@ -22,6 +22,8 @@ pub struct ConnShared {
     pub backend: Arc<Backend>,
     /// Pool name.
     pub pool: Arc<str>,
+    /// Listener the client came in on.
+    pub listener: Arc<str>,
     close_at_ms: AtomicU64,
     close_code: AtomicU16,
     /// Woken when a close is requested.
@@ -82,11 +84,12 @@ impl Drop for Registration {
 
 impl ConnTable {
     /// Registers a new connection on `backend`.
-    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, now_ms: u64) -> Registration {
+    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, listener: Arc<str>, now_ms: u64) -> Registration {
         let id = self.next_id.fetch_add(1, Relaxed);
         let shared = Arc::new(ConnShared {
             id,
             pool: backend.pool.clone(),
+            listener,
             backend,
             close_at_ms: AtomicU64::new(NEVER),
             close_code: AtomicU16::new(0),

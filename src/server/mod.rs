@@ -42,6 +42,61 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// Bound listeners (changed by reloads).
+    pub listeners: std::sync::Mutex<Vec<BoundListener>>,
+    /// One command queue per worker thread.
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
+    /// When the last reload ran and how it ended.
+    pub last_reload: std::sync::Mutex<Option<(u64, Result<(), Vec<String>>)>>,
+}
+
+/// A listener bound on every worker.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// Name.
+    pub name: String,
+    /// Address as configured (may have port 0).
+    pub configured: SocketAddr,
+    /// Address actually bound.
+    pub actual: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// What a worker thread is told to do.
+enum WorkerCmd {
+    /// Accept on this socket for this listener until `stop` turns true.
+    Listen(Arc<Shared>, Arc<str>, std::net::TcpListener, watch::Receiver<bool>),
+}
+
+impl std::fmt::Debug for WorkerCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerCmd")
+    }
+}
+
+impl Shared {
+    /// The bound address of a listener by name.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.lock().ok()?.iter().find(|l| l.name == name).map(|l| l.actual)
+    }
+
+    /// Binds a listener on every worker (one `SO_REUSEPORT` socket each) and starts
+    /// accepting. Nothing is left bound on failure.
+    fn open_listener(self: &Arc<Self>, name: &str, addr: SocketAddr) -> Result<BoundListener, String> {
+        let (actual, socks) = bind_group(addr, self.workers.len()).map_err(|e| format!("listener {name}: cannot bind {addr}: {e}"))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let n: Arc<str> = Arc::from(name);
+        for (w, sock) in self.workers.iter().zip(socks) {
+            let _ = w.send(WorkerCmd::Listen(self.clone(), n.clone(), sock, stop_rx.clone()));
+        }
+        tracing::info!(listener = name, addr = %actual, "listening");
+        Ok(BoundListener {
+            name: name.to_string(),
+            configured: addr,
+            actual,
+            stop,
+        })
+    }
 }
 
 /// A running balancer.
@@ -104,36 +159,42 @@ impl Server {
             n => n,
         };
         let runtime = Runtime::build(config, None)?;
-        let mut groups = Vec::new();
-        let mut addrs = Vec::new();
-        for l in &runtime.config.listeners {
-            let (actual, socks) = bind_group(l.bind, workers).map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.bind))?;
-            addrs.push((l.name.clone(), actual));
-            groups.push((Arc::<str>::from(l.name.as_str()), socks));
-        }
         let admin_listener = match &runtime.config.admin {
             Some(a) => Some(std::net::TcpListener::bind(a.bind).map_err(|e| format!("admin: cannot bind {}: {e}", a.bind))?),
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let (phase, _) = watch::channel(RUNNING);
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for w in 0..workers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            let prx = phase.subscribe();
+            let t = std::thread::Builder::new()
+                .name(format!("switchyard-w{w}"))
+                .spawn(move || worker(rx, prx))
+                .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            threads.push(t);
+        }
+        let listeners: Vec<(String, SocketAddr)> = runtime.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             conns: Arc::new(ConnTable::default()),
             admission: Arc::new(Admission::default()),
             draining: AtomicBool::new(false),
             config_path,
+            listeners: std::sync::Mutex::new(Vec::new()),
+            workers: senders,
+            last_reload: std::sync::Mutex::new(None),
         });
-        let (phase, _) = watch::channel(RUNNING);
-        let mut threads = Vec::new();
-        for w in 0..workers {
-            let mine: Vec<(Arc<str>, std::net::TcpListener)> = groups.iter_mut().map(|(n, socks)| (n.clone(), socks.remove(0))).collect();
-            let shared = shared.clone();
-            let rx = phase.subscribe();
-            let t = std::thread::Builder::new()
-                .name(format!("switchyard-w{w}"))
-                .spawn(move || worker(shared, mine, rx))
-                .map_err(|e| format!("cannot start worker thread: {e}"))?;
-            threads.push(t);
+        let mut addrs = Vec::new();
+        for (name, bind) in listeners {
+            let bl = shared.open_listener(&name, bind)?;
+            addrs.push((name, bl.actual));
+            if let Ok(mut l) = shared.listeners.lock() {
+                l.push(bl);
+            }
         }
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -244,7 +305,7 @@ impl Drop for Server {
     }
 }
 
-fn worker(shared: Arc<Shared>, listeners: Vec<(Arc<str>, std::net::TcpListener)>, mut phase: watch::Receiver<u8>) {
+fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: watch::Receiver<u8>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -253,23 +314,34 @@ fn worker(shared: Arc<Shared>, listeners: Vec<(Arc<str>, std::net::TcpListener)>
         }
     };
     rt.block_on(async move {
-        for (name, l) in listeners {
-            match TcpListener::from_std(l) {
-                Ok(l) => {
-                    tokio::spawn(accept_loop(shared.clone(), name, l, phase.clone()));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(WorkerCmd::Listen(shared, name, l, stop)) => match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(accept_loop(shared, name, l, phase.clone(), stop));
+                        }
+                        Err(e) => tracing::error!(listener = %name, "cannot register listener: {e}"),
+                    },
+                    None => break,
+                },
+                r = phase.changed() => {
+                    if r.is_err() || *phase.borrow() == EXIT {
+                        break;
+                    }
                 }
-                Err(e) => tracing::error!(listener = %name, "cannot register listener: {e}"),
-            }
-        }
-        while *phase.borrow_and_update() != EXIT {
-            if phase.changed().await.is_err() {
-                break;
             }
         }
     });
 }
 
-async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListener, mut phase: watch::Receiver<u8>) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    listener: TcpListener,
+    mut phase: watch::Receiver<u8>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -284,6 +356,16 @@ async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListener,
             },
             r = phase.changed() => {
                 if r.is_err() || *phase.borrow() != RUNNING {
+                    break;
+                }
+            }
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    // Take what is already queued before the socket closes, or the kernel
+                    // resets those connections.
+                    while let Ok(Ok((sock, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+                        tokio::spawn(connection::handle(shared.clone(), name.clone(), sock, peer));
+                    }
                     break;
                 }
             }
@@ -337,26 +419,98 @@ pub fn file_problems(cfg: &Config, path: &std::path::Path) -> Vec<crate::config:
     out
 }
 
-/// Reloads the config file: read → validate → build (reusing live backend state) → swap.
-/// Rejected whole on any error; the old config keeps serving.
+/// Reloads the config file: read → validate → bind new listeners → build (reusing live
+/// backend state) → swap → apply the difference. Rejected whole on any error, with the old
+/// config still serving; counted in `switchyard_config_reloads_total`.
 pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
-    let Some(path) = shared.config_path.clone() else {
-        return Err(vec!["no config file to reload (demo mode)".into()]);
+    let result = match shared.config_path.clone() {
+        None => Err(vec!["no config file to reload (demo mode)".into()]),
+        Some(path) => crate::config::load(&path)
+            .map_err(|e| e.iter().map(|e| e.render(&path.display().to_string())).collect::<Vec<_>>())
+            .and_then(|cfg| {
+                let probs = file_problems(&cfg, &path);
+                if probs.is_empty() {
+                    apply(shared, cfg)
+                } else {
+                    Err(probs.iter().map(|e| e.render(&path.display().to_string())).collect())
+                }
+            }),
     };
-    let name = path.display().to_string();
-    let result = (|| {
-        let cfg = crate::config::load(&path).map_err(|e| e.iter().map(|e| e.render(&name)).collect::<Vec<_>>())?;
-        let probs = file_problems(&cfg, &path);
-        if !probs.is_empty() {
-            return Err(probs.iter().map(|e| e.render(&name)).collect());
-        }
-        let old = shared.runtime.load_full();
-        let rt = Runtime::build(cfg, Some(&old)).map_err(|e| vec![e])?;
-        shared.runtime.store(Arc::new(rt));
-        Ok(())
-    })();
     crate::metrics::reload(result.is_ok());
+    match &result {
+        Ok(()) => tracing::info!("config reloaded"),
+        Err(e) => tracing::error!(
+            errors = e.len(),
+            "config reload rejected; the old config keeps serving:\n{}",
+            e.join("\n")
+        ),
+    }
+    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((clock::now_ms(), result.clone()));
     result
+}
+
+/// Applies a validated config to the running server (also used by tests).
+pub fn apply(shared: &Arc<Shared>, cfg: Config) -> Result<(), Vec<String>> {
+    let old = shared.runtime.load_full();
+    let rt = Runtime::build(cfg, Some(&old)).map_err(|e| vec![e])?;
+    let mut bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+    // Listeners to open: new names, or a changed bind address. All or nothing.
+    let mut opened = Vec::new();
+    for l in &rt.config.listeners {
+        let same = bound
+            .iter()
+            .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind));
+        if !same {
+            match shared.open_listener(&l.name, l.bind) {
+                Ok(b) => opened.push(b),
+                Err(e) => {
+                    for b in opened {
+                        let _ = b.stop.send(true);
+                    }
+                    return Err(vec![e]);
+                }
+            }
+        }
+    }
+    let drain_ms = rt.config.limits.drain_timeout.as_millis() as u64;
+    shared.runtime.store(Arc::new(rt));
+    let rt = shared.runtime.load_full();
+    let now = clock::now_ms();
+    // Listeners gone (or moved): stop accepting, drain their connections with 1001.
+    let (keep, gone): (Vec<_>, Vec<_>) = bound.drain(..).partition(|b| {
+        rt.config
+            .listeners
+            .iter()
+            .any(|l| l.name == b.name && (l.bind == b.configured || l.bind == b.actual))
+            && !opened.iter().any(|o| o.name == b.name)
+    });
+    for b in gone {
+        let _ = b.stop.send(true);
+        if !opened.iter().any(|o| o.name == b.name) {
+            let conns = shared.conns.select(|c| *c.listener == *b.name);
+            ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::GoingAway.code());
+        }
+        tracing::info!(listener = %b.name, addr = %b.actual, "listener closed by reload");
+    }
+    *bound = keep;
+    bound.extend(opened);
+    drop(bound);
+    // Backends gone: no new connections, live ones closed with 1012 spread over drain_timeout.
+    for pool in old.pools.values() {
+        for b in &pool.backends {
+            let kept = rt
+                .pools
+                .get(&*pool.name)
+                .is_some_and(|p| p.backends.iter().any(|n| Arc::ptr_eq(n, b)));
+            if !kept {
+                b.set_state(crate::backend::BackendState::Draining, now);
+                let conns = shared.conns.select(|c| Arc::ptr_eq(&c.backend, b));
+                tracing::info!(pool = %pool.name, backend = %b.address, connections = conns.len(), "backend removed by reload: draining");
+                ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::ServiceRestart.code());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Polls the config file's modification time and reloads (debounced) when it changes.
@@ -373,10 +527,7 @@ pub fn watch_file(server: &Server) {
                 // debounce: wait until the file stops changing
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 last = stamp(&path);
-                match reload(&shared) {
-                    Ok(()) => tracing::info!("reloaded after the config file changed"),
-                    Err(e) => tracing::error!("reload after file change rejected:\n{}", e.join("\n")),
-                }
+                let _ = reload(&shared);
             }
         }
     });

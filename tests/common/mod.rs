@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
 pub use switchyard::Server;
 
 /// A client connection.
@@ -49,6 +52,16 @@ impl Proxy {
         let server = Server::start(cfg, None).expect("server starts");
         let addr = server.addrs()[0].1;
         Proxy { server, addr }
+    }
+
+    /// Starts the balancer from a config file written into `dir` (so reloads can re-read it).
+    pub fn start_file(dir: &std::path::Path, yaml: &str) -> (Proxy, std::path::PathBuf) {
+        let path = dir.join("switchyard.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let cfg = switchyard::config::load(&path).unwrap_or_else(|e| panic!("bad test config: {e:?}"));
+        let server = Server::start(cfg, Some(path.clone())).expect("server starts");
+        let addr = server.addrs()[0].1;
+        (Proxy { server, addr }, path)
     }
 
     /// `ws://addr/path`.
@@ -305,4 +318,62 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     let resp = raw_exchange(addr, req.as_bytes()).await;
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status(&resp), body)
+}
+
+/// The balancer binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        Proc(
+            Command::new(BIN)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("binary runs"),
+        )
+    }
+
+    /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
+    pub fn line_after(&mut self, prefix: &str) -> String {
+        let out = self.0.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = prefix.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(&prefix) {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20)).expect("the binary announces its address")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }

@@ -1,0 +1,214 @@
+//! Hot reload: established connections survive, removed backends drain with 1012, added
+//! ones get traffic (API, SIGHUP, --watch), broken configs change nothing, listeners follow.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+fn two(a: std::net::SocketAddr, b: Option<std::net::SocketAddr>, extra: &str) -> String {
+    let mut v = vec![a];
+    v.extend(b);
+    config("round_robin", &v, extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_keep_echoing_through_twenty_reloads() {
+    bounded(async {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &two(a.addr, Some(b.addr), "limits:\n  max_connections_per_second: 0\n"));
+        let mut conns = Vec::new();
+        for _ in 0..1000 {
+            conns.push(connect(&p.url("/")).await);
+        }
+        for i in 0..20 {
+            // weights, limits and algorithm change; both backends stay
+            let algo = if i % 2 == 0 { "least_connections" } else { "round_robin" };
+            let yaml = format!(
+                "listeners:\n  - name: l\n    bind: \"{}\"\n    routes:\n      - pool: p\npools:\n  p:\n    algorithm: {algo}\n    backends:\n      - address: \"{}\"\n        weight: {}\n      - address: \"{}\"\nlimits:\n  max_connections_per_second: 0\n  idle_timeout: {}s\n",
+                p.addr, a.addr, 1 + i % 3, b.addr, 600 + i
+            );
+            std::fs::write(&path, yaml).unwrap();
+            switchyard::server::reload(&p.server.shared).expect("reload ok");
+            for ws in conns.iter_mut().step_by(50) {
+                assert_eq!(ask(ws, "x").await, "x");
+            }
+        }
+        for (i, ws) in conns.iter_mut().enumerate() {
+            assert_eq!(ask(ws, "still").await, "still", "connection {i} survived");
+        }
+        let m = switchyard::metrics::render();
+        assert!(m.lines().any(|l| l.starts_with("switchyard_config_reloads_total{result=\"ok\"}") && l.ends_with(" 20") || l.contains("result=\"ok\"} 2")), "{m}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn removing_a_backend_drains_it_with_1012_and_new_connections_go_elsewhere() {
+    bounded(async {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &two(a.addr, Some(b.addr), "limits:\n  drain_timeout: 1s\n"));
+        let mut on_b = Vec::new();
+        let mut on_a = Vec::new();
+        for _ in 0..6 {
+            let mut ws = connect(&p.url("/")).await;
+            if ask(&mut ws, "whoami").await == "b" {
+                on_b.push(ws)
+            } else {
+                on_a.push(ws)
+            }
+        }
+        assert_eq!(on_b.len(), 3);
+        std::fs::write(
+            &path,
+            two(a.addr, None, "limits:\n  drain_timeout: 1s\n").replace("bind: \"127.0.0.1:0\"", &format!("bind: \"{}\"", p.addr)),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        switchyard::server::reload(&p.server.shared).expect("reload ok");
+        for ws in &mut on_b {
+            assert_eq!(expect_close(ws).await.0, 1012);
+        }
+        assert!(t0.elapsed() < Duration::from_millis(2500), "{:?}", t0.elapsed());
+        for ws in &mut on_a {
+            assert_eq!(ask(ws, "whoami").await, "a", "connections on the kept backend are untouched");
+        }
+        for _ in 0..4 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "whoami").await, "a");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_broken_config_changes_nothing_and_counts_an_error() {
+    bounded(async {
+        let a = backend("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &two(a.addr, None, ""));
+        let mut ws = connect(&p.url("/")).await;
+        let before = count(&switchyard::metrics::render(), "switchyard_config_reloads_total{result=\"error\"}");
+        std::fs::write(&path, "listeners: [\n  this is: not yaml").unwrap();
+        let errs = switchyard::server::reload(&p.server.shared).unwrap_err();
+        assert!(errs[0].contains(":2:") || errs[0].contains(":1:"), "line and column: {errs:?}");
+        std::fs::write(
+            &path,
+            two(a.addr, None, "").replace("algorithm: round_robin", "algorithm: round_robn"),
+        )
+        .unwrap();
+        let errs = switchyard::server::reload(&p.server.shared).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("round_robin")), "hint: {errs:?}");
+        let after = count(&switchyard::metrics::render(), "switchyard_config_reloads_total{result=\"error\"}");
+        assert!(after >= before + 2.0, "{before} → {after}");
+        assert_eq!(ask(&mut ws, "alive").await, "alive");
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_and_a_bind_conflict_rejects_the_whole_reload() {
+    bounded(async {
+        let a = backend("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &listeners_yaml(&[("l", "127.0.0.1:0")], a.addr));
+        let main = p.addr.to_string();
+        std::fs::write(&path, listeners_yaml(&[("l", &main), ("second", "127.0.0.1:0")], a.addr)).unwrap();
+        switchyard::server::reload(&p.server.shared).expect("reload adds a listener");
+        let second = p.server.shared.listener_addr("second").unwrap();
+        let mut ws2 = connect(&format!("ws://{second}/")).await;
+        assert_eq!(ask(&mut ws2, "whoami").await, "a");
+        // a port already in use: the whole reload is refused, nothing changes
+        let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = busy_listener.local_addr().unwrap().to_string();
+        std::fs::write(
+            &path,
+            listeners_yaml(
+                &[
+                    ("l", &main),
+                    ("second", &second.to_string()),
+                    ("fourth", "127.0.0.1:0"),
+                    ("third", &busy),
+                ],
+                a.addr,
+            ),
+        )
+        .unwrap();
+        let errs = switchyard::server::reload(&p.server.shared).unwrap_err();
+        assert!(errs[0].contains("cannot bind"), "{errs:?}");
+        assert!(
+            p.server.shared.listener_addr("fourth").is_none(),
+            "nothing from the rejected reload is bound"
+        );
+        assert_eq!(ask(&mut ws2, "whoami").await, "a");
+        // removing the second listener drains its connections and stops accepting there
+        std::fs::write(&path, listeners_yaml(&[("l", &main)], a.addr)).unwrap();
+        switchyard::server::reload(&p.server.shared).expect("reload removes a listener");
+        assert_eq!(expect_close(&mut ws2).await.0, 1001);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(tokio::net::TcpStream::connect(second).await.is_err(), "second listener closed");
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
+/// A config with these (name, bind) listeners, all routed to one backend.
+fn listeners_yaml(listeners: &[(&str, &str)], backend: std::net::SocketAddr) -> String {
+    let mut y = String::from("listeners:\n");
+    for (n, b) in listeners {
+        y.push_str(&format!("  - name: {n}\n    bind: \"{b}\"\n    routes:\n      - pool: p\n"));
+    }
+    y.push_str(&format!(
+        "pools:\n  p:\n    backends:\n      - address: \"{backend}\"\nlimits:\n  drain_timeout: 500ms\n"
+    ));
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_watch_add_a_backend_that_gets_traffic() {
+    bounded(async {
+        for mode in ["sighup", "watch"] {
+            let a = backend("a").await;
+            let b = backend("b").await;
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("c.yaml");
+            std::fs::write(&f, two(a.addr, None, "")).unwrap();
+            let args: Vec<&str> = if mode == "watch" {
+                vec!["run", "-c", f.to_str().unwrap(), "--watch"]
+            } else {
+                vec!["run", "-c", f.to_str().unwrap()]
+            };
+            let mut proc = Proc::spawn(&args);
+            let url = tokio::task::block_in_place(|| proc.line_after("listening l "));
+            let addr = url.trim_start_matches("ws://").trim_end_matches('/').to_string();
+            std::fs::write(&f, two(a.addr, Some(b.addr), "").replace("127.0.0.1:0", &addr)).unwrap();
+            if mode == "sighup" {
+                proc.signal(libc::SIGHUP);
+            }
+            let t0 = Instant::now();
+            loop {
+                let mut ws = connect(&url).await;
+                if ask(&mut ws, "whoami").await == "b" {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(5), "{mode}: the added backend never got traffic");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await
+}
+
+fn count(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
