@@ -423,6 +423,7 @@ pub fn file_problems(cfg: &Config, path: &std::path::Path) -> Vec<crate::config:
 /// backend state) → swap → apply the difference. Rejected whole on any error, with the old
 /// config still serving; counted in `switchyard_config_reloads_total`.
 pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
+    let started = std::time::Instant::now();
     let result = match shared.config_path.clone() {
         None => Err(vec!["no config file to reload (demo mode)".into()]),
         Some(path) => crate::config::load(&path)
@@ -438,7 +439,7 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
     };
     crate::metrics::reload(result.is_ok());
     match &result {
-        Ok(()) => tracing::info!("config reloaded"),
+        Ok(()) => tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "config reloaded"),
         Err(e) => tracing::error!(
             errors = e.len(),
             "config reload rejected; the old config keeps serving:\n{}",

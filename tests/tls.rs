@@ -1,0 +1,220 @@
+//! TLS on both sides: wss:// termination (certificates generated here with rcgen), SNI
+//! selection, `X-Forwarded-Proto: https`, wss:// to a backend verified against a test CA,
+//! refusal of an untrusted backend, and `check` errors for bad certificate files.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A test CA that issues leaf certificates into a directory.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), ca.pem()).unwrap();
+        Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            ca_key,
+        }
+    }
+
+    fn ca_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    /// Issues a leaf for `names`; returns (cert path, key path).
+    fn leaf(&self, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (self.dir.join(format!("{stem}.crt")), self.dir.join(format!("{stem}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
+}
+
+/// Connects over TLS with `sni`, upgrades, returns the websocket and the peer leaf's names.
+async fn wss(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    sni: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+    String,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = pki
+        .connector()
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let subject = parsed.subject().to_string();
+    let (ws, _) = tokio_tungstenite::client_async(format!("wss://{sni}/"), tls)
+        .await
+        .expect("upgrade over TLS");
+    (ws, subject)
+}
+
+#[tokio::test]
+async fn wss_is_terminated_with_sni_selection_and_forwarded_proto_https() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let (ca_crt, ca_key) = pki.leaf("a", &["a.test"], false);
+        let (cb_crt, cb_key) = pki.leaf("b", &["b.test"], false);
+        let b = backend("b").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls:\n      certs:\n        - {{ cert: \"{}\", key: \"{}\" }}\n        - {{ cert: \"{}\", key: \"{}\", sni: [b.test] }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n",
+            ca_crt.display(), ca_key.display(), cb_crt.display(), cb_key.display(), b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let (mut ws, subject) = wss(p.addr, &pki, "a.test").await;
+        assert!(subject.contains("a.test"), "{subject}");
+        ws.send(Message::text("over tls")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "over tls");
+        let (_ws, subject) = wss(p.addr, &pki, "b.test").await;
+        assert!(subject.contains("b.test"), "SNI picks the b.test certificate: {subject}");
+        let h = b.last_headers.lock().unwrap().clone();
+        assert!(h.iter().any(|(k, v)| k == "x-forwarded-proto" && v == "https"), "{h:?}");
+        // a client that never finishes the TLS handshake does not hurt others
+        let _idle = TcpStream::connect(p.addr).await.unwrap();
+        let (mut ws, _) = wss(p.addr, &pki, "a.test").await;
+        ws.send(Message::text("again")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "again");
+    })
+    .await
+}
+
+/// A wss:// echo backend with this certificate.
+async fn tls_backend(cert: &Path, key: &Path) -> std::net::SocketAddr {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).unwrap()))
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).unwrap()))
+        .unwrap()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn wss_to_a_backend_verified_by_a_test_ca_and_an_untrusted_one_refused() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let rogue = Pki::new(dir.path(), "rogue");
+        let (c, k) = pki.leaf("backend", &["backend.test"], false);
+        let (rc, rk) = rogue.leaf("rogue-backend", &["backend.test"], false);
+        let good = tls_backend(&c, &k).await;
+        let bad = tls_backend(&rc, &rk).await;
+        let plain = backend("plain").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /good }}\n        pool: good\n      - match: {{ path_prefix: /bad }}\n        pool: bad\n      - pool: plain\npools:\n  good:\n    backends:\n      - address: \"{good}\"\n        tls: {{ ca: \"{ca}\", server_name: backend.test }}\n  bad:\n    backends:\n      - address: \"{bad}\"\n        tls: {{ ca: \"{ca}\", server_name: backend.test }}\n  plain:\n    backends:\n      - address: \"{}\"\n",
+            plain.addr,
+            ca = pki.ca_path("ca").display()
+        );
+        let p = Proxy::start(&yaml);
+        let mut ws = connect(&p.url("/good")).await;
+        assert_eq!(ask(&mut ws, "through wss").await, "through wss");
+        let mut ws = connect(&p.url("/bad")).await;
+        assert_eq!(expect_close(&mut ws).await.0, 1013, "an untrusted backend is never used");
+        still_serves(&p.url("/plain")).await;
+    })
+    .await
+}
+
+#[test]
+fn check_reports_missing_mismatched_and_expired_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (good_c, good_k) = pki.leaf("good", &["x.test"], false);
+    let (_other_c, other_k) = pki.leaf("other", &["y.test"], false);
+    let (old_c, old_k) = pki.leaf("old", &["z.test"], true);
+    let cases = [
+        (dir.path().join("missing.crt"), good_k.clone(), "cannot read"),
+        (good_c.clone(), other_k, "does not match"),
+        (old_c, old_k, "expired"),
+    ];
+    for (cert, key, expect) in cases {
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9\"\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN).arg("check").arg(&f).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{expect}: {text}");
+        assert!(text.contains(expect), "{expect}: {text}");
+        assert!(text.contains(":4:"), "positioned at the tls line: {text}");
+    }
+    let f = dir.path().join("ok.yaml");
+    std::fs::write(&f, format!("listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9\"\n", good_c.display(), good_k.display())).unwrap();
+    let out = std::process::Command::new(BIN).arg("check").arg(&f).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
