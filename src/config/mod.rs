@@ -5,6 +5,7 @@
 
 mod decode;
 pub mod defaults;
+mod pools;
 mod units;
 mod validate;
 mod yaml;

@@ -1,0 +1,352 @@
+//! Tests of the config decoder: the contract example, error positions, hints, collected errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+/// The example of the contract (spec/contract.md, "Config file").
+const CONTRACT_EXAMPLE: &str = r#"
+listeners:
+  - name: public                 # unique
+    bind: "127.0.0.1:8080"
+    tls:                         # optional: terminate TLS (wss://)
+      cert: certs/server.pem
+      key: certs/server.key
+    routes:                      # first match wins; a route with no `match` catches all
+      - match: { path_prefix: /chat, host: chat.example.com, header: { name: X-Tenant, value: a } }
+        pool: chat
+      - pool: default
+    allowed_origins: ["https://app.example.com"]   # optional; absent = any Origin
+
+admin:
+  bind: "127.0.0.1:9090"         # /metrics, /healthz, /api/..., dashboard at /
+
+pools:
+  chat:
+    algorithm: hash
+    hash:
+      key: cookie:user_id
+      bounded_load: 1.25
+    backends:
+      - address: "127.0.0.1:9101"
+  default:
+    algorithm: least_connections
+    backends:
+      - address: "127.0.0.1:9001"   # host:port; ws:// implied, `tls: true` for wss to the backend
+        weight: 1                   # default 1
+        max_connections: 10000      # optional per-backend cap
+      - address: "127.0.0.1:9002"
+    health_check:                # optional; absent = passive checks only
+      kind: websocket            # tcp | http | websocket
+      path: /health              # for http and websocket
+      interval: 2s
+      timeout: 1s
+      rise: 2                    # consecutive successes to mark up
+      fall: 3                    # consecutive failures to mark down
+    slow_start: 30s              # optional: ramp a recovered/new backend's share
+
+limits:
+  max_connections: 100000                # whole process
+  max_connections_per_second: 5000       # new-connection rate (token bucket)
+  handshake_timeout: 10s                 # client must send the full request head by then
+  max_request_header_bytes: 16KiB
+  max_message_bytes: 16MiB               # 0 = unlimited; over it: close 1009
+  idle_timeout: 10m                      # no data frames either way: close 1001
+  ping_interval: 30s                     # proxy pings the client; no pong in `ping_timeout`: close
+  ping_timeout: 10s
+  drain_timeout: 30s                     # on shutdown or backend drain
+
+shedding:
+  close_code: 1013                       # sent after completing the handshake
+  retry_hint: 5s                         # jittered hint carried in the close reason
+"#;
+
+const MINIMAL: &str = "listeners:\n  - name: a\n    bind: 127.0.0.1:8080\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: 127.0.0.1:9001\n";
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse(text, Path::new("/etc/sy")) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts one error at `line:col` whose message contains `msg`.
+fn has(errs: &[ConfigError], line: usize, col: usize, msg: &str) -> ConfigError {
+    errs.iter()
+        .find(|e| e.line == line && e.col == col && e.message.contains(msg))
+        .cloned()
+        .unwrap_or_else(|| panic!("no error at {line}:{col} containing {msg:?} in {errs:#?}"))
+}
+
+/// MINIMAL with `extra` appended to the pool `p` (indented 4).
+fn pool_with(extra: &str) -> String {
+    format!("{MINIMAL}{extra}")
+}
+
+#[test]
+fn contract_example_parses() {
+    let c = parse(CONTRACT_EXAMPLE, Path::new("/etc/sy")).unwrap_or_else(|e| panic!("{e:#?}"));
+    let l = &c.listeners[0];
+    assert_eq!(l.name, "public");
+    assert_eq!(l.bind, "127.0.0.1:8080".parse().unwrap());
+    let tls = l.tls.as_ref().unwrap();
+    assert_eq!(tls.certs[0].cert, PathBuf::from("/etc/sy/certs/server.pem"));
+    assert_eq!(tls.certs[0].key, PathBuf::from("/etc/sy/certs/server.key"));
+    assert!(tls.certs[0].sni.is_empty());
+    assert_eq!(l.routes.len(), 2);
+    assert_eq!(l.routes[0].matcher.path_prefix.as_deref(), Some("/chat"));
+    assert_eq!(l.routes[0].matcher.host.as_deref(), Some("chat.example.com"));
+    assert_eq!(
+        l.routes[0].matcher.header,
+        Some(HeaderMatch {
+            name: "X-Tenant".into(),
+            value: "a".into()
+        })
+    );
+    assert_eq!(l.routes[0].pool, "chat");
+    assert_eq!(
+        l.routes[1],
+        Route {
+            matcher: RouteMatch::default(),
+            pool: "default".into()
+        }
+    );
+    assert_eq!(l.allowed_origins, Some(vec!["https://app.example.com".to_string()]));
+    assert_eq!(
+        c.admin,
+        Some(AdminConfig {
+            bind: "127.0.0.1:9090".parse().unwrap()
+        })
+    );
+
+    let chat = &c.pools["chat"];
+    assert_eq!(chat.algorithm, Algorithm::Hash);
+    assert_eq!(
+        chat.hash,
+        Some(HashConfig {
+            key: HashKey::Cookie("user_id".into()),
+            bounded_load: Some(1.25)
+        })
+    );
+    let d = &c.pools["default"];
+    assert_eq!(d.algorithm, Algorithm::LeastConnections);
+    assert_eq!(d.hash, None);
+    assert_eq!(d.backends[0].address, "127.0.0.1:9001");
+    assert_eq!(d.backends[0].max_connections, Some(10_000));
+    assert_eq!(d.backends[1].weight, 1);
+    assert_eq!(d.backends[1].max_connections, None);
+    let hc = d.health_check.as_ref().unwrap();
+    assert_eq!((hc.kind, hc.path.as_str()), (CheckKind::WebSocket, "/health"));
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.rise, hc.fall),
+        (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
+    );
+    assert_eq!(d.slow_start, Some(Duration::from_secs(30)));
+    assert_eq!(d.connect_timeout, defaults::CONNECT_TIMEOUT);
+    assert_eq!(d.max_attempts, defaults::MAX_ATTEMPTS);
+    assert_eq!(d.rebalance, RebalanceConfig::default());
+
+    // Every limit written in the example is the default.
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.shedding, Shedding::default());
+    assert_eq!(c.process, ProcessConfig::default());
+}
+
+#[test]
+fn minimal_gets_defaults() {
+    let c = parse(MINIMAL, Path::new("")).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(c.admin, None);
+    let p = &c.pools["p"];
+    assert_eq!(p.algorithm, Algorithm::LeastConnections);
+    assert_eq!(p.health_check, None);
+    assert_eq!(p.bandwidth_window, defaults::BANDWIDTH_WINDOW);
+    assert_eq!(c.listeners[0].allowed_origins, None);
+}
+
+#[test]
+fn empty_and_non_mapping_files() {
+    for text in ["", "# nothing\n", "~\n", "- a\n- b\n", "just text\n"] {
+        let e = errors(text);
+        assert_eq!((e.len(), e[0].line, e[0].col), (1, 1, 1), "{text:?}: {e:?}");
+    }
+}
+
+#[test]
+fn empty_section_is_reported_at_its_key() {
+    let e = errors(&format!("admin:\n{MINIMAL}"));
+    has(&e, 1, 1, "`admin` is missing required key `bind`");
+    // Empty optional sections mean "all defaults".
+    assert!(parse(&format!("{MINIMAL}limits:\nshedding:\n"), Path::new("")).is_ok());
+}
+
+#[test]
+fn unknown_keys_with_hints() {
+    let e = errors(&pool_with("    algoritm: round_robin\n"));
+    let err = has(&e, 10, 5, "unknown key `algoritm`");
+    assert_eq!(err.hint.as_deref(), Some("did you mean `algorithm`?"));
+    let e = errors(&format!("{MINIMAL}limit:\n  max_connections: 1\n"));
+    assert_eq!(
+        has(&e, 10, 1, "unknown key `limit`").hint.as_deref(),
+        Some("did you mean `limits`?")
+    );
+}
+
+#[test]
+fn enum_values_with_hints() {
+    let e = errors(&pool_with("    algorithm: round-robin\n"));
+    assert_eq!(
+        has(&e, 10, 16, "unknown algorithm `round-robin`").hint.as_deref(),
+        Some("did you mean `round_robin`?")
+    );
+    let e = errors(&pool_with("    health_check:\n      kind: websockets\n"));
+    assert_eq!(
+        has(&e, 11, 13, "health check kind").hint.as_deref(),
+        Some("did you mean `websocket`?")
+    );
+}
+
+#[test]
+fn undefined_pool_in_route() {
+    let text = MINIMAL.replace("- pool: p", "- pool: q");
+    let e = errors(&text);
+    let err = has(&e, 5, 15, "pool `q`, which is not defined");
+    assert_eq!(err.hint.as_deref(), Some("did you mean `p`?"));
+}
+
+#[test]
+fn wrong_types_and_ranges() {
+    let e = errors(&pool_with(
+        "    max_attempts: {a: 1}\n    connect_timeout: 30\n    bandwidth_window: 0s\n",
+    ));
+    has(&e, 10, 19, "must be an integer, found a mapping");
+    has(&e, 11, 22, "`30` needs a unit, e.g. `30s`");
+    has(&e, 12, 23, "must be greater than 0");
+    let e = errors(&MINIMAL.replace("127.0.0.1:9001", "127.0.0.1:9001\n        weight: 0\n        max_connections: -5"));
+    has(&e, 10, 17, "weight must be at least 1");
+    has(&e, 11, 26, "must be at least 1, found -5");
+}
+
+#[test]
+fn bad_addresses() {
+    let e = errors(
+        &MINIMAL
+            .replace("bind: 127.0.0.1:8080", "bind: localhost:80")
+            .replace("127.0.0.1:9001", "10.0.0.1"),
+    );
+    has(&e, 3, 11, "not an IP:port address");
+    has(&e, 9, 18, "needs a port");
+}
+
+#[test]
+fn duplicates() {
+    let text = format!("{MINIMAL}      - address: 127.0.0.1:9001\nadmin:\n  bind: 127.0.0.1:8080\n");
+    let e = errors(&text.replace(
+        "listeners:\n",
+        "listeners:\n  - {name: a, bind: \"[::1]:0\", routes: [{pool: p}]}\n",
+    ));
+    has(&e, 3, 11, "listener name `a` is already used on line 2");
+    has(&e, 11, 18, "backend `127.0.0.1:9001` is already listed on line 10");
+    has(&e, 13, 9, "address 127.0.0.1:8080 is already bound on line 4");
+}
+
+#[test]
+fn health_check_rules() {
+    let e = errors(&pool_with(
+        "    health_check:\n      kind: http\n      path: health\n      interval: 1s\n      timeout: 2s\n      rise: 0\n",
+    ));
+    has(&e, 12, 13, "must start with `/`");
+    has(&e, 14, 16, "must not exceed the interval");
+    has(&e, 15, 13, "must be at least 1");
+    let e = errors(&pool_with("    health_check:\n      path: /x\n"));
+    has(&e, 11, 7, "missing required key `kind`");
+}
+
+#[test]
+fn hash_rules() {
+    let e = errors(&pool_with("    hash:\n      key: \"cookie:\"\n"));
+    has(&e, 10, 5, "`hash` only applies to algorithm `hash`");
+    has(&e, 11, 12, "needs a name after `cookie:`");
+    let e = errors(&pool_with("    algorithm: hash\n    hash: {key: headr:X, bounded_load: 1.0}\n"));
+    assert_eq!(
+        has(&e, 11, 17, "unknown hash key source").hint.as_deref(),
+        Some("did you mean `header`?")
+    );
+    has(&e, 11, 40, "greater than 1.0");
+    let c = parse(&pool_with("    algorithm: hash\n"), Path::new("")).unwrap();
+    assert_eq!(
+        c.pools["p"].hash,
+        Some(HashConfig {
+            key: HashKey::ClientIp,
+            bounded_load: None
+        })
+    );
+    let c = parse(&pool_with("    algorithm: custom_load\n"), Path::new("")).unwrap();
+    assert_eq!(c.pools["p"].custom_load, Some(CustomLoadConfig::default()));
+}
+
+#[test]
+fn limits_and_shedding() {
+    let text = format!(
+            "{MINIMAL}limits:\n  idle_timeout: off\n  ping_interval: 0s\n  max_request_header_bytes: 100\n  max_message_bytes: 0\nshedding:\n  close_code: 1005\n  evict_idle: yes\nprocess:\n  workers: -1\n"
+        );
+    let e = errors(&text);
+    has(&e, 13, 29, "between 1KiB and 1MiB");
+    has(&e, 16, 15, "reserved");
+    has(&e, 17, 15, "must be `true` or `false`");
+    has(&e, 19, 12, "must not be negative");
+    assert_eq!(e.len(), 4, "{e:#?}");
+    let ok = parse(
+        &text
+            .replace("100\n", "8KiB\n")
+            .replace("1005", "4000")
+            .replace("yes", "true")
+            .replace("-1", "2"),
+        Path::new(""),
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!((ok.limits.idle_timeout, ok.limits.ping_interval), (None, None));
+    assert_eq!((ok.limits.max_request_header_bytes, ok.limits.max_message_bytes), (8192, 0));
+    assert_eq!(
+        (ok.shedding.close_code, ok.shedding.evict_idle, ok.process.workers),
+        (4000, true, 2)
+    );
+}
+
+#[test]
+fn listener_tls_forms_and_routes() {
+    let text = MINIMAL.replace(
+            "    routes:",
+            "    tls:\n      certs:\n        - {cert: /abs/a.pem, key: a.key, sni: [a.example]}\n        - {cert: b.pem, key: b.key}\n    routes:",
+        );
+    let c = parse(&text, Path::new("base")).unwrap_or_else(|e| panic!("{e:#?}"));
+    let certs = &c.listeners[0].tls.as_ref().unwrap().certs;
+    assert_eq!(
+        (certs[0].cert.clone(), certs[0].key.clone()),
+        (PathBuf::from("/abs/a.pem"), PathBuf::from("base/a.key"))
+    );
+    assert_eq!(certs[0].sni, vec!["a.example".to_string()]);
+    let e = errors(&MINIMAL.replace(
+        "      - pool: p",
+        "      - pool: p\n      - match: {path_prefix: chat}\n        pool: p",
+    ));
+    has(&e, 6, 9, "unreachable");
+    has(&e, 6, 30, "must start with `/`");
+}
+
+#[test]
+fn all_errors_are_reported_in_order() {
+    let text = "listeners:\n  - name: a\n    bnd: 1.2.3.4:5\n    routes: []\npools:\n  p:\n    algorithm: fastest\n    backends: []\nshedding: {close_code: 999}\n";
+    let e = errors(text);
+    let positions: Vec<_> = e.iter().map(|e| (e.line, e.col)).collect();
+    let mut sorted = positions.clone();
+    sorted.sort();
+    assert_eq!(positions, sorted);
+    has(&e, 2, 5, "missing required key `bind`");
+    has(&e, 3, 5, "unknown key `bnd`");
+    has(&e, 4, 13, "at least one route");
+    has(&e, 7, 16, "unknown algorithm `fastest`");
+    has(&e, 8, 15, "at least one backend");
+    has(&e, 9, 24, "between 1000 and 4999");
+    assert_eq!(e.len(), 6, "{e:#?}");
+}

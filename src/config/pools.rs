@@ -1,0 +1,351 @@
+//! Decoding of `pools:`: algorithms, hashing, backends, health checks, custom load and
+//! rebalancing, with the same error collection as the rest of the decoder.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::decode::{optional, resolve, set};
+use super::validate::{check_address, did_you_mean, Ctx, Fields};
+use super::yaml::{Node, NodeKind};
+use super::*;
+
+const POOL_KEYS: &[&str] = &[
+    "algorithm",
+    "hash",
+    "backends",
+    "health_check",
+    "slow_start",
+    "custom_load",
+    "bandwidth_window",
+    "rebalance",
+    "connect_timeout",
+    "max_attempts",
+];
+const CHECK_KINDS: [(&str, CheckKind); 3] = [
+    ("tcp", CheckKind::Tcp),
+    ("http", CheckKind::Http),
+    ("websocket", CheckKind::WebSocket),
+];
+
+/// The names of the pools as written, for route checks (even when a pool is invalid).
+pub(super) fn pool_names(node: &Node) -> Vec<String> {
+    match &node.kind {
+        NodeKind::Map(pairs) => pairs.iter().filter_map(|(k, _)| k.as_str().map(String::from)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub(super) fn decode_pools(ctx: &mut Ctx, node: &Node, base: &Path) -> Option<BTreeMap<String, PoolConfig>> {
+    let NodeKind::Map(pairs) = &node.kind else {
+        ctx.error(
+            node,
+            format!("`pools` must be a mapping of pool names to pools, found {}", node.describe()),
+        );
+        return None;
+    };
+    if pairs.is_empty() {
+        ctx.error(node, "`pools` must define at least one pool");
+        return None;
+    }
+    let mut pools = BTreeMap::new();
+    for (key, value) in pairs {
+        let name = ctx.name(key, "a pool name");
+        let pool = decode_pool(ctx, value, name.as_deref().unwrap_or("?"), base);
+        if let (Some(name), Some(pool)) = (name, pool) {
+            pools.insert(name, pool);
+        }
+    }
+    (pools.len() == pairs.len()).then_some(pools)
+}
+
+fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<PoolConfig> {
+    let what = format!("pools.{name}");
+    let f = ctx.fields(node, &what, POOL_KEYS)?;
+    let algorithm = match f.get("algorithm") {
+        Some(n) => ctx.choice(n, "algorithm", &Algorithm::ALL),
+        None => Some(Algorithm::LeastConnections),
+    };
+    let hash = only_with(ctx, &f, "hash", algorithm, Algorithm::Hash).map(|n| decode_hash(ctx, n, &what));
+    let custom = only_with(ctx, &f, "custom_load", algorithm, Algorithm::CustomLoad).map(|n| decode_custom_load(ctx, n, &what));
+    let backends = ctx
+        .required(&f, "backends", &what)
+        .and_then(|n| decode_backends(ctx, n, &what, base));
+    let health_check = f.get("health_check").map(|n| decode_health_check(ctx, n, &what));
+    let mut pool = PoolConfig {
+        algorithm: algorithm?,
+        hash: None,
+        backends: Vec::new(),
+        health_check: None,
+        slow_start: None,
+        custom_load: None,
+        bandwidth_window: defaults::BANDWIDTH_WINDOW,
+        rebalance: RebalanceConfig::default(),
+        connect_timeout: defaults::CONNECT_TIMEOUT,
+        max_attempts: defaults::MAX_ATTEMPTS,
+    };
+    if let Some(n) = f.get("slow_start") {
+        set(&mut pool.slow_start, ctx.optional_duration(n, &format!("{what}.slow_start")));
+    }
+    if let Some(n) = f.get("bandwidth_window") {
+        set(
+            &mut pool.bandwidth_window,
+            ctx.positive_duration(n, &format!("{what}.bandwidth_window")),
+        );
+    }
+    if let Some(n) = f.get("rebalance") {
+        set(&mut pool.rebalance, decode_rebalance(ctx, n, &what));
+    }
+    if let Some(n) = f.get("connect_timeout") {
+        set(
+            &mut pool.connect_timeout,
+            ctx.positive_duration(n, &format!("{what}.connect_timeout")),
+        );
+    }
+    if let Some(n) = f.get("max_attempts") {
+        set(&mut pool.max_attempts, ctx.u32(n, &format!("{what}.max_attempts"), 1));
+    }
+    // An algorithm that needs its section gets the defaults when it is absent.
+    pool.hash = match hash {
+        Some(h) => Some(h?),
+        None if pool.algorithm == Algorithm::Hash => Some(HashConfig {
+            key: HashKey::ClientIp,
+            bounded_load: None,
+        }),
+        None => None,
+    };
+    pool.custom_load = match custom {
+        Some(c) => Some(c?),
+        None if pool.algorithm == Algorithm::CustomLoad => Some(CustomLoadConfig::default()),
+        None => None,
+    };
+    pool.health_check = optional(health_check)?;
+    pool.backends = backends?;
+    Some(pool)
+}
+
+/// The `key` section, reporting it when the pool's algorithm does not use it.
+fn only_with<'a>(ctx: &mut Ctx, f: &Fields<'a>, key: &str, algo: Option<Algorithm>, needs: Algorithm) -> Option<&'a Node> {
+    let node = f.get(key)?;
+    if let (Some(algo), Some(key_node)) = (algo, f.key(key)) {
+        if algo != needs {
+            let msg = format!(
+                "`{key}` only applies to algorithm `{}`; this pool uses `{}`",
+                needs.name(),
+                algo.name()
+            );
+            ctx.error(key_node, msg);
+        }
+    }
+    Some(node)
+}
+
+fn decode_hash(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HashConfig> {
+    let what = format!("{pool}.hash");
+    let f = ctx.fields(node, &what, &["key", "bounded_load"])?;
+    let key = match f.get("key") {
+        None => Some(HashKey::ClientIp),
+        Some(n) => ctx.string(n, &format!("{what}.key")).and_then(|text| match hash_key(&text) {
+            Ok(key) => Some(key),
+            Err((message, hint)) => {
+                ctx.error_hint(n, message, hint);
+                None
+            }
+        }),
+    };
+    let bounded_load = match f.get("bounded_load") {
+        None => Some(None),
+        Some(n) => match ctx.float(n, &format!("{what}.bounded_load")) {
+            Some(c) if c > 1.0 => Some(Some(c)),
+            Some(c) => {
+                ctx.error(n, format!("{what}.bounded_load must be greater than 1.0 (e.g. 1.25), found {c}"));
+                None
+            }
+            None => None,
+        },
+    };
+    Some(HashConfig {
+        key: key?,
+        bounded_load: bounded_load?,
+    })
+}
+
+fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
+    let forms = ["client_ip", "path", "header:NAME", "cookie:NAME", "query:NAME"];
+    if let Some((source, name)) = text.split_once(':') {
+        let make: Option<fn(String) -> HashKey> = match source {
+            "header" => Some(HashKey::Header),
+            "cookie" => Some(HashKey::Cookie),
+            "query" => Some(HashKey::Query),
+            _ => None,
+        };
+        return match make {
+            Some(_) if name.trim().is_empty() => Err((format!("hash key `{text}` needs a name after `{source}:`"), None)),
+            Some(make) => Ok(make(name.to_string())),
+            None => {
+                let hint = did_you_mean(source, ["header", "cookie", "query"]);
+                Err((
+                    format!("unknown hash key source `{source}`; expected one of {}", forms.join(", ")),
+                    hint,
+                ))
+            }
+        };
+    }
+    match text {
+        "client_ip" => Ok(HashKey::ClientIp),
+        "path" => Ok(HashKey::Path),
+        _ => {
+            let hint = did_you_mean(text, forms.iter().map(|f| f.trim_end_matches(":NAME")));
+            Err((format!("unknown hash key `{text}`; expected one of {}", forms.join(", ")), hint))
+        }
+    }
+}
+
+fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Option<Vec<BackendConfig>> {
+    let items = ctx.seq(node, &format!("{pool}.backends"))?;
+    if items.is_empty() {
+        ctx.error(node, format!("{pool}.backends must list at least one backend"));
+        return None;
+    }
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("{pool}.backends[{i}]");
+        let Some(f) = ctx.fields(item, &what, &["address", "weight", "max_connections", "tls"]) else {
+            continue;
+        };
+        let address = ctx.required(&f, "address", &what).and_then(|n| {
+            let text = ctx.string(n, &format!("{what}.address"))?;
+            if let Err(e) = check_address(&text) {
+                ctx.error(n, e);
+                return None;
+            }
+            let lower = text.to_ascii_lowercase();
+            match seen.iter().find(|(a, _)| *a == lower) {
+                Some((_, line)) => ctx.error(n, format!("backend `{text}` is already listed on line {line}")),
+                None => seen.push((lower, n.line)),
+            }
+            Some(text)
+        });
+        let weight = f
+            .get("weight")
+            .map_or(Some(defaults::WEIGHT), |n| ctx.u32(n, &format!("{what}.weight"), 1));
+        let max_connections = f
+            .get("max_connections")
+            .map(|n| ctx.int(n, &format!("{what}.max_connections"), 1, u64::MAX));
+        let tls = f.get("tls").map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
+        let (Some(address), Some(weight)) = (address, weight) else {
+            continue;
+        };
+        let (Some(max_connections), Some(tls)) = (optional(max_connections), tls.unwrap_or(Some(None))) else {
+            continue;
+        };
+        out.push(BackendConfig {
+            address,
+            weight,
+            max_connections,
+            tls,
+        });
+    }
+    (out.len() == items.len()).then_some(out)
+}
+
+fn decode_backend_tls(ctx: &mut Ctx, node: &Node, what: &str, base: &Path) -> Option<Option<BackendTls>> {
+    if node.as_str().is_some() {
+        return ctx.bool(node, what).map(|on| on.then(BackendTls::default));
+    }
+    let f = ctx.fields(node, what, &["ca", "server_name", "insecure_skip_verify"])?;
+    let ca = f.get("ca").map(|n| ctx.name(n, &format!("{what}.ca")).map(|p| resolve(base, p)));
+    let server_name = f.get("server_name").map(|n| ctx.name(n, &format!("{what}.server_name")));
+    let skip = f
+        .get("insecure_skip_verify")
+        .map_or(Some(false), |n| ctx.bool(n, &format!("{what}.insecure_skip_verify")));
+    Some(Some(BackendTls {
+        ca: optional(ca)?,
+        server_name: optional(server_name)?,
+        insecure_skip_verify: skip?,
+    }))
+}
+
+fn decode_health_check(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HealthCheckConfig> {
+    let what = format!("{pool}.health_check");
+    let f = ctx.fields(node, &what, &["kind", "path", "interval", "timeout", "rise", "fall"])?;
+    let kind = ctx
+        .required(&f, "kind", &what)
+        .and_then(|n| ctx.choice(n, "health check kind", &CHECK_KINDS));
+    let path = f.get("path").map_or(Some(defaults::CHECK_PATH.to_string()), |n| {
+        http_path(ctx, n, &format!("{what}.path"))
+    });
+    let interval = f.get("interval").map_or(Some(defaults::CHECK_INTERVAL), |n| {
+        ctx.positive_duration(n, &format!("{what}.interval"))
+    });
+    let timeout = f.get("timeout").map_or(Some(defaults::CHECK_TIMEOUT), |n| {
+        ctx.positive_duration(n, &format!("{what}.timeout"))
+    });
+    let rise = f
+        .get("rise")
+        .map_or(Some(defaults::CHECK_RISE), |n| ctx.u32(n, &format!("{what}.rise"), 1));
+    let fall = f
+        .get("fall")
+        .map_or(Some(defaults::CHECK_FALL), |n| ctx.u32(n, &format!("{what}.fall"), 1));
+    let (interval, timeout) = (interval?, timeout?);
+    if timeout > interval {
+        let at = f.get("timeout").or(f.get("interval")).unwrap_or(node);
+        ctx.error(
+            at,
+            format!("{what}.timeout ({timeout:?}) must not exceed the interval ({interval:?})"),
+        );
+        return None;
+    }
+    Some(HealthCheckConfig {
+        kind: kind?,
+        path: path?,
+        interval,
+        timeout,
+        rise: rise?,
+        fall: fall?,
+    })
+}
+
+/// A request path: non-empty and starting with `/`.
+fn http_path(ctx: &mut Ctx, node: &Node, what: &str) -> Option<String> {
+    let path = ctx.name(node, what)?;
+    if !path.starts_with('/') {
+        ctx.error(node, format!("{what} `{path}` must start with `/`"));
+        return None;
+    }
+    Some(path)
+}
+
+fn decode_custom_load(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<CustomLoadConfig> {
+    let what = format!("{pool}.custom_load");
+    let f = ctx.fields(node, &what, &["path", "interval"])?;
+    let mut c = CustomLoadConfig::default();
+    let errors_before = ctx.errors.len();
+    if let Some(n) = f.get("path") {
+        set(&mut c.path, http_path(ctx, n, &format!("{what}.path")));
+    }
+    if let Some(n) = f.get("interval") {
+        set(&mut c.interval, ctx.positive_duration(n, &format!("{what}.interval")));
+    }
+    (ctx.errors.len() == errors_before).then_some(c)
+}
+
+fn decode_rebalance(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<RebalanceConfig> {
+    let what = format!("{pool}.rebalance");
+    let f = ctx.fields(node, &what, &["enabled", "max_moves_per_second", "tolerance"])?;
+    let mut r = RebalanceConfig::default();
+    let errors_before = ctx.errors.len();
+    if let Some(n) = f.get("enabled") {
+        set(&mut r.enabled, ctx.bool(n, &format!("{what}.enabled")));
+    }
+    if let Some(n) = f.get("max_moves_per_second") {
+        set(&mut r.max_moves_per_second, ctx.u32(n, &format!("{what}.max_moves_per_second"), 1));
+    }
+    if let Some(n) = f.get("tolerance") {
+        match ctx.float(n, &format!("{what}.tolerance")) {
+            Some(t) if t < 0.0 => ctx.error(n, format!("{what}.tolerance must not be negative, found {t}")),
+            t => set(&mut r.tolerance, t),
+        }
+    }
+    (ctx.errors.len() == errors_before).then_some(r)
+}
