@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod rebalance;
 pub mod relay;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod server;
@@ -23,4 +24,5 @@ pub mod tls;
 pub mod upstream;
 pub mod ws;
 
+pub use reload::reload;
 pub use server::Server;

@@ -85,7 +85,7 @@ fn check(file: &Path) -> ExitCode {
     let name = file.display().to_string();
     match config::load(file) {
         Ok(cfg) => {
-            let problems = switchyard::server::file_problems(&cfg, file);
+            let problems = switchyard::reload::file_problems(&cfg, file);
             if problems.is_empty() {
                 println!("ok");
                 return ExitCode::SUCCESS;
@@ -118,7 +118,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         let name = path.display().to_string();
         anyhow::anyhow!(errs.iter().map(|e| e.render(&name)).collect::<Vec<_>>().join("\n"))
     })?;
-    let problems = switchyard::server::file_problems(&cfg, path);
+    let problems = switchyard::reload::file_problems(&cfg, path);
     if !problems.is_empty() {
         let name = path.display().to_string();
         anyhow::bail!(problems.iter().map(|e| e.render(&name)).collect::<Vec<_>>().join("\n"));
@@ -128,7 +128,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     announce(&server);
     tracing::info!(config = %path.display(), "switchyard running");
     if watch {
-        switchyard::server::watch_file(&server);
+        switchyard::reload::watch_file(&server);
     }
     signals.wait(server)
 }
@@ -172,7 +172,7 @@ impl Signals {
                     _ = int.recv() => break,
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading");
-                        let _ = switchyard::server::reload(&shared);
+                        let _ = switchyard::reload::reload(&shared);
                     }
                 }
             }

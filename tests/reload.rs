@@ -31,7 +31,7 @@ async fn a_thousand_connections_keep_echoing_through_twenty_reloads() {
                 p.addr, a.addr, 1 + i % 3, b.addr, 600 + i
             );
             std::fs::write(&path, yaml).unwrap();
-            switchyard::server::reload(&p.server.shared).expect("reload ok");
+            switchyard::reload::reload(&p.server.shared).expect("reload ok");
             for ws in conns.iter_mut().step_by(50) {
                 assert_eq!(ask(ws, "x").await, "x");
             }
@@ -69,7 +69,7 @@ async fn removing_a_backend_drains_it_with_1012_and_new_connections_go_elsewhere
         )
         .unwrap();
         let t0 = Instant::now();
-        switchyard::server::reload(&p.server.shared).expect("reload ok");
+        switchyard::reload::reload(&p.server.shared).expect("reload ok");
         for ws in &mut on_b {
             assert_eq!(expect_close(ws).await.0, 1012);
         }
@@ -94,14 +94,14 @@ async fn a_broken_config_changes_nothing_and_counts_an_error() {
         let mut ws = connect(&p.url("/")).await;
         let before = count(&switchyard::metrics::render(), "switchyard_config_reloads_total{result=\"error\"}");
         std::fs::write(&path, "listeners: [\n  this is: not yaml").unwrap();
-        let errs = switchyard::server::reload(&p.server.shared).unwrap_err();
+        let errs = switchyard::reload::reload(&p.server.shared).unwrap_err();
         assert!(errs[0].contains(":2:") || errs[0].contains(":1:"), "line and column: {errs:?}");
         std::fs::write(
             &path,
             two(a.addr, None, "").replace("algorithm: round_robin", "algorithm: round_robn"),
         )
         .unwrap();
-        let errs = switchyard::server::reload(&p.server.shared).unwrap_err();
+        let errs = switchyard::reload::reload(&p.server.shared).unwrap_err();
         assert!(errs.iter().any(|e| e.contains("round_robin")), "hint: {errs:?}");
         let after = count(&switchyard::metrics::render(), "switchyard_config_reloads_total{result=\"error\"}");
         assert!(after >= before + 2.0, "{before} → {after}");
@@ -119,7 +119,7 @@ async fn listeners_are_added_and_removed_and_a_bind_conflict_rejects_the_whole_r
         let (p, path) = Proxy::start_file(dir.path(), &listeners_yaml(&[("l", "127.0.0.1:0")], a.addr));
         let main = p.addr.to_string();
         std::fs::write(&path, listeners_yaml(&[("l", &main), ("second", "127.0.0.1:0")], a.addr)).unwrap();
-        switchyard::server::reload(&p.server.shared).expect("reload adds a listener");
+        switchyard::reload::reload(&p.server.shared).expect("reload adds a listener");
         let second = p.server.shared.listener_addr("second").unwrap();
         let mut ws2 = connect(&format!("ws://{second}/")).await;
         assert_eq!(ask(&mut ws2, "whoami").await, "a");
@@ -139,7 +139,7 @@ async fn listeners_are_added_and_removed_and_a_bind_conflict_rejects_the_whole_r
             ),
         )
         .unwrap();
-        let errs = switchyard::server::reload(&p.server.shared).unwrap_err();
+        let errs = switchyard::reload::reload(&p.server.shared).unwrap_err();
         assert!(errs[0].contains("cannot bind"), "{errs:?}");
         assert!(
             p.server.shared.listener_addr("fourth").is_none(),
@@ -148,7 +148,7 @@ async fn listeners_are_added_and_removed_and_a_bind_conflict_rejects_the_whole_r
         assert_eq!(ask(&mut ws2, "whoami").await, "a");
         // removing the second listener drains its connections and stops accepting there
         std::fs::write(&path, listeners_yaml(&[("l", &main)], a.addr)).unwrap();
-        switchyard::server::reload(&p.server.shared).expect("reload removes a listener");
+        switchyard::reload::reload(&p.server.shared).expect("reload removes a listener");
         assert_eq!(expect_close(&mut ws2).await.0, 1001);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(tokio::net::TcpStream::connect(second).await.is_err(), "second listener closed");

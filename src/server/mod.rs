@@ -59,7 +59,7 @@ pub struct BoundListener {
     pub configured: SocketAddr,
     /// Address actually bound.
     pub actual: SocketAddr,
-    stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<bool>,
 }
 
 /// What a worker thread is told to do.
@@ -82,7 +82,7 @@ impl Shared {
 
     /// Binds a listener on every worker (one `SO_REUSEPORT` socket each) and starts
     /// accepting. Nothing is left bound on failure.
-    fn open_listener(self: &Arc<Self>, name: &str, addr: SocketAddr) -> Result<BoundListener, String> {
+    pub(crate) fn open_listener(self: &Arc<Self>, name: &str, addr: SocketAddr) -> Result<BoundListener, String> {
         let (actual, socks) = bind_group(addr, self.workers.len()).map_err(|e| format!("listener {name}: cannot bind {addr}: {e}"))?;
         let (stop, stop_rx) = watch::channel(false);
         let n: Arc<str> = Arc::from(name);
@@ -371,165 +371,4 @@ async fn accept_loop(
             }
         }
     }
-}
-
-/// Problems only visible by opening files the config names (TLS certificates and keys),
-/// positioned at the first mention of the file name in the config text.
-pub fn file_problems(cfg: &Config, path: &std::path::Path) -> Vec<crate::config::ConfigError> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut out = Vec::new();
-    let locate = |needle: &std::path::Path| -> (usize, usize) {
-        let name = needle.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        for (i, line) in text.lines().enumerate() {
-            if let Some(c) = line.find(&name) {
-                return (i + 1, c + 1);
-            }
-        }
-        (1, 1)
-    };
-    for l in &cfg.listeners {
-        let Some(t) = &l.tls else { continue };
-        for c in &t.certs {
-            if let Err(message) = crate::tls::load_certified_key(c) {
-                let (line, col) = locate(&c.cert);
-                out.push(crate::config::ConfigError {
-                    line,
-                    col,
-                    message,
-                    hint: None,
-                });
-            }
-        }
-    }
-    for p in cfg.pools.values() {
-        for b in &p.backends {
-            if let Some(t) = &b.tls {
-                if let Err(message) = crate::tls::client_connector(t, &b.address) {
-                    let (line, col) = t.ca.as_deref().map(locate).unwrap_or((1, 1));
-                    out.push(crate::config::ConfigError {
-                        line,
-                        col,
-                        message,
-                        hint: None,
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Reloads the config file: read → validate → bind new listeners → build (reusing live
-/// backend state) → swap → apply the difference. Rejected whole on any error, with the old
-/// config still serving; counted in `switchyard_config_reloads_total`.
-pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
-    let started = std::time::Instant::now();
-    let result = match shared.config_path.clone() {
-        None => Err(vec!["no config file to reload (demo mode)".into()]),
-        Some(path) => crate::config::load(&path)
-            .map_err(|e| e.iter().map(|e| e.render(&path.display().to_string())).collect::<Vec<_>>())
-            .and_then(|cfg| {
-                let probs = file_problems(&cfg, &path);
-                if probs.is_empty() {
-                    apply(shared, cfg)
-                } else {
-                    Err(probs.iter().map(|e| e.render(&path.display().to_string())).collect())
-                }
-            }),
-    };
-    crate::metrics::reload(result.is_ok());
-    match &result {
-        Ok(()) => tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "config reloaded"),
-        Err(e) => tracing::error!(
-            errors = e.len(),
-            "config reload rejected; the old config keeps serving:\n{}",
-            e.join("\n")
-        ),
-    }
-    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((clock::now_ms(), result.clone()));
-    result
-}
-
-/// Applies a validated config to the running server (also used by tests).
-pub fn apply(shared: &Arc<Shared>, cfg: Config) -> Result<(), Vec<String>> {
-    let old = shared.runtime.load_full();
-    let rt = Runtime::build(cfg, Some(&old)).map_err(|e| vec![e])?;
-    let mut bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
-    // Listeners to open: new names, or a changed bind address. All or nothing.
-    let mut opened = Vec::new();
-    for l in &rt.config.listeners {
-        let same = bound
-            .iter()
-            .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind));
-        if !same {
-            match shared.open_listener(&l.name, l.bind) {
-                Ok(b) => opened.push(b),
-                Err(e) => {
-                    for b in opened {
-                        let _ = b.stop.send(true);
-                    }
-                    return Err(vec![e]);
-                }
-            }
-        }
-    }
-    let drain_ms = rt.config.limits.drain_timeout.as_millis() as u64;
-    shared.runtime.store(Arc::new(rt));
-    let rt = shared.runtime.load_full();
-    let now = clock::now_ms();
-    // Listeners gone (or moved): stop accepting, drain their connections with 1001.
-    let (keep, gone): (Vec<_>, Vec<_>) = bound.drain(..).partition(|b| {
-        rt.config
-            .listeners
-            .iter()
-            .any(|l| l.name == b.name && (l.bind == b.configured || l.bind == b.actual))
-            && !opened.iter().any(|o| o.name == b.name)
-    });
-    for b in gone {
-        let _ = b.stop.send(true);
-        if !opened.iter().any(|o| o.name == b.name) {
-            let conns = shared.conns.select(|c| *c.listener == *b.name);
-            ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::GoingAway.code());
-        }
-        tracing::info!(listener = %b.name, addr = %b.actual, "listener closed by reload");
-    }
-    *bound = keep;
-    bound.extend(opened);
-    drop(bound);
-    // Backends gone: no new connections, live ones closed with 1012 spread over drain_timeout.
-    for pool in old.pools.values() {
-        for b in &pool.backends {
-            let kept = rt
-                .pools
-                .get(&*pool.name)
-                .is_some_and(|p| p.backends.iter().any(|n| Arc::ptr_eq(n, b)));
-            if !kept {
-                b.set_state(crate::backend::BackendState::Draining, now);
-                let conns = shared.conns.select(|c| Arc::ptr_eq(&c.backend, b));
-                tracing::info!(pool = %pool.name, backend = %b.address, connections = conns.len(), "backend removed by reload: draining");
-                ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::ServiceRestart.code());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Polls the config file's modification time and reloads (debounced) when it changes.
-pub fn watch_file(server: &Server) {
-    let shared = server.shared.clone();
-    server.control().spawn(async move {
-        let Some(path) = shared.config_path.clone() else { return };
-        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last = stamp(&path);
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = stamp(&path);
-            if now != last {
-                // debounce: wait until the file stops changing
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                last = stamp(&path);
-                let _ = reload(&shared);
-            }
-        }
-    });
 }
