@@ -346,6 +346,19 @@ impl Proc {
         )
     }
 
+    /// Like `spawn`, with `RUST_LOG=info` and stderr lines sent to the returned channel.
+    pub fn spawn_logged(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
+        let mut child = Command::new(BIN).args(args).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary runs");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (Proc(child), rx)
+    }
+
     /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
     pub fn line_after(&mut self, prefix: &str) -> String {
         let out = self.0.stdout.take().expect("stdout");
