@@ -109,7 +109,7 @@ fn announce(server: &Server) {
         println!("listening {name} ws://{addr}/");
     }
     if let Some(a) = server.admin_addr() {
-        println!("admin http://{a}/");
+        println!("admin http://{a}/  (dashboard at /, metrics at /metrics)");
     }
 }
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Load run for overload protection (issue 6): how many connections per second the balancer
+# sheds, and whether a reconnect storm at 10x the configured rate hurts the latency of
+# connections that are already established.
+#
+# usage: benches/storm.sh [target/release/switchyard]        (build with cargo build --release)
+# Uses ../shared/perf/loadgen (built on first use). Everything runs on 127.0.0.1, bounded in time.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${1:-$here/target/release/switchyard}"
+LG="$here/../shared/perf/loadgen/target/release/loadgen"
+[ -x "$LG" ] || (cd "$here/../shared/perf/loadgen" && cargo build --release -q)
+ulimit -n "$(ulimit -Hn)"
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+run="$(mktemp -d)"; pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$run"' EXIT
+RATE=${RATE:-500}
+bport=$(port); lport=$(port)
+"$LG" backend --port "$bport" >/dev/null & pids+=($!); wait_port "$bport"
+cat > "$run/sy.yaml" <<YAML
+listeners:
+  - name: storm
+    bind: "127.0.0.1:$lport"
+    routes:
+      - pool: echo
+pools:
+  echo:
+    backends:
+      - address: "127.0.0.1:$bport"
+limits:
+  max_connections: 100000
+  max_connections_per_second: $RATE
+process:
+  access_log: false
+YAML
+RUST_LOG=warn "$BIN" run -c "$run/sy.yaml" >/dev/null 2>&1 & sy=$!; pids+=($sy); wait_port "$lport"
+url="ws://127.0.0.1:$lport/"
+echo "rate limit: $RATE new connections/s"
+echo "1) established connections alone: 32 connections, 2000 msg/s open loop"
+"$LG" echo --url "$url" --conns 32 --size 1024 --duration 8 --rate 2000 --pid "$sy"
+echo "2) the same while 64 workers reconnect as fast as they can (the storm; shed ones get 1013)"
+"$LG" handshake --url "$url" --conns 64 --duration 10 > "$run/storm.json" & storm=$!
+sleep 1
+"$LG" echo --url "$url" --conns 32 --size 1024 --duration 8 --rate 2000 --pid "$sy"
+wait $storm
+echo "storm (completed handshakes per second, admitted + shed):"; cat "$run/storm.json"

@@ -1,0 +1,102 @@
+//! Property tests (proptest) for the frame codec, the scanner and the handshake parser:
+//! never panic on any input, never forward past what was read, and scanning a stream in
+//! arbitrary pieces gives the same result as scanning it whole.
+
+use proptest::prelude::*;
+use switchyard::ws::frame::{apply_mask, parse_header, write_header, Opcode};
+use switchyard::ws::stream::{Event, Scanner, Side};
+
+fn frame(fin: bool, op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut h = [0u8; 14];
+    let n = write_header(&mut h, fin, Opcode::from_u8(op), mask, payload.len() as u64);
+    let mut v = h[..n].to_vec();
+    let mut p = payload.to_vec();
+    if let Some(m) = mask {
+        apply_mask(&mut p, m, 0);
+    }
+    v.extend(p);
+    v
+}
+
+/// Scans `bytes` fed in pieces of the given sizes, as the relay does (keeping carried bytes).
+fn scan_in_pieces(side: Side, bytes: &[u8], cuts: &[usize]) -> (usize, Option<Event>, u64) {
+    let mut s = Scanner::new(side, 0, 1 << 20);
+    let mut buf = vec![0u8; bytes.len() + 256];
+    let (mut filled, mut fed, mut forwarded) = (0usize, 0usize, 0usize);
+    let mut sizes = cuts.iter().copied().chain(std::iter::repeat(usize::MAX));
+    while fed < bytes.len() {
+        let n = sizes.next().unwrap().clamp(1, bytes.len() - fed);
+        buf[filled..filled + n].copy_from_slice(&bytes[fed..fed + n]);
+        filled += n;
+        fed += n;
+        let r = s.scan(&mut buf, 0, &mut filled, None, false);
+        assert!(r.forward <= filled, "never forwards past what was read");
+        forwarded += r.forward;
+        if r.event.is_some() {
+            return (forwarded, r.event, s.take_messages());
+        }
+        buf.copy_within(r.forward..filled, 0);
+        filled -= r.forward;
+    }
+    (forwarded, None, s.take_messages())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn header_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..32)) {
+        if let Ok(Some(h)) = parse_header(&bytes) {
+            prop_assert!(h.header_len <= bytes.len());
+            prop_assert!(h.header_len >= 2 && h.header_len <= 14);
+        }
+    }
+
+    #[test]
+    fn scanner_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2048), cuts in proptest::collection::vec(1usize..300, 0..16)) {
+        let (fwd, _, _) = scan_in_pieces(Side::Client, &bytes, &cuts);
+        prop_assert!(fwd <= bytes.len());
+        let (fwd, _, _) = scan_in_pieces(Side::Backend, &bytes, &cuts);
+        prop_assert!(fwd <= bytes.len());
+    }
+
+    #[test]
+    fn valid_streams_pass_whole_in_any_pieces(
+        msgs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..400), any::<bool>(), 1u8..3), 1..12),
+        cuts in proptest::collection::vec(1usize..200, 0..32),
+        mask in any::<[u8; 4]>(),
+    ) {
+        let mut bytes = Vec::new();
+        for (payload, split, op) in &msgs {
+            if *split && payload.len() > 1 {
+                let h = payload.len() / 2;
+                bytes.extend(frame(false, *op, &payload[..h], Some(mask)));
+                bytes.extend(frame(true, 9, b"ping", Some(mask))); // control frames may interleave
+                bytes.extend(frame(true, 0, &payload[h..], Some(mask)));
+            } else {
+                bytes.extend(frame(true, *op, payload, Some(mask)));
+            }
+        }
+        let (fwd, ev, messages) = scan_in_pieces(Side::Client, &bytes, &cuts);
+        prop_assert_eq!(ev, None);
+        prop_assert_eq!(fwd, bytes.len());
+        prop_assert_eq!(messages, msgs.len() as u64);
+    }
+
+    #[test]
+    fn masking_twice_is_identity(data in proptest::collection::vec(any::<u8>(), 0..300), mask in any::<[u8; 4]>(), offset in 0usize..8) {
+        let mut d = data.clone();
+        apply_mask(&mut d, mask, offset);
+        apply_mask(&mut d, mask, offset);
+        prop_assert_eq!(d, data);
+    }
+
+    #[test]
+    fn handshake_validation_never_panics(raw in "[ -~\r\n]{0,400}") {
+        let mut hs = [httparse::EMPTY_HEADER; switchyard::handshake::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut hs);
+        if let Ok(httparse::Status::Complete(_)) = req.parse(raw.as_bytes()) {
+            let _ = switchyard::handshake::validate(&req);
+        }
+    }
+}
