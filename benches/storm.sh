@@ -16,7 +16,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 run="$(mktemp -d)"; pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$run"' EXIT
 RATE=${RATE:-500}
-bport=$(port); lport=$(port)
+bport=$(port); lport=$(port); aport=$(port)
 "$LG" backend --port "$bport" >/dev/null & pids+=($!); wait_port "$bport"
 cat > "$run/sy.yaml" <<YAML
 listeners:
@@ -31,6 +31,8 @@ pools:
 limits:
   max_connections: 100000
   max_connections_per_second: $RATE
+admin:
+  bind: "127.0.0.1:$aport"
 process:
   access_log: false
 YAML
@@ -45,3 +47,11 @@ sleep 1
 "$LG" echo --url "$url" --conns 32 --size 1024 --duration 8 --rate 2000 --pid "$sy"
 wait $storm
 echo "storm (completed handshakes per second, admitted + shed):"; cat "$run/storm.json"
+echo "balancer counters:"
+python3 - "$aport" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+for line in text.splitlines():
+    if line.startswith(("switchyard_shed_total", "switchyard_connections_total")):
+        print(" ", line)
+PY
