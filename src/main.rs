@@ -114,6 +114,7 @@ fn announce(server: &Server) {
 }
 
 fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
+    let loaded = std::fs::read(path).unwrap_or_default();
     let cfg = config::load(path).map_err(|errs| {
         let name = path.display().to_string();
         anyhow::anyhow!(errs.iter().map(|e| e.render(&name)).collect::<Vec<_>>().join("\n"))
@@ -128,7 +129,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     announce(&server);
     tracing::info!(config = %path.display(), "switchyard running");
     if watch {
-        switchyard::reload::watch_file(&server);
+        switchyard::reload::watch_file(&server, loaded);
     }
     signals.wait(server)
 }

@@ -103,9 +103,9 @@ pub fn handshake_failure(reason: &'static str) {
     counter!("switchyard_handshake_failures_total", "reason" => reason).increment(1);
 }
 
-/// Records one completed handshake (client request received → 101 sent).
-pub fn handshake_duration(pool: &str, secs: f64) {
-    histogram!("switchyard_handshake_duration_seconds", "pool" => pool.to_string()).record(secs);
+/// The handshake-duration histogram of a pool (client request received → 101 sent).
+pub fn handshake_histogram(pool: &str) -> metrics::Histogram {
+    histogram!("switchyard_handshake_duration_seconds", "pool" => pool.to_string())
 }
 
 /// Counts one config reload attempt.

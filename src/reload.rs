@@ -153,20 +153,24 @@ pub fn apply(shared: &Arc<Shared>, cfg: Config) -> Result<(), Vec<String>> {
     Ok(())
 }
 
-/// Polls the config file's modification time and reloads (debounced) when it changes.
-pub fn watch_file(server: &Server) {
+/// Polls the config file (every 0.5 s) and reloads when its content differs from what was
+/// last loaded, after it has stayed the same for 0.3 s (debounce). Comparing content, not
+/// modification times, cannot miss a change made in the same clock tick as the last one.
+pub fn watch_file(server: &Server, loaded: Vec<u8>) {
     let shared = server.shared.clone();
     server.control().spawn(async move {
         let Some(path) = shared.config_path.clone() else { return };
-        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last = stamp(&path);
+        let mut last = loaded;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = stamp(&path);
+            let Ok(now) = std::fs::read(&path) else { continue };
             if now != last {
-                // debounce: wait until the file stops changing
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                last = stamp(&path);
+                let Ok(settled) = std::fs::read(&path) else { continue };
+                if settled != now {
+                    continue; // still being written: look again next round
+                }
+                last = settled;
                 let _ = reload(&shared);
             }
         }

@@ -24,6 +24,8 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     /// Chooses among `backends`.
     pub balancer: Box<dyn Balancer>,
+    /// `switchyard_handshake_duration_seconds{pool}`, looked up once.
+    pub handshake_duration: metrics::Histogram,
     tls: HashMap<String, BackendTlsConnector>,
 }
 
@@ -107,6 +109,7 @@ impl Runtime {
             pools.insert(
                 name.clone(),
                 Arc::new(Pool {
+                    handshake_duration: crate::metrics::handshake_histogram(&pname),
                     name: pname,
                     config: pc.clone(),
                     backends,

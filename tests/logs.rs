@@ -10,7 +10,11 @@ async fn one_connection_then_logs(access_log: bool) -> Vec<serde_json::Value> {
     let b = backend("b").await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.yaml");
-    std::fs::write(&f, config("round_robin", &[b.addr], &format!("process:\n  access_log: {access_log}\n"))).unwrap();
+    std::fs::write(
+        &f,
+        config("round_robin", &[b.addr], &format!("process:\n  access_log: {access_log}\n")),
+    )
+    .unwrap();
     let (mut p, logs) = Proc::spawn_logged(&["--log-format", "json", "run", "-c", f.to_str().unwrap()]);
     let url = tokio::task::block_in_place(|| p.line_after("listening l "));
     let mut ws = connect(&url).await;
@@ -44,9 +48,15 @@ async fn json_lines_carry_the_access_log_fields() {
         let lines = one_connection_then_logs(true).await;
         assert!(!lines.is_empty());
         for l in &lines {
-            assert!(l["timestamp"].is_string() && l["level"].is_string() && l["target"].is_string(), "{l}");
+            assert!(
+                l["timestamp"].is_string() && l["level"].is_string() && l["target"].is_string(),
+                "{l}"
+            );
         }
-        let access = lines.iter().find(|l| l["target"] == "switchyard::access").expect("an access-log line");
+        let access = lines
+            .iter()
+            .find(|l| l["target"] == "switchyard::access")
+            .expect("an access-log line");
         assert_eq!(access["message"], "connection closed");
         assert_eq!(access["pool"], "p");
         assert!(access["client"].as_str().unwrap().starts_with("127.0.0.1:"));

@@ -78,6 +78,9 @@ pub struct Half {
     pub inject: Option<Inject>,
     /// Bytes read and not yet flushed to shared counters.
     pub unflushed_bytes: u64,
+    /// The destination already closed its sending side: no `shutdown` needed, the socket is
+    /// about to be closed anyway.
+    pub peer_gone: bool,
 }
 
 impl Half {
@@ -98,6 +101,7 @@ impl Half {
             shut: false,
             inject: None,
             unflushed_bytes: 0,
+            peer_gone: false,
         }
     }
 
@@ -178,10 +182,14 @@ impl Half {
                     continue;
                 }
             }
-            if self.filled == 0 {
-                self.buf.release();
-            }
             if self.src_done {
+                if self.filled == 0 {
+                    self.buf.release();
+                }
+                if !self.shut && self.peer_gone && self.inject.is_none() && self.filled == 0 {
+                    self.shut = true;
+                    r.progress = true;
+                }
                 if !self.shut && !self.dst_dead && self.inject.is_none() && self.filled == 0 {
                     match Pin::new(&mut *dst).poll_shutdown(cx) {
                         Poll::Ready(_) => {

@@ -166,6 +166,9 @@ impl Relay {
                         self.dirty = true; // the flush deadline may be the earliest now
                     }
                 }
+                // A side whose peer already ended needs no shutdown(2) before the close.
+                self.c2b.peer_gone = self.b2c.src_done;
+                self.b2c.peer_gone = self.c2b.src_done;
                 if let Some(ev) = a.event {
                     self.dirty = true;
                     self.on_client_event(ev);

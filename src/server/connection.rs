@@ -154,7 +154,7 @@ async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, p
     if stream.write_all(&upstream.response[..upstream.head_len]).await.is_err() {
         return None;
     }
-    metrics::handshake_duration(&pool.name, started.elapsed().as_secs_f64());
+    pool.handshake_duration.record(started.elapsed().as_secs_f64());
     let now = clock::now_ms();
     let reg = shared.conns.register(upstream.guard.backend().clone(), listener.clone(), now);
     if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {

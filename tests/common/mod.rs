@@ -348,7 +348,13 @@ impl Proc {
 
     /// Like `spawn`, with `RUST_LOG=info` and stderr lines sent to the returned channel.
     pub fn spawn_logged(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
-        let mut child = Command::new(BIN).args(args).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary runs");
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary runs");
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
