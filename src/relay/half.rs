@@ -203,7 +203,10 @@ impl Half {
             }
             self.buf.ensure();
             // Headroom so an injected control frame always fits in front of unscanned bytes.
+            // Invariant: reads stop at `end`, an injected frame (≤ 131 bytes < HEADROOM) is
+            // written and compacted away before the next read, so `filled <= end` here.
             let end = self.buf.len() - HEADROOM;
+            debug_assert!(self.filled <= end, "relay buffer over its read limit");
             let mut rb = ReadBuf::new(&mut self.buf[self.filled..end]);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => {

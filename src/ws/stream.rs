@@ -186,10 +186,15 @@ impl Scanner {
         out
     }
 
-    /// RFC 6455 rules for one header; backends are only held to the size-free framing rules.
+    /// RFC 6455 rules for one header. Backends are trusted with everything but the size of
+    /// control frames (§5.5), which the scanner must hold whole.
     fn check(&self, h: &FrameHeader) -> Result<(), CloseCode> {
         if self.side == Side::Backend {
-            return Ok(());
+            return if h.opcode.is_control() && h.len > 125 {
+                Err(CloseCode::ProtocolError)
+            } else {
+                Ok(())
+            };
         }
         // §5.1: a client must mask every frame.
         if h.mask.is_none() {
@@ -355,6 +360,14 @@ mod tests {
         assert_eq!(r.event, Some(Event::Close(4001)));
         assert_eq!(&buf[..other_pong.len()], &other_pong[..], "only the proxy's pong is removed");
         assert_eq!(r.forward, buf.len());
+    }
+
+    #[test]
+    fn an_oversized_backend_control_frame_is_a_violation_not_a_panic() {
+        let mut s = Scanner::new(Side::Backend, 0, 0);
+        let mut bytes = vec![0x89, 126, 0x01, 0x00];
+        bytes.extend([0u8; 256]);
+        assert_eq!(scan_all(&mut s, &bytes).0.event, Some(Event::Violation(CloseCode::ProtocolError)));
     }
 
     #[test]
