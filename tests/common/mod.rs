@@ -49,6 +49,14 @@ impl Proxy {
         Proxy { server, addr }
     }
 
+    /// Starts the balancer from a config file, which `POST /api/reload` and SIGHUP re-read.
+    pub fn start_file(path: &std::path::Path) -> Proxy {
+        let cfg = switchyard::config::load(path).unwrap_or_else(|e| panic!("bad test config file: {e:?}"));
+        let server = Server::start(cfg, Some(path.to_path_buf())).expect("server starts");
+        let addr = server.addrs()[0].1;
+        Proxy { server, addr }
+    }
+
     /// `ws://addr/path`.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
