@@ -85,7 +85,11 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
             e.join("\n")
         ),
     }
-    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((clock::now_ms(), result.clone()));
+    let unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((unix_s, result.clone()));
     result
 }
 

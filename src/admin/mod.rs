@@ -1,10 +1,231 @@
 //! The admin listener (hyper): `/metrics`, `/healthz`, `/api/*` and the dashboard.
+//!
+//! One task per admin connection on the control runtime. A slow or idle admin client
+//! cannot hold a connection for ever (header read timeout, body timeout, a cap on a
+//! connection's lifetime and on the number of admin connections), and request bodies are
+//! bounded. Routing is one `match` in [`route`], so the endpoint table reads off the code.
 
+mod api;
+mod dashboard;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 
 use crate::server::Shared;
 
+/// A client must send a complete request head within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... and its body within this.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted (the API takes none that matter; this only bounds memory).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request head (request line and headers); over it: 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest read buffer hyper keeps per connection.
+const MAX_BUF_BYTES: usize = 64 * 1024;
+/// A keep-alive connection is asked to close (gracefully) after this long.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// Admin connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+
+/// The response type of every handler.
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+/// State the admin handlers share.
+pub(crate) struct Admin {
+    /// The balancer's shared state.
+    pub shared: Arc<Shared>,
+}
+
 /// Starts serving the admin API on `listener` (on the current runtime).
 pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) {
-    let _ = (shared, listener);
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin: cannot register listener: {e}");
+            return;
+        }
+    };
+    let admin = Arc::new(Admin { shared });
+    tokio::spawn(accept_loop(admin, listener));
+}
+
+async fn accept_loop(admin: Arc<Admin>, listener: tokio::net::TcpListener) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "admin: too many connections, closing a new one");
+                    continue;
+                };
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    serve_connection(admin, sock).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("admin: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(admin: Arc<Admin>, sock: tokio::net::TcpStream) {
+    let service = service_fn(move |req| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_BUF_BYTES)
+        .serve_connection(TokioIo::new(sock), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("admin connection ended: {e}");
+            }
+        }
+        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(BODY_READ_TIMEOUT, conn).await;
+        }
+    }
+}
+
+/// Reads (bounded in size and time) the body, then routes the request.
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
+    let (parts, body) = req.into_parts();
+    if let Some(r) = cross_origin(&parts) {
+        return r;
+    }
+    // No endpoint reads a body; it is still received (bounded) so keep-alive stays in step.
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "unreadable request body\n"),
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"),
+    }
+    route(admin, &parts.method, parts.uri.path())
+}
+
+/// A browser page of another origin must not drive the API (CSRF): when the request
+/// carries an `Origin`, its host must be the `Host` the request was sent to.
+fn cross_origin(parts: &hyper::http::request::Parts) -> Option<Resp> {
+    let origin = parts.headers.get(hyper::header::ORIGIN)?.to_str().ok().unwrap_or("");
+    let host = parts.headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
+    (host.is_empty() || !origin_host.eq_ignore_ascii_case(host)).then(|| text(StatusCode::FORBIDDEN, "cross-origin request refused\n"))
+}
+
+/// Every endpoint: path shape → allowed methods → handler.
+fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (allow, get): (&str, bool) = match segments.as_slice() {
+        [""] | ["healthz"] | ["metrics"] | ["api", "pools"] | ["api", "status"] => ("GET, HEAD", true),
+        ["api", "reload"] | ["api", "pools", _, "backends", _, "drain" | "undrain"] => ("POST", false),
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let allowed = if get {
+        method == Method::GET || method == Method::HEAD
+    } else {
+        method == Method::POST
+    };
+    if !allowed {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        return r;
+    }
+    match segments.as_slice() {
+        [""] => dashboard::page(),
+        ["healthz"] if admin.shared.draining.load(Relaxed) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        ["healthz"] => text(StatusCode::OK, "ok\n"),
+        ["metrics"] => with_type(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
+        ["api", "pools"] => json(StatusCode::OK, &api::pools(&admin.shared)),
+        ["api", "status"] => json(StatusCode::OK, &api::status(admin)),
+        ["api", "reload"] => api::reload(admin),
+        ["api", "pools", pool, "backends", address, action] => match (percent_decode(pool), percent_decode(address)) {
+            (Some(pool), Some(address)) => api::set_drain(&admin.shared, &pool, &address, *action == "drain"),
+            _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding in path\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` for a broken escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A response with a content type.
+pub(crate) fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut s = v.to_string();
+    s.push('\n');
+    with_type(status, "application/json", s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("127.0.0.1%3A9001").as_deref(), Some("127.0.0.1:9001"));
+        assert_eq!(percent_decode("127.0.0.1:9001").as_deref(), Some("127.0.0.1:9001"));
+        assert_eq!(percent_decode("%5B%3a%3a1%5D%3A80").as_deref(), Some("[::1]:80"));
+        assert_eq!(percent_decode("bad%3"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%"), None);
+    }
 }

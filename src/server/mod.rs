@@ -46,7 +46,7 @@ pub struct Shared {
     pub listeners: std::sync::Mutex<Vec<BoundListener>>,
     /// One command queue per worker thread.
     workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
-    /// When the last reload ran and how it ended.
+    /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.
     pub last_reload: std::sync::Mutex<Option<(u64, Result<(), Vec<String>>)>>,
 }
 
@@ -136,15 +136,40 @@ pub fn raise_nofile_limit() {
     }
 }
 
-/// Binds one socket per worker for `addr`; with port 0 the first picks the port.
+/// Binds `addr` without `SO_REUSEPORT` (so it fails when anyone holds the port), non-blocking.
+fn bind_exclusive(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// One listening socket per worker for `addr`.
+///
+/// A fixed port gets one `SO_REUSEPORT` socket per worker (the kernel spreads connections),
+/// after a probe without it proves nobody else holds the port: two processes must never
+/// share a port by accident. Port 0 gets one plain socket shared by every worker, because
+/// the kernel may give a port-0 `SO_REUSEPORT` bind a port another such socket holds.
 fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
-    let first = bind_reuseport(addr)?;
-    let actual = first.local_addr()?;
-    let mut all = vec![first];
-    for _ in 1..n {
-        all.push(bind_reuseport(actual)?);
+    if addr.port() == 0 {
+        let one = bind_exclusive(addr)?;
+        let actual = one.local_addr()?;
+        let mut all = Vec::with_capacity(n);
+        for _ in 1..n {
+            all.push(one.try_clone()?);
+        }
+        all.push(one);
+        return Ok((actual, all));
     }
-    Ok((actual, all))
+    drop(bind_exclusive(addr)?);
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        all.push(bind_reuseport(addr)?);
+    }
+    Ok((addr, all))
 }
 
 impl Server {
