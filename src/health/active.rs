@@ -76,7 +76,12 @@ async fn websocket_check<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, host: &st
             // RFC 6455 §5.5.3: an unsolicited pong may arrive; ignore those.
             Opcode::Pong => continue,
             Opcode::Ping => write_frame(s, true, Opcode::Pong, &f.payload, true).await?,
-            Opcode::Close => return Err(CheckError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, "closed before the pong"))),
+            Opcode::Close => {
+                return Err(CheckError::Io(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "closed before the pong",
+                )))
+            }
             // A backend may greet with data first.
             _ => continue,
         }

@@ -47,7 +47,11 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, host: &str, path:
     // Read what the body needs: the announced length, or until the peer closes.
     let want = if chunked { usize::MAX } else { length.unwrap_or(usize::MAX) };
     let mut raw = buf[end..].to_vec();
-    let cap = if chunked { max_body.saturating_mul(2).saturating_add(256) } else { max_body };
+    let cap = if chunked {
+        max_body.saturating_mul(2).saturating_add(256)
+    } else {
+        max_body
+    };
     let mut chunk = [0u8; 2048];
     while raw.len() < want.min(cap) && !(chunked && chunked_complete(&raw)) {
         let n = s.read(&mut chunk).await?;
@@ -124,9 +128,12 @@ mod tests {
         assert_eq!((r.status, r.body.len()), (503, 0));
         let r = answer(b"HTTP/1.1 200 OK\r\n\r\nuntil close", 64).await.unwrap();
         assert_eq!(r.body, b"until close");
-        let r = answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\n75\r\n1\r\n%\r\n0\r\n\r\n", 64)
-            .await
-            .unwrap();
+        let r = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\n75\r\n1\r\n%\r\n0\r\n\r\n",
+            64,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.body, b"75%");
         let r = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789", 4).await.unwrap();
         assert_eq!(r.body, b"0123");
