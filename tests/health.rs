@@ -150,3 +150,42 @@ async fn passive_ejection_without_active_checks() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn reloads_start_and_stop_checks_and_let_removed_backends_go() {
+    bounded(async {
+        let a = backend("a").await;
+        let dead = dead_port().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, config("round_robin", &[a.addr], &check("tcp", "/"))).unwrap();
+        let proxy = Proxy::start_file(&path);
+        let shared = proxy.server.shared.clone();
+
+        // Added by a reload: checked (and marked down) like any other.
+        std::fs::write(&path, config("round_robin", &[a.addr, dead], &check("tcp", "/"))).unwrap();
+        switchyard::server::reload(&shared).expect("reload ok");
+        let added = proxy.backend(1);
+        let tick = Duration::from_millis(300);
+        assert!(eventually(budget(FALL) + tick, || added.state() == BackendState::Down)
+            .await
+            .is_some());
+        assert_eq!(proxy.backend(0).state(), BackendState::Up);
+
+        // Checks turned off by a reload: passive checks only, so the backend is up again.
+        std::fs::write(&path, config("round_robin", &[a.addr, dead], "")).unwrap();
+        switchyard::server::reload(&shared).expect("reload ok");
+        assert!(Arc::ptr_eq(&proxy.backend(1), &added), "the reload kept the backend's state");
+        assert!(eventually(tick * 2, || added.state() == BackendState::Up).await.is_some());
+
+        // Removed by a reload: its checker stops and nothing keeps it alive.
+        let removed = Arc::downgrade(&added);
+        drop(added);
+        std::fs::write(&path, config("round_robin", &[a.addr], &check("tcp", "/"))).unwrap();
+        switchyard::server::reload(&shared).expect("reload ok");
+        let gone = eventually(budget(1) + tick, || removed.strong_count() == 0).await;
+        assert!(gone.is_some(), "a removed backend is still referenced");
+        assert!(whoami_n(&proxy, 3).await.iter().all(|n| n == "a"));
+    })
+    .await;
+}

@@ -155,13 +155,13 @@ pub fn apply(b: &Backend, streak: &mut Streak, result: &Result<(), CheckError>, 
 }
 
 /// The checker task of one backend: runs until the backend leaves the runtime or its pool
-/// drops `health_check`. Holds only a weak reference between checks.
+/// drops `health_check` (the supervisor then calls [`release`]). Holds only a weak
+/// reference between checks.
 pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
     let mut streak = Streak::default();
     let mut first = true;
     loop {
         let Some(interval) = current_config(&shared, &backend).map(|hc| hc.interval) else {
-            release(&backend);
             return;
         };
         let wait = if first {
@@ -174,11 +174,7 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
         let Some(b) = backend.upgrade() else { return };
         let rt = shared.runtime.load_full();
         let Some(pool) = current_pool(&rt, &b) else { return };
-        let Some(hc) = pool.config.health_check.clone() else {
-            drop((b, pool, rt));
-            release(&backend);
-            return;
-        };
+        let Some(hc) = pool.config.health_check.clone() else { return };
         drop(rt);
         let result = check(&pool, &b, &hc).await;
         if let Err(e) = &result {
@@ -195,14 +191,13 @@ fn current_config(shared: &Shared, backend: &Weak<Backend>) -> Option<HealthChec
     current_pool(&rt, &b)?.config.health_check.clone()
 }
 
-/// Active checks were turned off for a backend still in the runtime: without them a
-/// backend is up (passive checks only), so one they left down comes back.
-fn release(backend: &Weak<Backend>) {
-    let Some(b) = backend.upgrade() else { return };
+/// Active checks were turned off for a backend still in `pool`: without them a backend is
+/// up (passive checks only), so one they left down comes back.
+pub fn release(b: &Backend, _pool: &Pool) {
     b.last_check_ok.store(crate::backend::CHECK_UNKNOWN, Relaxed);
     if !b.reported_down.load(Relaxed) && b.set_state_if(BackendState::Down, BackendState::Up, clock::now_ms()) {
         tracing::info!(backend = %b.address, pool = %b.pool, "backend up: active health checks turned off");
-        transition_metric(&b, BackendState::Up);
+        transition_metric(b, BackendState::Up);
     }
 }
 

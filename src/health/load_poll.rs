@@ -135,13 +135,13 @@ fn settings(pool: &Pool) -> Option<CustomLoadConfig> {
 }
 
 /// The poller task of one backend: runs until the backend leaves the runtime or its pool
-/// stops using `custom_load`. Holds only a weak reference between polls.
+/// stops using `custom_load` (the supervisor then calls [`release`]). Holds only a weak
+/// reference between polls.
 pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
     let mut complaint = Complaint::default();
     let mut first = true;
     loop {
         let Some(interval) = current_config(&shared, &backend).map(|c| c.interval) else {
-            release(&shared, &backend);
             return;
         };
         let wait = if first {
@@ -155,18 +155,15 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
         let rt = shared.runtime.load_full();
         let Some(pool) = current_pool(&rt, &b) else { return };
         drop(rt);
-        let Some(cfg) = settings(&pool) else { continue };
+        let Some(cfg) = settings(&pool) else { return };
         let outcome = poll(&pool, &b, &cfg).await;
         apply(&b, outcome, pool.config.health_check.is_some(), &mut complaint, clock::now_ms());
     }
 }
 
-/// The pool stopped using custom load: a `down` report no longer holds the backend down.
-fn release(shared: &Shared, backend: &Weak<Backend>) {
-    let Some(b) = backend.upgrade() else { return };
-    let rt = shared.runtime.load();
-    let has_check = current_pool(&rt, &b).is_some_and(|p| p.config.health_check.is_some());
-    clear_reported_down(&b, has_check, clock::now_ms());
+/// `pool` stopped using custom load: a `down` report no longer holds the backend down.
+pub fn release(b: &Backend, pool: &Pool) {
+    clear_reported_down(b, pool.config.health_check.is_some(), clock::now_ms());
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ const SAMPLE_EVERY_MS: u64 = 1_000;
 struct Task {
     /// Keeps the backend's allocation (not the backend) alive, so its address — the map
     /// key — cannot be reused by a new backend while this entry exists.
-    _backend: Weak<Backend>,
+    backend: Weak<Backend>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -50,13 +50,21 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let rt = shared.runtime.load_full();
-        reconcile(&shared, &rt, &mut checkers, |p| p.config.health_check.is_some(), super::active::run);
+        reconcile(
+            &shared,
+            &rt,
+            &mut checkers,
+            |p| p.config.health_check.is_some(),
+            super::active::run,
+            super::active::release,
+        );
         reconcile(
             &shared,
             &rt,
             &mut pollers,
             |p| p.config.algorithm == Algorithm::CustomLoad,
             super::load_poll::run,
+            super::load_poll::release,
         );
         let now = clock::now_ms();
         if now.saturating_sub(last_sample_ms) >= SAMPLE_EVERY_MS {
@@ -69,8 +77,15 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Makes sure exactly one task runs for every backend of the pools `wanted` selects, and
 /// none for any other backend (removed by a reload, or its pool no longer wants one).
-fn reconcile<F, Fut>(shared: &Arc<Shared>, rt: &Runtime, tasks: &mut Tasks, wanted: impl Fn(&Pool) -> bool, spawn: F)
-where
+/// `release` undoes a stopped task's effects on a backend that stays in the runtime.
+fn reconcile<F, Fut>(
+    shared: &Arc<Shared>,
+    rt: &Runtime,
+    tasks: &mut Tasks,
+    wanted: impl Fn(&Pool) -> bool,
+    spawn: F,
+    release: impl Fn(&Backend, &Pool),
+) where
     F: Fn(Arc<Shared>, Weak<Backend>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -88,13 +103,23 @@ where
             tasks.insert(
                 key,
                 Task {
-                    _backend: Arc::downgrade(b),
+                    backend: Arc::downgrade(b),
                     handle,
                 },
             );
         }
     }
-    tasks.retain(|key, _| live.contains(key));
+    tasks.retain(|key, task| {
+        if live.contains(key) {
+            return true;
+        }
+        if let Some(b) = task.backend.upgrade() {
+            if let Some(pool) = super::current_pool(rt, &b) {
+                release(&b, &pool);
+            }
+        }
+        false
+    });
 }
 
 /// One bandwidth-sampler tick for every pool (each keeps its own [`RateSampler`]).

@@ -51,6 +51,14 @@ impl Proxy {
         Proxy { server, addr }
     }
 
+    /// Starts the balancer from a config file, so `switchyard::server::reload` can re-read it.
+    pub fn start_file(path: &std::path::Path) -> Proxy {
+        let cfg = switchyard::config::load(path).unwrap_or_else(|e| panic!("bad test config: {e:?}"));
+        let server = Server::start(cfg, Some(path.to_path_buf())).expect("server starts");
+        let addr = server.addrs()[0].1;
+        Proxy { server, addr }
+    }
+
     /// `ws://addr/path`.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
