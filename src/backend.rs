@@ -2,7 +2,7 @@
 //! reads about one backend, in atomics. Writers: the relay (counters, in batches), the
 //! upstream (handshake latency, passive outcomes), health (state), admin (drain).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::config::BackendConfig;
@@ -40,6 +40,13 @@ impl BackendState {
 
 /// Value stored in `custom_load` when the backend never reported (or reported garbage).
 pub const LOAD_UNKNOWN: u32 = u32::MAX;
+
+/// `last_check_ok`: no active check has finished yet (or none is configured).
+pub const CHECK_UNKNOWN: u8 = 0;
+/// `last_check_ok`: the last active check passed.
+pub const CHECK_OK: u8 = 1;
+/// `last_check_ok`: the last active check failed.
+pub const CHECK_FAILED: u8 = 2;
 
 /// A float stored in an `AtomicU64` (bit pattern); single writer or last-writer-wins.
 #[derive(Debug, Default)]
@@ -106,6 +113,12 @@ pub struct Backend {
     pub passive_failures: AtomicU32,
     /// Current ejection back-off in ms (doubles, capped).
     pub ejection_backoff_ms: AtomicU64,
+    /// Result of the last active check: [`CHECK_UNKNOWN`], [`CHECK_OK`] or [`CHECK_FAILED`].
+    pub last_check_ok: AtomicU8,
+    /// When the last active check finished (ms, process clock; 0 = never).
+    pub last_check_ms: AtomicU64,
+    /// The backend's own load report said `down`; active checks do not mark it up meanwhile.
+    pub reported_down: AtomicBool,
     /// Prometheus handles for this backend's series.
     pub metrics: BackendMetrics,
 }
@@ -138,6 +151,9 @@ impl Backend {
             ejected_until_ms: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             ejection_backoff_ms: AtomicU64::new(0),
+            last_check_ok: AtomicU8::new(CHECK_UNKNOWN),
+            last_check_ms: AtomicU64::new(0),
+            reported_down: AtomicBool::new(false),
             metrics,
             config,
         }
@@ -189,6 +205,19 @@ impl Backend {
             self.start_ramp(now_ms);
         }
         old
+    }
+
+    /// Changes the state from `from` to `to` only if it still is `from` (so a health check
+    /// never overwrites an admin drain that raced it); same effects as [`Self::set_state`].
+    pub fn set_state_if(&self, from: BackendState, to: BackendState, now_ms: u64) -> bool {
+        if self.state.compare_exchange(from as u8, to as u8, Relaxed, Relaxed).is_err() {
+            return false;
+        }
+        self.metrics.up.set(if to == BackendState::Up { 1.0 } else { 0.0 });
+        if to == BackendState::Up && from != BackendState::Up {
+            self.start_ramp(now_ms);
+        }
+        true
     }
 
     /// Starts the slow-start ramp now (no effect when slow start is off).

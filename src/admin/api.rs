@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::{json, text, Admin, Resp};
-use crate::backend::{Backend, BackendState, LOAD_UNKNOWN};
+use crate::backend::{Backend, BackendState, CHECK_OK, CHECK_UNKNOWN, LOAD_UNKNOWN};
 use crate::clock;
 use crate::server::conns::ConnTable;
 use crate::server::Shared;
@@ -59,9 +59,17 @@ fn backend(b: &Backend) -> Value {
         "messages_b2c": b.msgs_b2c.load(Relaxed),
         "latency_ms": b.latency.get() * 1000.0,
         "custom_load": (load != LOAD_UNKNOWN).then_some(load),
-        // Active health checks do not record per-check results on `Backend` yet.
-        "last_check": Value::Null,
+        "last_check": last_check(b),
     })
+}
+
+/// The last active check: `{"ok": bool, "age_ms": n}`, or null before the first one.
+fn last_check(b: &Backend) -> Value {
+    let at = b.last_check_ms.load(Relaxed);
+    match b.last_check_ok.load(Relaxed) {
+        CHECK_UNKNOWN => Value::Null,
+        r => json!({ "ok": r == CHECK_OK, "age_ms": clock::now_ms().saturating_sub(at) }),
+    }
 }
 
 /// `GET /api/status`: process-level numbers.

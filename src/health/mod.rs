@@ -1,13 +1,22 @@
-//! Backend health: passive outcomes of real traffic (here) and active checks (`active`).
+//! Backend health: passive outcomes of real traffic (here), active checks ([`active`]),
+//! backend-reported load ([`load_poll`]), all kept in step with reloads by one
+//! [`supervisor`] task that also samples byte rates.
 //!
 //! Passive: `fall` consecutive failures (connect errors, timeouts, invalid 101s) eject a
 //! backend for a back-off that doubles on each ejection (capped); when it ends the backend
 //! is picked again, which probes it; one success resets the count and the back-off.
 
-use std::sync::atomic::Ordering::Relaxed;
+pub mod active;
+mod http;
+pub mod load_poll;
+pub mod supervisor;
 
-use crate::backend::Backend;
-use crate::runtime::Pool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, BackendState};
+use crate::runtime::{Pool, Runtime};
 
 /// First ejection length.
 pub const EJECT_BASE_MS: u64 = 5_000;
@@ -41,7 +50,30 @@ pub fn passive_failure(b: &Backend, pool: &Pool, now_ms: u64) {
     }
 }
 
-/// Starts the active checks and samplers of every pool (on the current runtime).
-pub fn spawn_all(shared: &std::sync::Arc<crate::server::Shared>) {
-    let _ = shared;
+/// Starts the active checks and samplers of every pool (on the current runtime): one
+/// supervisor task that starts and stops the per-backend tasks as reloads change the pools.
+pub fn spawn_all(shared: &Arc<crate::server::Shared>) {
+    tokio::spawn(supervisor::run(shared.clone()));
+}
+
+/// The pool of `rt` that holds this very backend (not just one with its address).
+pub(crate) fn current_pool(rt: &Runtime, b: &Arc<Backend>) -> Option<Arc<Pool>> {
+    let pool = rt.pools.get(&*b.pool)?;
+    pool.backends.iter().any(|x| Arc::ptr_eq(x, b)).then(|| pool.clone())
+}
+
+/// `d` ± 10 %, so the checks of many backends drift apart instead of firing together.
+pub(crate) fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.9..=1.1))
+}
+
+/// Counts one health transition in `switchyard_health_transitions_total{pool,backend,to}`.
+pub(crate) fn transition_metric(b: &Backend, to: BackendState) {
+    metrics::counter!(
+        "switchyard_health_transitions_total",
+        "pool" => b.pool.to_string(),
+        "backend" => b.address.clone(),
+        "to" => to.name()
+    )
+    .increment(1);
 }

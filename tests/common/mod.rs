@@ -69,6 +69,11 @@ impl Proxy {
         format!("ws://{}{path}", self.addr)
     }
 
+    /// Backend `i` of pool `p` as the balancer sees it now (state, counters, reports).
+    pub fn backend(&self, i: usize) -> Arc<switchyard::backend::Backend> {
+        self.server.shared.runtime.load().pools["p"].backends[i].clone()
+    }
+
     /// The admin address.
     pub fn admin(&self) -> SocketAddr {
         self.server.admin_addr().expect("admin configured")
@@ -93,6 +98,19 @@ pub struct Backend {
     pub live: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Vec<(String, String)>>>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Backend {
+    /// Stops it like a crash: the listener closes (connects are refused) and every live
+    /// connection is dropped. `backend_at(addr, ..)` starts it again on the same port.
+    pub async fn kill(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
 }
 
 impl Drop for Backend {
@@ -114,8 +132,9 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
     let live = Arc::new(AtomicUsize::new(0));
     let last_headers = Arc::new(Mutex::new(Vec::new()));
     let (a, lv, h) = (accepted.clone(), live.clone(), last_headers.clone());
+    let conns = Arc::new(Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
+    let all = conns.clone();
     let task = tokio::spawn(async move {
-        let conns = Arc::new(Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
         while let Ok((s, _)) = l.accept().await {
             let (a, lv, h) = (a.clone(), lv.clone(), h.clone());
             let t = tokio::spawn(async move {
@@ -190,7 +209,48 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
         live,
         last_headers,
         task,
+        conns: all,
     }
+}
+
+/// Starts an echo backend on a given address (e.g. one `kill`ed), retrying the bind briefly.
+pub async fn backend_at(addr: SocketAddr, name: &'static str) -> Backend {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return backend_on(l, name);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
+/// A backend that answers every request with the fixed bytes `answer`, then closes.
+pub async fn canned_backend(answer: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = switchyard::handshake::read_head(&mut s, 16384).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+/// The library's own echo backend (`serve_echo`): WebSocket echo, and `load` as the body
+/// of a plain `GET /load` (for `custom_load` pools).
+pub async fn load_reporting_backend(load: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(switchyard::ws::peer::serve_echo(s, Some(load)));
+        }
+    });
+    a
 }
 
 /// A port nothing listens on.
@@ -209,6 +269,32 @@ pub async fn connect(url: &str) -> Ws {
         .expect("connect in time")
         .expect("connect ok");
     ws
+}
+
+/// Connects a client sending extra request headers (e.g. `Cookie`).
+pub async fn connect_with_headers(url: &str, headers: &[(&'static str, &str)]) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    let (ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect in time")
+        .expect("connect ok");
+    ws
+}
+
+/// Polls `cond` every 10 ms until it holds (returns how long that took) or `limit` passes.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond().then(|| start.elapsed())
 }
 
 /// Sends a text message and returns the next data message's text.
