@@ -421,12 +421,18 @@ impl Drop for Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
+        // SY_TEST_CHILD_LOGS=1 shows the child's debug log, for chasing a failing test.
+        let (log, stderr) = if std::env::var_os("SY_TEST_CHILD_LOGS").is_some() {
+            ("debug", Stdio::inherit())
+        } else {
+            ("warn", Stdio::null())
+        };
         Proc(
             Command::new(BIN)
                 .args(args)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", log)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .expect("binary runs"),
         )
