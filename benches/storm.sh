@@ -3,7 +3,7 @@
 # sheds, and whether a reconnect storm at 10x the configured rate hurts the latency of
 # connections that are already established.
 #
-# usage: benches/storm.sh [target/release/switchyard]        (build with cargo build --release)
+# usage: [RATE=500] [STORM_WORKERS=64] benches/storm.sh [target/release/switchyard]   (cargo build --release first)
 # Uses ../shared/perf/loadgen (built on first use). Everything runs on 127.0.0.1, bounded in time.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,10 +41,12 @@ url="ws://127.0.0.1:$lport/"
 echo "rate limit: $RATE new connections/s"
 echo "1) established connections alone: 32 connections, 2000 msg/s open loop"
 "$LG" echo --url "$url" --conns 32 --size 1024 --duration 8 --rate 2000 --pid "$sy"
-echo "2) the same while 64 workers reconnect as fast as they can (the storm; shed ones get 1013)"
-"$LG" handshake --url "$url" --conns 64 --duration 10 > "$run/storm.json" & storm=$!
+echo "2) the same connections, established first, while ${STORM_WORKERS:-64} workers reconnect as fast as they can"
+echo "   (the storm starts 1 s after the echo connections are up and lasts past their end)"
+"$LG" echo --url "$url" --conns 32 --size 1024 --duration 8 --rate 2000 --pid "$sy" > "$run/echo.json" & echo_pid=$!
 sleep 1
-"$LG" echo --url "$url" --conns 32 --size 1024 --duration 8 --rate 2000 --pid "$sy"
+"$LG" handshake --url "$url" --conns "${STORM_WORKERS:-64}" --duration 9 > "$run/storm.json" & storm=$!
+wait $echo_pid; cat "$run/echo.json"
 wait $storm
 echo "storm (completed handshakes per second, admitted + shed):"; cat "$run/storm.json"
 echo "balancer counters:"
