@@ -89,3 +89,34 @@ async fn demo_starts_and_echoes() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    bounded(async {
+        let b = backend("b").await;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, config("round_robin", &[b.addr], "limits:\n  drain_timeout: 30s\n")).unwrap();
+        let mut p = Proc::spawn(&["run", "-c", f.to_str().unwrap()]);
+        let url = tokio::task::block_in_place(|| p.line_after("listening l "));
+        // Several connections: with a 30 s drain most would wait long for their turn.
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let mut ws = connect(&url).await;
+            assert_eq!(ask(&mut ws, "x").await, "x");
+            held.push(ws);
+        }
+        p.signal(libc::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = std::time::Instant::now();
+        p.signal(libc::SIGTERM);
+        let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+        assert_eq!(status, Some(0));
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "exited {:?} after the second signal",
+            t0.elapsed()
+        );
+    })
+    .await
+}

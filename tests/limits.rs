@@ -296,3 +296,67 @@ async fn next_text_or_close(ws: &mut Ws) -> Result<String, u16> {
         }
     }
 }
+
+#[tokio::test]
+async fn past_the_hard_ceiling_connections_get_503_with_retry_after_before_any_work() {
+    bounded(async {
+        use tokio::io::AsyncReadExt;
+        let b = backend("b").await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[b.addr],
+            "limits:\n  max_connections: 1\n  handshake_timeout: 3s\n",
+        ));
+        let mut held = connect(&p.url("/")).await;
+        assert_eq!(ask(&mut held, "x").await, "x");
+        // Silent TCP connections stay pending (they never send a request head).
+        let mut silent = Vec::new();
+        let mut answer = String::new();
+        for _ in 0..4 {
+            let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+            let mut buf = vec![0u8; 512];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+                answer = String::from_utf8_lossy(&buf[..n]).to_string();
+                break;
+            }
+            silent.push(s);
+        }
+        assert_eq!(status(&answer), 503, "{answer:?}");
+        assert!(answer.contains("Retry-After: "), "{answer}");
+        // 1 admitted + 1 silent pending + this one = 3 > 2 × max_connections
+        assert_eq!(silent.len(), 1, "the second silent connection hits the ceiling");
+        drop(silent);
+        held.close(None).await.unwrap();
+        let _ = expect_close(&mut held).await;
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_full_backend_is_skipped_and_all_full_is_1013_counted_as_backend_full() {
+    bounded(async {
+        let a = backend("a").await;
+        let p = Proxy::start(&format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /full }}\n        pool: p\n      - pool: q\npools:\n  p:\n    backends:\n      - address: \"{}\"\n        max_connections: 1\n  q:\n    backends:\n      - address: \"{}\"\n",
+            a.addr, a.addr
+        ));
+        let count = || {
+            switchyard::metrics::render()
+                .lines()
+                .find(|l| l.starts_with("switchyard_shed_total{reason=\"backend_full\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let mut first = connect(&p.url("/full")).await;
+        assert_eq!(ask(&mut first, "x").await, "x");
+        let before = count();
+        let mut second = connect(&p.url("/full")).await;
+        assert_eq!(expect_close(&mut second).await.0, 1013);
+        assert!(count() >= before + 1.0, "counted as backend_full");
+        still_serves(&p.url("/other")).await;
+    })
+    .await
+}

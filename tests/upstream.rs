@@ -50,12 +50,10 @@ async fn a_dead_backend_is_skipped() {
 #[tokio::test]
 async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
     bounded(async {
-        let p = Proxy::start(&config(
-            "least_connections",
-            &[dead_port().await, dead_port().await],
-            "shedding:\n  retry_hint: 4s\n",
-        ));
-        let mut ws = connect(&p.url("/")).await;
+        let good = backend("good").await;
+        let (d1, d2) = (dead_port().await, dead_port().await);
+        let p = Proxy::start(&two_pools("dead", &[d1, d2], good.addr, "shedding:\n  retry_hint: 4s\n"));
+        let mut ws = connect(&p.url("/dead")).await;
         let (code, reason) = expect_close(&mut ws).await;
         assert_eq!(code, 1013);
         let secs: f64 = reason
@@ -65,6 +63,8 @@ async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
             .parse()
             .unwrap();
         assert!((2.8..=5.2).contains(&secs), "{reason}");
+        // the same balancer still serves others
+        still_serves(&p.url("/")).await;
     })
     .await
 }
@@ -72,19 +72,33 @@ async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
 #[tokio::test]
 async fn an_invalid_101_or_another_status_is_502() {
     bounded(async {
-        let wrong_accept = fake_backend("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n").await;
+        let wrong_accept = fake_backend(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        )
+        .await;
         let not_101 = fake_backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-        for b in [wrong_accept, not_101] {
-            let p = Proxy::start(&config("round_robin", &[b], ""));
-            let resp = raw_exchange(p.addr, upgrade_request("/", "").as_bytes()).await;
-            assert_eq!(status(&resp), 502, "{resp}");
-        }
-        // and a good backend behind the same kind of balancer still works
         let good = backend("good").await;
-        let p = Proxy::start(&config("round_robin", &[good.addr], ""));
-        still_serves(&p.url("/")).await;
+        for b in [wrong_accept, not_101] {
+            let p = Proxy::start(&two_pools("bad", &[b], good.addr, ""));
+            let resp = raw_exchange(p.addr, upgrade_request("/bad", "").as_bytes()).await;
+            assert_eq!(status(&resp), 502, "{resp}");
+            // the same balancer still serves others
+            still_serves(&p.url("/")).await;
+        }
     })
     .await
+}
+
+/// `/NAME...` goes to a pool of `backends`, everything else to a pool of `good`.
+fn two_pools(name: &str, backends: &[SocketAddr], good: SocketAddr, extra: &str) -> String {
+    let mut y = format!(
+        "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /{name} }}\n        pool: {name}\n      - pool: good\npools:\n  good:\n    backends:\n      - address: \"{good}\"\n  {name}:\n    backends:\n"
+    );
+    for b in backends {
+        y.push_str(&format!("      - address: \"{b}\"\n"));
+    }
+    y.push_str(extra);
+    y
 }
 
 #[tokio::test]
