@@ -5,24 +5,6 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-
-/// A backend that answers every request with `answer` (then closes).
-async fn fake_backend(answer: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = switchyard::handshake::read_head(&mut s, 16384).await;
-                let _ = s.write_all(answer.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    a
-}
 
 fn weighted(algorithm: &str, backends: &[(SocketAddr, u32)], extra: &str) -> String {
     let mut y = format!("listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    algorithm: {algorithm}\n    backends:\n");
@@ -72,11 +54,11 @@ async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
 #[tokio::test]
 async fn an_invalid_101_or_another_status_is_502() {
     bounded(async {
-        let wrong_accept = fake_backend(
+        let wrong_accept = canned_backend(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
         )
         .await;
-        let not_101 = fake_backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let not_101 = canned_backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
         let good = backend("good").await;
         for b in [wrong_accept, not_101] {
             let p = Proxy::start(&two_pools("bad", &[b], good.addr, ""));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{current_pool, jittered, transition_metric};
+use super::{next_run, transition_metric};
 use crate::backend::{Backend, BackendState, CHECK_FAILED, CHECK_OK};
 use crate::clock;
 use crate::config::{CheckKind, HealthCheckConfig};
@@ -161,21 +161,11 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
     let mut streak = Streak::default();
     let mut first = true;
     loop {
-        let Some(interval) = current_config(&shared, &backend).map(|hc| hc.interval) else {
+        let interval_of = |p: &Pool| p.config.health_check.as_ref().map(|hc| hc.interval);
+        let Some((b, pool)) = next_run(&shared, &backend, &mut first, interval_of).await else {
             return;
         };
-        let wait = if first {
-            interval.mul_f64(rand::random::<f64>())
-        } else {
-            jittered(interval)
-        };
-        first = false;
-        tokio::time::sleep(wait).await;
-        let Some(b) = backend.upgrade() else { return };
-        let rt = shared.runtime.load_full();
-        let Some(pool) = current_pool(&rt, &b) else { return };
         let Some(hc) = pool.config.health_check.clone() else { return };
-        drop(rt);
         let result = check(&pool, &b, &hc).await;
         if let Err(e) = &result {
             tracing::debug!(backend = %b.address, pool = %b.pool, "health check failed: {e}");
@@ -185,11 +175,6 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
 }
 
 /// The health check config of the pool that now holds `backend`, if any.
-fn current_config(shared: &Shared, backend: &Weak<Backend>) -> Option<HealthCheckConfig> {
-    let b = backend.upgrade()?;
-    let rt = shared.runtime.load();
-    current_pool(&rt, &b)?.config.health_check.clone()
-}
 
 /// Active checks were turned off for a backend still in `pool`: without them a backend is
 /// up (passive checks only), so one they left down comes back.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{current_pool, jittered, transition_metric};
+use super::{next_run, transition_metric};
 use crate::backend::{Backend, BackendState, CHECK_FAILED};
 use crate::balance::custom_load::{parse_report, record, Report};
 use crate::clock;
@@ -124,11 +124,6 @@ fn clear_reported_down(b: &Backend, has_health_check: bool, now_ms: u64) {
 }
 
 /// The poll settings of the pool now holding `backend`, if it uses `custom_load`.
-fn current_config(shared: &Shared, backend: &Weak<Backend>) -> Option<CustomLoadConfig> {
-    let b = backend.upgrade()?;
-    let rt = shared.runtime.load();
-    settings(&*current_pool(&rt, &b)?)
-}
 
 fn settings(pool: &Pool) -> Option<CustomLoadConfig> {
     (pool.config.algorithm == Algorithm::CustomLoad).then(|| pool.config.custom_load.clone().unwrap_or_default())
@@ -141,20 +136,10 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
     let mut complaint = Complaint::default();
     let mut first = true;
     loop {
-        let Some(interval) = current_config(&shared, &backend).map(|c| c.interval) else {
+        let interval_of = |p: &Pool| settings(p).map(|c| c.interval);
+        let Some((b, pool)) = next_run(&shared, &backend, &mut first, interval_of).await else {
             return;
         };
-        let wait = if first {
-            interval.mul_f64(rand::random::<f64>())
-        } else {
-            jittered(interval)
-        };
-        first = false;
-        tokio::time::sleep(wait).await;
-        let Some(b) = backend.upgrade() else { return };
-        let rt = shared.runtime.load_full();
-        let Some(pool) = current_pool(&rt, &b) else { return };
-        drop(rt);
         let Some(cfg) = settings(&pool) else { return };
         let outcome = poll(&pool, &b, &cfg).await;
         apply(&b, outcome, pool.config.health_check.is_some(), &mut complaint, clock::now_ms());

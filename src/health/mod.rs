@@ -62,6 +62,33 @@ pub(crate) fn current_pool(rt: &Runtime, b: &Arc<Backend>) -> Option<Arc<Pool>> 
     pool.backends.iter().any(|x| Arc::ptr_eq(x, b)).then(|| pool.clone())
 }
 
+/// Waits for the next run of a periodic per-backend task (health check, load poll): a
+/// random point of the first interval, then the interval ± 10 %. Returns the backend and
+/// its current pool, or `None` once the backend has left the runtime or `interval_of` says
+/// its pool no longer wants the task. Holds only a weak reference while it sleeps.
+pub(crate) async fn next_run(
+    shared: &crate::server::Shared,
+    backend: &std::sync::Weak<Backend>,
+    first: &mut bool,
+    interval_of: impl Fn(&Pool) -> Option<Duration>,
+) -> Option<(Arc<Backend>, Arc<Pool>)> {
+    let interval = {
+        let b = backend.upgrade()?;
+        let rt = shared.runtime.load();
+        interval_of(&*current_pool(&rt, &b)?)?
+    };
+    let wait = if std::mem::take(first) {
+        interval.mul_f64(rand::random::<f64>())
+    } else {
+        jittered(interval)
+    };
+    tokio::time::sleep(wait).await;
+    let b = backend.upgrade()?;
+    let pool = current_pool(&shared.runtime.load(), &b)?;
+    interval_of(&pool)?;
+    Some((b, pool))
+}
+
 /// `d` ± 10 %, so the checks of many backends drift apart instead of firing together.
 pub(crate) fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.9..=1.1))
