@@ -260,6 +260,13 @@ async fn reload_through_the_api_applies_or_reports_errors() {
         assert_eq!(http(p.admin(), "POST", "/api/reload", "").await, (200, "ok\n".to_string()));
         assert_eq!(backends(&get_json(&p, "/api/pools").await), 2);
         assert_eq!(get_json(&p, "/api/status").await["last_reload"]["ok"], true);
+        // the added backend takes traffic at once (round robin over both)
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let mut ws = connect(&p.url("/")).await;
+            seen.insert(ask(&mut ws, "whoami").await);
+        }
+        assert!(seen.contains("b2"), "the added backend gets traffic: {seen:?}");
 
         std::fs::write(&path, config("no_such_algorithm", &[b1.addr], ADMIN)).unwrap();
         let (code, body) = http(p.admin(), "POST", "/api/reload", "").await;
