@@ -324,3 +324,48 @@ async fn a_stream_of_server_messages_is_relayed_in_order() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_stalls_the_client_instead_of_growing_memory() {
+    bounded(async {
+        // A backend that completes the upgrade and then never reads again.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let baddr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (buf, end) = switchyard::handshake::read_head(&mut s, 16384).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().trim().to_string();
+            let acc = switchyard::handshake::accept_key(&key);
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                std::str::from_utf8(&acc).unwrap()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await; // holds the socket, reads nothing
+            drop(s);
+        });
+        let echo = backend("echo").await;
+        let p = Proxy::start(&format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /stall }}\n        pool: stall\n      - pool: echo\npools:\n  stall:\n    backends:\n      - address: \"{baddr}\"\n  echo:\n    backends:\n      - address: \"{}\"\nlimits:\n  max_message_bytes: 0\n",
+            echo.addr
+        ));
+        let (mut s, _) = raw_ws(p.addr, "/stall").await;
+        let frame = masked_frame(0x82, &vec![7u8; 256 * 1024]);
+        let mut sent = 0usize;
+        // Keep writing until a write makes no progress for a second (or 256 MiB went in).
+        while sent < 256 << 20 {
+            match tokio::time::timeout(Duration::from_secs(1), s.write_all(&frame)).await {
+                Ok(Ok(())) => sent += frame.len(),
+                Ok(Err(e)) => panic!("write failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        // Only kernel socket buffers (client→proxy and proxy→backend) and one relay buffer
+        // may hold the bytes; an unbounded proxy would have taken all 256 MiB.
+        assert!(sent < 64 << 20, "the client could write {} MiB into a backend that reads nothing", sent >> 20);
+        // the same balancer keeps relaying other connections meanwhile
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
