@@ -360,3 +360,61 @@ async fn a_full_backend_is_skipped_and_all_full_is_1013_counted_as_backend_full(
     })
     .await
 }
+
+#[tokio::test]
+async fn the_proxys_own_pongs_never_reach_the_backend_but_the_clients_pings_do() {
+    bounded(async {
+        use switchyard::ws::peer::{read_frame, write_frame};
+        // A raw backend that records the opcode and payload of every frame it receives.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let baddr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Opcode, Vec<u8>)>::new()));
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (buf, end) = switchyard::handshake::read_head(&mut s, 16384).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim()
+                .to_string();
+            let acc = switchyard::handshake::accept_key(&key);
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                std::str::from_utf8(&acc).unwrap()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+            let mut pending = buf[end..].to_vec();
+            while let Ok(f) = read_frame(&mut s, &mut pending).await {
+                rec.lock().unwrap().push((f.opcode, f.payload));
+            }
+        });
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[baddr],
+            "limits:\n  ping_interval: 300ms\n  ping_timeout: 2s\n",
+        ));
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        // Answer the proxy's ping, then send a ping and a pong of our own.
+        let f = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
+        assert_eq!(f.opcode, Opcode::Ping);
+        write_frame(&mut s, true, Opcode::Pong, &f.payload, true).await.unwrap();
+        write_frame(&mut s, true, Opcode::Ping, b"client ping", true).await.unwrap();
+        write_frame(&mut s, true, Opcode::Pong, b"client pong", true).await.unwrap();
+        write_frame(&mut s, true, Opcode::Text, b"marker", true).await.unwrap();
+        let t0 = Instant::now();
+        while !seen.lock().unwrap().iter().any(|(_, p)| p == b"marker") && t0.elapsed() < T {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            !seen.iter().any(|(op, p)| *op == Opcode::Pong && *p == f.payload),
+            "the proxy's pong was forwarded: {seen:?}"
+        );
+        assert!(seen.iter().any(|(op, p)| *op == Opcode::Ping && p == b"client ping"), "{seen:?}");
+        assert!(seen.iter().any(|(op, p)| *op == Opcode::Pong && p == b"client pong"), "{seen:?}");
+    })
+    .await
+}

@@ -218,3 +218,31 @@ fn check_reports_missing_mismatched_and_expired_certificates() {
     let out = std::process::Command::new(BIN).arg("check").arg(&f).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+#[tokio::test]
+async fn certificates_are_read_again_on_reload() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let (crt, key) = pki.leaf("live", &["old.test"], false);
+        let b = backend("b").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n",
+            crt.display(),
+            key.display(),
+            b.addr
+        );
+        let (p, path) = Proxy::start_file(dir.path(), &yaml);
+        let (_ws, subject) = wss(p.addr, &pki, "old.test").await;
+        assert!(subject.contains("old.test"), "{subject}");
+        // Renew the certificate in place (same file names), pin the bound port, reload.
+        pki.leaf("live", &["new.test"], false);
+        std::fs::write(&path, yaml.replace("127.0.0.1:0", &p.addr.to_string())).unwrap();
+        switchyard::reload(&p.server.shared).expect("reload ok");
+        let (mut ws, subject) = wss(p.addr, &pki, "new.test").await;
+        assert!(subject.contains("new.test"), "the renewed certificate is served: {subject}");
+        ws.send(Message::text("renewed")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "renewed");
+    })
+    .await
+}
