@@ -244,17 +244,19 @@ async fn rebalance_moves_connections_onto_a_backend_that_comes_up_within_the_rat
                             let at = Instant::now();
                             let mut again = connect(&url).await;
                             let who = ask(&mut again, "whoami").await;
-                            Some((code, at, who, again))
+                            Ok((code, at, who, again))
                         }
-                        Err(_) => None,
+                        // not moved: keep the connection open until the counts are checked
+                        Err(_) => Err(ws),
                     }
                 })
             })
             .collect();
-        let mut moved = Vec::new();
+        let (mut moved, mut stayed) = (Vec::new(), Vec::new());
         for t in tasks {
-            if let Some(m) = t.await.unwrap() {
-                moved.push(m);
+            match t.await.unwrap() {
+                Ok(m) => moved.push(m),
+                Err(ws) => stayed.push(ws),
             }
         }
         assert!(moved.iter().all(|(c, ..)| *c == 1012), "every move is a 1012");
@@ -266,7 +268,9 @@ async fn rebalance_moves_connections_onto_a_backend_that_comes_up_within_the_rat
         // 4 per second: six moves take more than a second
         let last = moved.iter().map(|(_, t, ..)| t.duration_since(t0)).max().unwrap();
         assert!(last > Duration::from_millis(1000), "rate-limited: {last:?}");
+        assert_eq!(stayed.len(), 6);
         assert_eq!((pool.backends[0].active(), pool.backends[1].active()), (6, 6));
+        drop(stayed);
     })
     .await
 }
