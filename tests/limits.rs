@@ -376,21 +376,7 @@ async fn the_proxys_own_pongs_never_reach_the_backend_but_the_clients_pings_do()
         let rec = seen.clone();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let (buf, end) = switchyard::handshake::read_head(&mut s, 16384).await.unwrap();
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let key = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap()
-                .trim()
-                .to_string();
-            let acc = switchyard::handshake::accept_key(&key);
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                std::str::from_utf8(&acc).unwrap()
-            );
-            s.write_all(resp.as_bytes()).await.unwrap();
-            let mut pending = buf[end..].to_vec();
+            let (_, mut pending) = accept_upgrade_raw(&mut s, "").await;
             while let Ok(f) = read_frame(&mut s, &mut pending).await {
                 rec.lock().unwrap().push((f.opcode, f.payload));
             }

@@ -139,14 +139,12 @@ async fn permessage_deflate_and_rsv_bits_pass_untouched() {
         let se = seen_ext.clone();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let (buf, end) = switchyard::handshake::read_head(&mut s, 16384).await.unwrap();
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            *se.lock().unwrap() = head.lines().find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-extensions")).unwrap_or("").to_string();
-            let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().trim().to_string();
-            let acc = switchyard::handshake::accept_key(&key);
-            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n", std::str::from_utf8(&acc).unwrap());
-            s.write_all(resp.as_bytes()).await.unwrap();
-            let mut pending = buf[end..].to_vec();
+            let (head, mut pending) = accept_upgrade_raw(&mut s, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
+            *se.lock().unwrap() = head
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-extensions"))
+                .unwrap_or("")
+                .to_string();
             let mut raw = [0u8; 4096];
             loop {
                 if let Ok(Some(h)) = switchyard::ws::frame::parse_header(&pending) {
@@ -173,7 +171,9 @@ async fn permessage_deflate_and_rsv_bits_pass_untouched() {
         });
         let p = Proxy::start(&config("round_robin", &[baddr], ""));
         let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-        s.write_all(upgrade_request("/", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n").as_bytes()).await.unwrap();
+        s.write_all(upgrade_request("/", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n").as_bytes())
+            .await
+            .unwrap();
         let (buf, end) = switchyard::handshake::read_head(&mut s, 16384).await.unwrap();
         let head = String::from_utf8_lossy(&buf[..end]);
         assert!(head.contains("Sec-WebSocket-Extensions: permessage-deflate"), "{head}");
@@ -333,15 +333,7 @@ async fn a_backend_that_stops_reading_stalls_the_client_instead_of_growing_memor
         let baddr = l.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let (buf, end) = switchyard::handshake::read_head(&mut s, 16384).await.unwrap();
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().trim().to_string();
-            let acc = switchyard::handshake::accept_key(&key);
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                std::str::from_utf8(&acc).unwrap()
-            );
-            s.write_all(resp.as_bytes()).await.unwrap();
+            accept_upgrade_raw(&mut s, "").await;
             tokio::time::sleep(Duration::from_secs(60)).await; // holds the socket, reads nothing
             drop(s);
         });

@@ -253,6 +253,26 @@ pub async fn load_reporting_backend(load: &'static str) -> SocketAddr {
     a
 }
 
+/// Answers one upgrade request on `s` by hand: a 101 with the right accept key and `extra`
+/// response header lines. Returns the request head and any bytes read past it.
+pub async fn accept_upgrade_raw(s: &mut TcpStream, extra: &str) -> (String, Vec<u8>) {
+    let (buf, end) = switchyard::handshake::read_head(s, 16384).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let acc = switchyard::handshake::accept_key(&key);
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extra}\r\n",
+        std::str::from_utf8(&acc).unwrap()
+    );
+    s.write_all(resp.as_bytes()).await.unwrap();
+    (head, buf[end..].to_vec())
+}
+
 /// A port nothing listens on.
 pub async fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
