@@ -110,11 +110,6 @@ pub fn server_config(t: &ListenerTls) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
-/// Checks every certificate of a listener (for `switchyard check`).
-pub fn check_listener(t: &ListenerTls) -> Vec<String> {
-    t.certs.iter().filter_map(|c| load_certified_key(c).err()).collect()
-}
-
 /// Connector for `wss://` to a backend.
 pub fn client_connector(t: &BackendTls, address: &str) -> Result<BackendTlsConnector, String> {
     let host = t.server_name.clone().unwrap_or_else(|| host_of(address).to_string());

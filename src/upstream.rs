@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -218,11 +218,6 @@ fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, &'static str> {
         Some(v) if v.split(|&b| b == b',').all(|e| e.trim_ascii().starts_with(b"permessage-deflate")) => 0b100,
         Some(_) => 0b111,
     })
-}
-
-/// Upper bound for one attempt, used by callers that budget a whole handshake.
-pub fn attempt_budget(pool: &Pool) -> Duration {
-    pool.config.connect_timeout * pool.config.max_attempts.max(1)
 }
 
 #[cfg(test)]

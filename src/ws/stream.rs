@@ -80,11 +80,6 @@ impl Scanner {
         std::mem::take(&mut self.messages)
     }
 
-    /// Messages counted and not yet taken.
-    pub fn pending_messages(&self) -> u64 {
-        self.messages
-    }
-
     /// Scans `buf[start..*filled]`. Forwardable bytes end at `Scanned::forward`; the bytes
     /// from there to `*filled` are an incomplete header or control frame to keep for the next
     /// read (or, after an event, to drop). A pong whose payload equals `own_ping` is cut out
