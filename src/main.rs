@@ -88,18 +88,16 @@ fn main() -> ExitCode {
 /// Prints every problem, or `ok`.
 fn check(file: &Path) -> ExitCode {
     let name = file.display().to_string();
-    match config::load(file) {
-        Ok(cfg) => {
-            let problems = switchyard::reload::file_problems(&cfg, file);
-            if problems.is_empty() {
-                println!("ok");
-                return ExitCode::SUCCESS;
-            }
-            print_errors(&name, &problems);
+    match switchyard::reload::load_checked(file) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
         }
-        Err(errors) => print_errors(&name, &errors),
+        Err(errors) => {
+            print_errors(&name, &errors);
+            ExitCode::FAILURE
+        }
     }
-    ExitCode::FAILURE
 }
 
 fn print_errors(name: &str, errors: &[ConfigError]) {
@@ -119,22 +117,16 @@ fn announce(server: &Server) {
 }
 
 fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
-    let loaded = std::fs::read(path).unwrap_or_default();
-    let cfg = config::load(path).map_err(|errs| {
+    let (cfg, loaded) = switchyard::reload::load_checked(path).map_err(|errs| {
         let name = path.display().to_string();
         anyhow::anyhow!(errs.iter().map(|e| e.render(&name)).collect::<Vec<_>>().join("\n"))
     })?;
-    let problems = switchyard::reload::file_problems(&cfg, path);
-    if !problems.is_empty() {
-        let name = path.display().to_string();
-        anyhow::bail!(problems.iter().map(|e| e.render(&name)).collect::<Vec<_>>().join("\n"));
-    }
     let signals = Signals::register()?;
     let server = Server::start(cfg, Some(path.to_path_buf())).map_err(anyhow::Error::msg)?;
     announce(&server);
     tracing::info!(config = %path.display(), "switchyard running");
     if watch {
-        switchyard::reload::watch_file(&server, loaded);
+        switchyard::reload::watch_file(&server, loaded.into_bytes());
     }
     signals.wait(server)
 }

@@ -14,8 +14,7 @@ use crate::server::{Server, Shared};
 
 /// Problems only visible by opening files the config names (TLS certificates and keys),
 /// positioned at the first mention of the file name in the config text.
-pub fn file_problems(cfg: &Config, path: &std::path::Path) -> Vec<crate::config::ConfigError> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn file_problems(cfg: &Config, text: &str) -> Vec<crate::config::ConfigError> {
     let mut out = Vec::new();
     let locate = |needle: &std::path::Path| -> (usize, usize) {
         let name = needle.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -58,6 +57,18 @@ pub fn file_problems(cfg: &Config, path: &std::path::Path) -> Vec<crate::config:
     out
 }
 
+/// Reads a config file once and validates it whole, including the files it names: what
+/// `check`, start-up and every reload accept. Returns the config and the text it came from.
+pub fn load_checked(path: &std::path::Path) -> Result<(Config, String), Vec<crate::config::ConfigError>> {
+    let (text, cfg) = crate::config::read(path)?;
+    let problems = file_problems(&cfg, &text);
+    if problems.is_empty() {
+        Ok((cfg, text))
+    } else {
+        Err(problems)
+    }
+}
+
 /// Reloads the config file: read → validate → bind new listeners → build (reusing live
 /// backend state) → swap → apply the difference. Rejected whole on any error, with the old
 /// config still serving; counted in `switchyard_config_reloads_total`.
@@ -65,16 +76,9 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
     let started = std::time::Instant::now();
     let result = match shared.config_path.clone() {
         None => Err(vec!["no config file to reload (demo mode)".into()]),
-        Some(path) => crate::config::load(&path)
+        Some(path) => load_checked(&path)
             .map_err(|e| e.iter().map(|e| e.render(&path.display().to_string())).collect::<Vec<_>>())
-            .and_then(|cfg| {
-                let probs = file_problems(&cfg, &path);
-                if probs.is_empty() {
-                    apply(shared, cfg)
-                } else {
-                    Err(probs.iter().map(|e| e.render(&path.display().to_string())).collect())
-                }
-            }),
+            .and_then(|(cfg, _)| apply(shared, cfg)),
     };
     crate::metrics::reload(result.is_ok());
     match &result {

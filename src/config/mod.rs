@@ -43,6 +43,11 @@ impl ConfigError {
 
 /// Reads and parses a config file; I/O errors are reported at 1:1.
 pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
+    read(path).map(|(_, cfg)| cfg)
+}
+
+/// Like [`load`], also returning the text that was parsed (read once).
+pub fn read(path: &std::path::Path) -> Result<(String, Config), Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             line: 1,
@@ -52,7 +57,8 @@ pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
         }]
     })?;
     let base = path.parent().map(PathBuf::from).unwrap_or_default();
-    parse(&text, &base)
+    let cfg = parse(&text, &base)?;
+    Ok((text, cfg))
 }
 
 /// The whole configuration of a running balancer.
