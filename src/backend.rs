@@ -310,6 +310,14 @@ impl ActiveGuard {
         ActiveGuard(b)
     }
 
+    /// Counts one plain HTTP request in flight on `b` (for balancing and caps; not a
+    /// connection in `switchyard_connections_total`).
+    pub fn request(b: Arc<Backend>) -> Self {
+        b.active.fetch_add(1, Relaxed);
+        b.metrics.active.increment(1.0);
+        ActiveGuard(b)
+    }
+
     /// The backend.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.0

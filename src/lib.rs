@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod handshake;
 pub mod health;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod rebalance;

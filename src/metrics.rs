@@ -16,6 +16,8 @@ pub fn install() -> Option<PrometheusHandle> {
             let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("switchyard_handshake_duration_seconds".into()), &buckets)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("switchyard_http_request_duration_seconds".into()), &buckets)
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -106,6 +108,29 @@ pub fn handshake_failure(reason: &'static str) {
 /// The handshake-duration histogram of a pool (client request received → 101 sent).
 pub fn handshake_histogram(pool: &str) -> metrics::Histogram {
     histogram!("switchyard_handshake_duration_seconds", "pool" => pool.to_string())
+}
+
+/// `switchyard_http_request_duration_seconds{pool}` handle (request received → response head).
+pub fn request_histogram(pool: &str) -> metrics::Histogram {
+    histogram!("switchyard_http_request_duration_seconds", "pool" => pool.to_string())
+}
+
+/// `switchyard_http_requests_total{pool,backend,status}` (status class `2xx`…`5xx`).
+pub fn http_request(pool: &str, backend: &str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!("switchyard_http_requests_total", "pool" => pool.to_string(), "backend" => backend.to_string(), "status" => class)
+        .increment(1);
+}
+
+/// `switchyard_sticky_total{pool,result}`.
+pub fn sticky(pool: &str, result: &'static str) {
+    counter!("switchyard_sticky_total", "pool" => pool.to_string(), "result" => result).increment(1);
 }
 
 /// Counts one config reload attempt.

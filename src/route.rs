@@ -3,8 +3,8 @@
 use crate::config::Route;
 use crate::handshake::header;
 
-/// Picks the pool for a request; `None` = 404.
-pub fn route<'r>(routes: &'r [Route], target: &str, host: &str, headers: &[httparse::Header<'_>]) -> Option<&'r str> {
+/// Picks the route (and so the pool) for a request; `None` = 404.
+pub fn route<'r>(routes: &'r [Route], target: &str, host: &str, headers: &[httparse::Header<'_>]) -> Option<&'r Route> {
     let path = target.split('?').next().unwrap_or(target);
     let host = strip_port(host);
     routes
@@ -17,7 +17,6 @@ pub fn route<'r>(routes: &'r [Route], target: &str, host: &str, headers: &[httpa
                     .as_ref()
                     .is_none_or(|hm| header(headers, &hm.name).is_some_and(|v| v == hm.value.as_bytes()))
         })
-        .map(|r| r.pool.as_str())
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -43,6 +42,7 @@ mod tests {
                     header: None,
                 },
                 pool: "chat".into(),
+                http: Default::default(),
             },
             Route {
                 matcher: RouteMatch {
@@ -53,6 +53,7 @@ mod tests {
                     ..Default::default()
                 },
                 pool: "tenant".into(),
+                http: Default::default(),
             },
             Route {
                 matcher: RouteMatch {
@@ -60,16 +61,18 @@ mod tests {
                     ..Default::default()
                 },
                 pool: "only".into(),
+                http: Default::default(),
             },
         ];
-        assert_eq!(route(&routes, "/chat/1?x", "Chat.Example.com:443", &[]), Some("chat"));
-        assert_eq!(route(&routes, "/chat", "other", &[]), None);
+        let pool = |target, host, h: &[httparse::Header<'_>]| route(&routes, target, host, h).map(|r| r.pool.clone());
+        assert_eq!(pool("/chat/1?x", "Chat.Example.com:443", &[]).as_deref(), Some("chat"));
+        assert_eq!(pool("/chat", "other", &[]), None);
         let h = [httparse::Header {
             name: "x-tenant",
             value: b"a",
         }];
-        assert_eq!(route(&routes, "/x", "h", &h), Some("tenant"));
-        assert_eq!(route(&routes, "/only/x", "h", &[]), Some("only"));
+        assert_eq!(pool("/x", "h", &h).as_deref(), Some("tenant"));
+        assert_eq!(pool("/only/x", "h", &[]).as_deref(), Some("only"));
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

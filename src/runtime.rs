@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendState};
-use crate::balance::{self, Balancer};
+use crate::balance::sticky::{Sticky, StickyResult};
+use crate::balance::{self, Balancer, PickContext};
 use crate::clock;
 use crate::config::{Config, PoolConfig};
 
@@ -26,6 +27,10 @@ pub struct Pool {
     pub balancer: Box<dyn Balancer>,
     /// `switchyard_handshake_duration_seconds{pool}`, looked up once.
     pub handshake_duration: metrics::Histogram,
+    /// `switchyard_http_request_duration_seconds{pool}`, looked up once.
+    pub request_duration: metrics::Histogram,
+    /// Cookie stickiness, when the pool has `sticky`.
+    pub sticky: Option<Sticky>,
     tls: HashMap<String, BackendTlsConnector>,
 }
 
@@ -42,6 +47,37 @@ impl Pool {
     /// TLS connector and server name for a backend with `tls` set.
     pub fn tls_for(&self, address: &str) -> Option<&BackendTlsConnector> {
         self.tls.get(address)
+    }
+
+    /// Chooses a backend for a request: the one its sticky cookie names while that one is
+    /// eligible, else the pool's algorithm. The second value says how stickiness went
+    /// (`None` for a pool without it).
+    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<(usize, Option<StickyResult>)> {
+        let Some(sticky) = &self.sticky else {
+            return self.balancer.pick(&self.backends, ctx).map(|i| (i, None));
+        };
+        let named = sticky.lookup(ctx.headers);
+        if let Some(Some(i)) = named {
+            if self.backends.get(i).is_some_and(|b| ctx.eligible(i, b)) {
+                return Some((i, Some(StickyResult::Hit)));
+            }
+        }
+        let i = self.balancer.pick(&self.backends, ctx)?;
+        let result = if named.is_some() || !ctx.exclude.is_empty() {
+            StickyResult::Reassigned
+        } else {
+            StickyResult::Assigned
+        };
+        Some((i, Some(result)))
+    }
+
+    /// The `Set-Cookie` value to send with a response from backend `i`, when stickiness
+    /// assigned or reassigned it.
+    pub fn sticky_cookie(&self, i: usize, result: Option<StickyResult>, secure: bool) -> Option<String> {
+        match (result?, &self.sticky) {
+            (StickyResult::Hit, _) | (_, None) => None,
+            (_, Some(s)) => Some(s.set_cookie(i, secure)),
+        }
     }
 
     /// A backend by address.
@@ -106,10 +142,13 @@ impl Runtime {
                 backends.push(b);
             }
             let balancer = balance::build(pc, &backends);
+            let sticky = pc.sticky.as_ref().map(|s| Sticky::new(s, &backends));
             pools.insert(
                 name.clone(),
                 Arc::new(Pool {
                     handshake_duration: crate::metrics::handshake_histogram(&pname),
+                    request_duration: crate::metrics::request_histogram(&pname),
+                    sticky,
                     name: pname,
                     config: pc.clone(),
                     backends,

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::backend::{ActiveGuard, Backend};
 use crate::balance::{exhaustion_reason, PickContext};
 use crate::clock;
-use crate::handshake::{accept_key, has_token, header, read_head};
+use crate::handshake::{accept_key, any_has_token, header, read_head};
 use crate::limits::ShedReason;
 use crate::runtime::Pool;
 use crate::stream::Stream;
@@ -47,6 +47,10 @@ pub struct Upstream {
     pub guard: ActiveGuard,
     /// RSV bits the negotiated extensions use.
     pub rsv_allowed: u8,
+    /// The backend's index in its pool.
+    pub index: usize,
+    /// How stickiness chose, for a sticky pool.
+    pub sticky: Option<crate::balance::sticky::StickyResult>,
 }
 
 /// What the client asked, as the upstream needs it.
@@ -80,7 +84,7 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
             headers: req.headers,
             exclude: &tried,
         };
-        let Some(i) = pool.balancer.pick(&pool.backends, &ctx) else {
+        let Some((i, sticky)) = pool.pick(&ctx) else {
             if tried.is_empty() {
                 return Err(UpstreamError::Exhausted(ShedReason::from_label(exhaustion_reason(
                     &pool.backends,
@@ -108,6 +112,8 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
                             head_len,
                             guard,
                             rsv_allowed,
+                            index: i,
+                            sticky,
                         });
                     }
                     Err(why) => {
@@ -138,6 +144,15 @@ async fn attempt(pool: &Pool, backend: &Arc<Backend>, head: &[u8]) -> std::io::R
     stream.write_all(head).await?;
     let (buf, end) = read_head(&mut stream, MAX_RESPONSE_HEAD).await.map_err(std::io::Error::other)?;
     Ok((stream, buf, end))
+}
+
+/// Is a connect error the balancer's own (out of descriptors, buffers or ports) rather
+/// than the backend's? Those never count against the backend's health.
+pub fn is_local_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// TCP (and TLS when configured) connection to a backend.
@@ -202,10 +217,10 @@ fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, &'static str> {
         return Err("status is not 101");
     }
     let headers: &[httparse::Header<'_>] = resp.headers;
-    if !header(headers, "upgrade").is_some_and(|v| has_token(v, "websocket")) {
+    if !any_has_token(headers, "upgrade", "websocket") {
         return Err("missing Upgrade: websocket");
     }
-    if !header(headers, "connection").is_some_and(|v| has_token(v, "upgrade")) {
+    if !any_has_token(headers, "connection", "upgrade") {
         return Err("missing Connection: upgrade");
     }
     if header(headers, "sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(&expected_accept[..]) {

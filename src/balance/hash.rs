@@ -83,6 +83,7 @@ impl ConsistentHash {
             HashKey::Cookie(name) => cookie(ctx, name),
             HashKey::Query(name) => query(ctx.target, name),
             HashKey::Path => Some(path(ctx.target).as_bytes()),
+            HashKey::PathSegment(n) => path_segment(ctx.target, *n),
         };
         match key.filter(|k| !k.is_empty()) {
             Some(k) => hash_bytes(k),
@@ -150,7 +151,12 @@ fn header<'a>(ctx: &PickContext<'a>, name: &str) -> Option<&'a [u8]> {
 /// The value of cookie `name` (case-sensitive, RFC 6265 §5.4) from any `Cookie` header,
 /// surrounding quotes removed.
 fn cookie<'a>(ctx: &PickContext<'a>, name: &str) -> Option<&'a [u8]> {
-    ctx.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")).find_map(|h| {
+    cookie_value(ctx.headers, name)
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers (quotes removed).
+pub fn cookie_value<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")).find_map(|h| {
         h.value.split(|&c| c == b';').find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&c| c == b'=')?;
@@ -169,6 +175,11 @@ fn query<'a>(target: &'a str, name: &str) -> Option<&'a [u8]> {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         (n == name && !v.is_empty()).then_some(v.as_bytes())
     })
+}
+
+/// The `n`-th segment of the path (from 1): `/sockjs/123/abcd/xhr`, 3 → `abcd`.
+fn path_segment(target: &str, n: usize) -> Option<&[u8]> {
+    path(target).split('/').filter(|s| !s.is_empty()).nth(n.checked_sub(1)?).map(str::as_bytes)
 }
 
 /// The request target without query or fragment.
@@ -213,6 +224,17 @@ fn hash_ip(ip: IpAddr) -> u64 {
 /// A hash as a fraction in [0, 1).
 fn unit(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod segment_tests {
+    #[test]
+    fn path_segments_count_from_one() {
+        assert_eq!(super::path_segment("/echo/123/abc/xhr_streaming?t=1", 3), Some(&b"abc"[..]));
+        assert_eq!(super::path_segment("/echo/123/abc/xhr", 1), Some(&b"echo"[..]));
+        assert_eq!(super::path_segment("/echo", 2), None);
+        assert_eq!(super::path_segment("/a", 0), None);
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod power_of_two;
 mod random;
 mod round_robin;
 mod select;
+pub mod sticky;
 
 pub use custom_load::{parse_report, CustomLoad, Report};
 pub use hash::ConsistentHash;

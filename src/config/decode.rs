@@ -25,6 +25,9 @@ const LIMITS_KEYS: &[&str] = &[
     "ping_timeout",
     "drain_timeout",
     "tls_handshake_timeout",
+    "request_timeout",
+    "max_request_body_bytes",
+    "keepalive_timeout",
 ];
 /// Close codes a peer must never send (RFC 6455 §7.4.1).
 const RESERVED_CLOSE_CODES: [u64; 4] = [1004, 1005, 1006, 1015];
@@ -247,7 +250,7 @@ fn decode_routes<'a>(ctx: &mut Ctx, node: &'a Node, listener: &str, pool_refs: &
     let mut catch_all: Option<usize> = None;
     for (i, item) in items.iter().enumerate() {
         let what = format!("{listener}.routes[{i}]");
-        let Some(f) = ctx.fields(item, &what, &["match", "pool"]) else {
+        let Some(f) = ctx.fields(item, &what, &["match", "pool", "http"]) else {
             continue;
         };
         if let Some(line) = catch_all {
@@ -268,8 +271,12 @@ fn decode_routes<'a>(ctx: &mut Ctx, node: &'a Node, listener: &str, pool_refs: &
         if matcher.as_ref().is_some_and(|m| *m == RouteMatch::default()) && catch_all.is_none() {
             catch_all = Some(item.line);
         }
-        if let (Some(matcher), Some(pool)) = (matcher, pool) {
-            routes.push(Route { matcher, pool });
+        let http = match f.get("http") {
+            Some(n) => ctx.choice(n, "http", &[("proxy", HttpMode::Proxy), ("reject", HttpMode::Reject)]),
+            None => Some(HttpMode::Proxy),
+        };
+        if let (Some(matcher), Some(pool), Some(http)) = (matcher, pool, http) {
+            routes.push(Route { matcher, pool, http });
         }
     }
     (routes.len() == items.len()).then_some(routes)
@@ -349,6 +356,15 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
     }
     if let Some((n, w)) = get("tls_handshake_timeout") {
         set(&mut l.tls_handshake_timeout, ctx.positive_duration(n, &w));
+    }
+    if let Some((n, w)) = get("request_timeout") {
+        set(&mut l.request_timeout, ctx.positive_duration(n, &w));
+    }
+    if let Some((n, w)) = get("max_request_body_bytes") {
+        set(&mut l.max_request_body_bytes, ctx.size(n, &w));
+    }
+    if let Some((n, w)) = get("keepalive_timeout") {
+        set(&mut l.keepalive_timeout, ctx.positive_duration(n, &w));
     }
     l
 }

@@ -22,6 +22,14 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `limits.tls_handshake_timeout`.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `limits.request_timeout` (plain HTTP: wait for the response head).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// `limits.max_request_body_bytes` (plain HTTP).
+pub const MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// `limits.keepalive_timeout` (plain HTTP: idle client keep-alive connection).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `pools.*.sticky.secret` when absent: stable across instances, but guessable.
+pub const STICKY_SECRET: &str = "switchyard";
 /// `shedding.close_code`.
 pub const SHED_CLOSE_CODE: u16 = 1013;
 /// `shedding.retry_hint`.

@@ -118,6 +118,18 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// Name of the pool (validated to exist).
     pub pool: String,
+    /// What happens to plain HTTP requests (no `Upgrade: websocket`) on this route.
+    pub http: HttpMode,
+}
+
+/// `routes[].http`: plain HTTP on a WebSocket listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpMode {
+    /// Forwarded to the route's pool (keep-alive, bodies streamed).
+    #[default]
+    Proxy,
+    /// Refused with `400`, as for a malformed upgrade.
+    Reject,
 }
 
 /// Route conditions.
@@ -210,6 +222,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// How many backends are tried for one client before giving up.
     pub max_attempts: u32,
+    /// Cookie-based stickiness; `None` = off.
+    pub sticky: Option<StickyConfig>,
 }
 
 /// Where the hash key comes from.
@@ -225,6 +239,17 @@ pub enum HashKey {
     Query(String),
     /// The request path (without query).
     Path,
+    /// The N-th segment of the path, counting from 1 (`/a/b/c`: 2 is `b`).
+    PathSegment(usize),
+}
+
+/// `sticky:` settings: a cookie set by the balancer pins a client to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// Cookie name.
+    pub cookie: String,
+    /// Keys the opaque cookie value, so every instance with the same config agrees.
+    pub secret: String,
 }
 
 /// `hash:` settings.
@@ -331,6 +356,12 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// TLS handshake must finish by then.
     pub tls_handshake_timeout: Duration,
+    /// Plain HTTP: the backend's response head must arrive by then (`504` if not).
+    pub request_timeout: Duration,
+    /// Plain HTTP: largest request body (`413` over it).
+    pub max_request_body_bytes: u64,
+    /// Plain HTTP: an idle keep-alive client connection is closed after this.
+    pub keepalive_timeout: Duration,
 }
 
 /// `shedding:`.
@@ -385,6 +416,9 @@ impl Default for Limits {
             ping_timeout: defaults::PING_TIMEOUT,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             tls_handshake_timeout: defaults::TLS_HANDSHAKE_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_request_body_bytes: defaults::MAX_REQUEST_BODY_BYTES,
+            keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
         }
     }
 }

@@ -20,6 +20,7 @@ const POOL_KEYS: &[&str] = &[
     "rebalance",
     "connect_timeout",
     "max_attempts",
+    "sticky",
 ];
 const CHECK_KINDS: [(&str, CheckKind); 3] = [
     ("tcp", CheckKind::Tcp),
@@ -82,7 +83,11 @@ fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<Po
         rebalance: RebalanceConfig::default(),
         connect_timeout: defaults::CONNECT_TIMEOUT,
         max_attempts: defaults::MAX_ATTEMPTS,
+        sticky: None,
     };
+    if let Some(n) = f.get("sticky") {
+        set(&mut pool.sticky, decode_sticky(ctx, n, &what).map(Some));
+    }
     if let Some(n) = f.get("slow_start") {
         set(&mut pool.slow_start, ctx.optional_duration(n, &format!("{what}.slow_start")));
     }
@@ -169,8 +174,40 @@ fn decode_hash(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HashConfig> {
     })
 }
 
+fn decode_sticky(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<StickyConfig> {
+    let what = format!("{pool}.sticky");
+    let f = ctx.fields(node, &what, &["cookie", "secret"])?;
+    let cookie = ctx
+        .required(&f, "cookie", &what)
+        .and_then(|n| ctx.name(n, &format!("{what}.cookie")).map(|c| (n, c)))
+        .and_then(|(n, c)| {
+            // RFC 6265 §4.1.1: a cookie name is an HTTP token.
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if c.bytes().all(token) {
+                Some(c)
+            } else {
+                ctx.error(n, format!("{what}.cookie `{c}` is not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"));
+                None
+            }
+        });
+    let secret = match f.get("secret") {
+        Some(n) => ctx.string(n, &format!("{what}.secret")),
+        None => Some(defaults::STICKY_SECRET.to_string()),
+    };
+    Some(StickyConfig {
+        cookie: cookie?,
+        secret: secret?,
+    })
+}
+
 fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
-    let forms = ["client_ip", "path", "header:NAME", "cookie:NAME", "query:NAME"];
+    let forms = ["client_ip", "path", "path_segment:N", "header:NAME", "cookie:NAME", "query:NAME"];
+    if let Some(n) = text.strip_prefix("path_segment:") {
+        return match n.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(HashKey::PathSegment(n)),
+            _ => Err((format!("hash key `{text}` needs a segment number from 1 (e.g. `path_segment:3`)"), None)),
+        };
+    }
     if let Some((source, name)) = text.split_once(':') {
         let make: Option<fn(String) -> HashKey> = match source {
             "header" => Some(HashKey::Header),

@@ -27,8 +27,13 @@ pub enum Refusal {
     Timeout,
     /// 431: the head is larger than `max_request_header_bytes` (or has too many headers).
     HeadTooLarge,
-    /// 502: the backend answered something other than a valid 101.
+    /// 502: the backend answered something other than a valid 101 (or, for plain HTTP,
+    /// no valid response).
     BadGateway(&'static str),
+    /// 413: a plain request's body is over `max_request_body_bytes`.
+    BodyTooLarge,
+    /// 504: no response head from the backend within `request_timeout` (plain HTTP).
+    GatewayTimeout,
     /// 503 with `Retry-After`: over the hard ceiling of pending connections.
     Overloaded {
         /// Seconds for `Retry-After`.
@@ -46,8 +51,10 @@ impl Refusal {
             Refusal::Timeout => (408, "Request Timeout"),
             Refusal::UnsupportedVersion => (426, "Upgrade Required"),
             Refusal::HeadTooLarge => (431, "Request Header Fields Too Large"),
+            Refusal::BodyTooLarge => (413, "Content Too Large"),
             Refusal::BadGateway(_) => (502, "Bad Gateway"),
             Refusal::Overloaded { .. } => (503, "Service Unavailable"),
+            Refusal::GatewayTimeout => (504, "Gateway Timeout"),
         }
     }
 
@@ -62,13 +69,14 @@ impl Refusal {
             Refusal::HeadTooLarge => "too_large",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Overloaded { .. } => "overloaded",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::GatewayTimeout => "gateway_timeout",
         }
     }
 
-    /// The whole HTTP response, `Connection: close`.
-    pub fn response(&self) -> String {
-        let (code, phrase) = self.status();
-        let body = match self {
+    /// The body text of the answer.
+    pub fn body(&self) -> String {
+        match self {
             Refusal::BadRequest(why) => format!("bad request: {why}\n"),
             Refusal::UnsupportedVersion => "unsupported Sec-WebSocket-Version; this server speaks 13\n".into(),
             Refusal::ForbiddenOrigin => "origin not allowed\n".into(),
@@ -77,7 +85,15 @@ impl Refusal {
             Refusal::HeadTooLarge => "request head too large\n".into(),
             Refusal::BadGateway(why) => format!("bad gateway: {why}\n"),
             Refusal::Overloaded { .. } => "overloaded, try again later\n".into(),
-        };
+            Refusal::BodyTooLarge => "request body too large\n".into(),
+            Refusal::GatewayTimeout => "the backend did not answer in time\n".into(),
+        }
+    }
+
+    /// The whole HTTP response, `Connection: close`.
+    pub fn response(&self) -> String {
+        let (code, phrase) = self.status();
+        let body = self.body();
         let extra = match self {
             Refusal::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n".to_string(),
             Refusal::Overloaded { retry_after_s } => format!("Retry-After: {retry_after_s}\r\n"),
@@ -115,6 +131,24 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Does any `name` header line list `token`? Several lines of one header are one
+/// comma-separated list (RFC 9110 §5.3): `Connection: keep-alive` and `Connection: Upgrade`
+/// on two lines hold `upgrade`.
+pub fn any_has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case(name) && has_token(h.value, token))
+}
+
+/// Is this request a WebSocket handshake attempt: an `Upgrade` list naming `websocket`, or
+/// a `Sec-WebSocket-Key` or `-Version`? Those take the WebSocket path, where a malformed one
+/// gets the `400` naming its header; anything else is plain HTTP.
+pub fn wants_websocket(headers: &[httparse::Header<'_>]) -> bool {
+    any_has_token(headers, "upgrade", "websocket")
+        || header(headers, "sec-websocket-key").is_some()
+        || header(headers, "sec-websocket-version").is_some()
+}
+
 /// Checks a parsed request against RFC 6455 §4.2.1 and the contract's table.
 pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refusal> {
     if req.method != Some("GET") {
@@ -126,10 +160,10 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
         .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|h| !h.trim().is_empty())
         .ok_or(Refusal::BadRequest("missing Host header"))?;
-    if !header(headers, "upgrade").is_some_and(|v| has_token(v, "websocket")) {
+    if !any_has_token(headers, "upgrade", "websocket") {
         return Err(Refusal::BadRequest("missing or invalid Upgrade header (need: websocket)"));
     }
-    if !header(headers, "connection").is_some_and(|v| has_token(v, "upgrade")) {
+    if !any_has_token(headers, "connection", "upgrade") {
         return Err(Refusal::BadRequest("missing or invalid Connection header (need: Upgrade)"));
     }
     let key = header(headers, "sec-websocket-key")
@@ -199,6 +233,14 @@ mod tests {
         }
         assert_eq!(check(&GOOD.replace("Version: 13", "Version: 8")), Err(Refusal::UnsupportedVersion));
         assert!(Refusal::UnsupportedVersion.response().contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn header_lists_span_lines() {
+        let two_lines = GOOD.replace("Connection: keep-alive, Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
+        assert_eq!(check(&two_lines).unwrap(), "/chat?x=1");
+        let split_upgrade = GOOD.replace("Upgrade: WebSocket\r\n", "Upgrade: h2c\r\nUpgrade: websocket\r\n");
+        assert_eq!(check(&split_upgrade).unwrap(), "/chat?x=1");
     }
 
     #[test]

@@ -180,6 +180,12 @@ pub fn retry_reason(hint: Duration) -> String {
     format!("try again in {s:.1}s")
 }
 
+/// `Retry-After` seconds for a plain HTTP `503`: the retry hint jittered ±30 %, at least 1.
+pub fn retry_after_secs(hint: Duration) -> u64 {
+    let s = hint.as_secs_f64().max(1.0) * rand::random_range(0.7..1.3);
+    (s.round() as u64).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
-//! The life of one client connection: admission, TLS, the handshake, the backend, the
-//! relay, and the access-log line at the end. Every client-visible refusal goes through
-//! [`refuse`] (an HTTP status) or [`shed`] (a completed handshake and a close code).
+//! The life of one client connection up to the fork: admission, TLS, the first request
+//! head, then either the WebSocket path ([`super::upgrade`]: a backend's 101 and the
+//! frame relay) or the plain HTTP path ([`super::plain`]: hyper, keep-alive, requests
+//! forwarded one by one, possibly an upgrade later). Every raw client-visible refusal goes
+//! through [`refuse`] (an HTTP status) or [`shed`] (a completed handshake and a close code).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,31 +12,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conns::Registration;
+use super::upgrade::{self, Admit, Answer};
 use super::Shared;
 use crate::backend::ActiveGuard;
-use crate::clock;
 use crate::config::Shedding;
-use crate::handshake::{accept_key, header, origin_allowed, read_head, validate, HeadError, Refusal, MAX_HEADERS};
+use crate::handshake::{accept_key, header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
 use crate::limits::{retry_reason, ShedReason, Slot};
 use crate::metrics::{self, CloseOrigin};
-use crate::relay::{Relay, RelaySettings};
-use crate::route::route;
+use crate::relay::Relay;
 use crate::runtime::Runtime;
 use crate::stream::Stream;
-use crate::upstream::{self, ClientRequest, UpstreamError};
 use crate::ws::frame::ControlFrame;
 
 /// After a refusal or a shed close, how long the client gets to read it and go.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// A connection whose handshake succeeded on both sides.
-struct Ready {
-    relay: Relay,
-    reg: Registration,
-    _slot: Slot,
-    _guard: ActiveGuard,
-    started: Instant,
-    access_log: bool,
+pub(super) struct Ready {
+    pub relay: Relay,
+    pub reg: Registration,
+    /// The admission slot (held by the plain HTTP path instead when it upgraded).
+    pub _slot: Option<Slot>,
+    pub _guard: ActiveGuard,
+    pub started: Instant,
+    pub access_log: bool,
+}
+
+/// What the first request of a connection turned out to be.
+enum Fork {
+    /// A WebSocket upgrade, ready to relay.
+    Relay(Ready),
+    /// Plain HTTP: hyper serves the connection from the first byte read.
+    Plain { stream: Stream, read: Vec<u8>, slot: Slot },
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -42,9 +51,15 @@ pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, pe
     let _ = sock.set_nodelay(true);
     // The handshake future is boxed: its buffers and header table must not stay in the
     // long-lived task's allocation while the connection relays for hours.
-    let Some(ready) = Box::pin(handshake(&shared, &listener, sock, peer)).await else {
-        return;
-    };
+    match Box::pin(first_request(&shared, &listener, sock, peer)).await {
+        None => {}
+        Some(Fork::Relay(ready)) => relay(ready, peer, &listener).await,
+        Some(Fork::Plain { stream, read, slot }) => super::plain::serve(shared, listener, stream, read, slot, peer).await,
+    }
+}
+
+/// Relays frames until the connection ends, then writes its access-log line.
+pub(super) async fn relay(ready: Ready, peer: SocketAddr, listener: &str) {
     let Ready {
         relay,
         reg,
@@ -72,20 +87,14 @@ pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, pe
     }
 }
 
-async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, peer: SocketAddr) -> Option<Ready> {
+async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, peer: SocketAddr) -> Option<Fork> {
     let started = Instant::now();
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
     let Some(pending) = shared.admission.accept(limits) else {
         let mut s = Stream::Tcp(sock);
-        refuse(
-            &mut s,
-            Refusal::Overloaded {
-                retry_after_s: rt.config.shedding.retry_hint.as_secs().max(1),
-            },
-        )
-        .await;
-        return None;
+        let retry_after_s = rt.config.shedding.retry_hint.as_secs().max(1);
+        return refuse(&mut s, Refusal::Overloaded { retry_after_s }).await;
     };
     let lcfg = rt.config.listeners.iter().find(|l| *l.name == **listener)?;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
@@ -120,85 +129,45 @@ async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, p
         Err(httparse::Error::TooManyHeaders) => return refuse(&mut stream, Refusal::HeadTooLarge).await,
         _ => return refuse(&mut stream, Refusal::BadRequest("malformed request head")).await,
     }
-    let up = match validate(&req) {
-        Ok(u) => u,
-        Err(r) => return refuse(&mut stream, r).await,
-    };
-    if !origin_allowed(lcfg.allowed_origins.as_deref(), up.origin) {
-        return refuse(&mut stream, Refusal::ForbiddenOrigin).await;
+    if !wants_websocket(req.headers) {
+        // The fork: plain HTTP. Ambiguous framing is refused before anything is forwarded;
+        // the rest (routing, `http: reject`, bodies) is per request, in `plain`.
+        if let Err(s) = crate::http::headers::check_framing(req.headers) {
+            return refuse(&mut stream, Refusal::BadRequest(s.reason())).await;
+        }
+        return match shared.admission.admit(pending, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms()) {
+            Ok(slot) => Some(Fork::Plain { stream, read: buf, slot }),
+            Err(reason) => {
+                metrics::shed(reason.label());
+                let retry_after_s = crate::limits::retry_after_secs(rt.config.shedding.retry_hint);
+                refuse(&mut stream, Refusal::Overloaded { retry_after_s }).await
+            }
+        };
     }
-    let headers: &[httparse::Header<'_>] = req.headers;
-    let Some(pool) = route(&lcfg.routes, up.target, up.host, headers).and_then(|p| rt.pools.get(p)) else {
-        return refuse(&mut stream, Refusal::NoRoute).await;
+    let key = header(req.headers, "sec-websocket-key").and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("").trim();
+    let prepared = match upgrade::prepare(shared, &rt, lcfg, &req, peer, stream.is_tls(), Admit::Pending(pending)).await {
+        Ok(p) => p,
+        Err(Answer::Refuse(r)) => return refuse(&mut stream, r).await,
+        Err(Answer::Shed(reason)) => return shed(&mut stream, key, req.headers, reason, &rt.config.shedding).await,
     };
-    let slot = match shared
-        .admission
-        .admit(pending, limits, &rt.config.shedding, &shared.conns, clock::now_ms())
-    {
-        Ok(s) => s,
-        Err(reason) => return shed(&mut stream, up.key, headers, reason, &rt.config.shedding).await,
-    };
-    let creq = ClientRequest {
-        headers,
-        target: up.target,
-        host: up.host,
-        key: up.key,
-        peer,
-        tls: stream.is_tls(),
-    };
-    let upstream = match upstream::open(pool, &creq).await {
-        Ok(u) => u,
-        Err(UpstreamError::Exhausted(reason)) => return shed(&mut stream, up.key, headers, reason, &rt.config.shedding).await,
-        Err(UpstreamError::BadGateway(why)) => return refuse(&mut stream, Refusal::BadGateway(why)).await,
-    };
-    if stream.write_all(&upstream.response[..upstream.head_len]).await.is_err() {
+    let head = prepared.response_head();
+    if stream.write_all(&head).await.is_err() {
         return None;
     }
-    pool.handshake_duration.record(started.elapsed().as_secs_f64());
-    let now = clock::now_ms();
-    let reg = shared.conns.register(upstream.guard.backend().clone(), listener.clone(), now);
-    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        reg.shared.request_close(now, crate::ws::CloseCode::GoingAway.code());
-    }
-    let settings = RelaySettings {
-        idle_timeout: limits.idle_timeout,
-        ping_interval: limits.ping_interval,
-        ping_timeout: limits.ping_timeout,
-        max_message: limits.max_message_bytes,
-        rsv_allowed: upstream.rsv_allowed,
-    };
-    let relay = Relay::new(
-        stream,
-        upstream.stream,
-        reg.shared.clone(),
-        settings,
-        &buf[end..],
-        &upstream.response[upstream.head_len..],
-    )?;
-    Some(Ready {
-        relay,
-        reg,
-        _slot: slot,
-        _guard: upstream.guard,
-        started,
-        access_log: rt.config.process.access_log,
-    })
+    upgrade::start(shared, &rt, listener, stream, prepared, &buf[end..], started).map(Fork::Relay)
 }
 
 /// Answers with an HTTP error and closes (after letting the client read it).
-async fn refuse(stream: &mut Stream, r: Refusal) -> Option<Ready> {
+async fn refuse<T>(stream: &mut Stream, r: Refusal) -> Option<T> {
     metrics::handshake_failure(r.metric_reason());
-    tracing::debug!(status = r.status().0, "handshake refused");
+    tracing::debug!(status = r.status().0, "request refused");
     let _ = stream.write_all(r.response().as_bytes()).await;
     linger(stream).await;
     None
 }
 
-/// Completes the handshake itself and closes with `shedding.close_code` and a jittered
-/// retry hint, so well-behaved clients back off with spread.
-async fn shed(stream: &mut Stream, key: &str, headers: &[httparse::Header<'_>], reason: ShedReason, shedding: &Shedding) -> Option<Ready> {
-    metrics::shed(reason.label());
-    metrics::close_code(shedding.close_code, CloseOrigin::Proxy);
+/// The 101 with which the balancer completes a shed handshake itself.
+pub(super) fn shed_head(key: &str, headers: &[httparse::Header<'_>]) -> Vec<u8> {
     let accept = accept_key(key);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
@@ -212,9 +181,23 @@ async fn shed(stream: &mut Stream, key: &str, headers: &[httparse::Header<'_>], 
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let reason_text = retry_reason(shedding.retry_hint);
-    out.extend_from_slice(ControlFrame::close(shedding.close_code, &reason_text, None).as_bytes());
+    out
+}
+
+/// The close frame of a shed connection, with a jittered retry hint.
+pub(super) fn shed_close(reason: ShedReason, shedding: &Shedding) -> Vec<u8> {
+    metrics::shed(reason.label());
+    metrics::close_code(shedding.close_code, CloseOrigin::Proxy);
     tracing::debug!(reason = reason.label(), "connection shed");
+    let reason_text = retry_reason(shedding.retry_hint);
+    ControlFrame::close(shedding.close_code, &reason_text, None).as_bytes().to_vec()
+}
+
+/// Completes the handshake itself and closes with `shedding.close_code` and a jittered
+/// retry hint, so well-behaved clients back off with spread.
+async fn shed<T>(stream: &mut Stream, key: &str, headers: &[httparse::Header<'_>], reason: ShedReason, shedding: &Shedding) -> Option<T> {
+    let mut out = shed_head(key, headers);
+    out.extend_from_slice(&shed_close(reason, shedding));
     let _ = stream.write_all(&out).await;
     linger(stream).await;
     None
@@ -222,7 +205,7 @@ async fn shed(stream: &mut Stream, key: &str, headers: &[httparse::Header<'_>], 
 
 /// Half-closes and reads what the client still sends for a bounded time, so the kernel
 /// does not reset the connection under the answer we just wrote.
-async fn linger(stream: &mut Stream) {
+pub(super) async fn linger(stream: &mut Stream) {
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 512];

@@ -6,6 +6,8 @@
 //! health checks, samplers and reloads. Shared state is atomics plus an `ArcSwap<Runtime>`.
 
 mod connection;
+mod plain;
+mod upgrade;
 pub mod conns;
 
 use std::net::SocketAddr;
@@ -40,6 +42,11 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Set once shutdown began (`/healthz` answers 503).
     pub draining: AtomicBool,
+    /// Woken when shutdown begins: plain HTTP keep-alive connections close after their
+    /// current request.
+    pub drain_started: tokio::sync::Notify,
+    /// Idle keep-alive connections to backends, for plain HTTP.
+    pub http_clients: Arc<crate::http::ClientPool>,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
     /// Bound listeners (changed by reloads).
@@ -208,6 +215,8 @@ impl Server {
             conns: Arc::new(ConnTable::default()),
             admission: Arc::new(Admission::default()),
             draining: AtomicBool::new(false),
+            drain_started: tokio::sync::Notify::new(),
+            http_clients: Arc::new(crate::http::ClientPool::default()),
             config_path,
             listeners: std::sync::Mutex::new(Vec::new()),
             workers: senders,
@@ -284,6 +293,7 @@ impl Server {
     /// Blocking; call from a non-async context or `spawn_blocking`.
     pub fn shutdown(mut self, force: Option<std::sync::mpsc::Receiver<()>>) {
         self.shared.draining.store(true, Relaxed);
+        self.shared.drain_started.notify_waiters();
         let _ = self.phase.send(STOP_ACCEPTING);
         let drain = self.shared.runtime.load().config.limits.drain_timeout;
         let now = clock::now_ms();

@@ -2,6 +2,8 @@
 //! the balancer started in-process from YAML on port 0. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,99 @@
+//! Keep-alive connections to backends for plain HTTP (hyper's HTTP/1.1 client). A
+//! connection is opened like an upgrade's (`upstream::connect`: bounded, TLS when the
+//! backend has it), used for one request at a time, and put back once its response is
+//! complete. Idle connections are kept per backend address, at most [`MAX_IDLE_PER_BACKEND`]
+//! of them, and never reused after [`IDLE_TTL`] (backends close idle keep-alive
+//! connections themselves; Node's default is 5 s).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+use super::Body;
+use crate::backend::Backend;
+use crate::runtime::Pool;
+
+/// Most idle connections kept for one backend.
+pub const MAX_IDLE_PER_BACKEND: usize = 64;
+/// An idle connection older than this is closed instead of reused.
+pub const IDLE_TTL: Duration = Duration::from_secs(4);
+/// Largest response head (and read buffer) accepted from a backend.
+const MAX_BUF: usize = 64 * 1024;
+
+/// One backend connection, ready for a request.
+pub struct Conn {
+    /// Sends requests on it.
+    pub sender: SendRequest<Body>,
+    /// It came from the idle list (so it may have been closed by the backend meanwhile).
+    pub reused: bool,
+}
+
+/// Idle keep-alive connections by backend address.
+#[derive(Default)]
+pub struct ClientPool {
+    idle: Mutex<HashMap<String, Vec<(SendRequest<Body>, Instant)>>>,
+    /// Connections opened so far (for tests and the admin API).
+    opened: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for ClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPool").finish_non_exhaustive()
+    }
+}
+
+impl ClientPool {
+    /// An idle connection to `backend`, if one is still open and fresh.
+    pub fn take(&self, backend: &Backend) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(&backend.address)?;
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < IDLE_TTL && !sender.is_closed() && sender.is_ready() {
+                return Some(Conn { sender, reused: true });
+            }
+        }
+        None
+    }
+
+    /// Opens a new connection to `backend` (connect errors are the caller's to count).
+    pub async fn open(&self, pool: &Pool, backend: &Backend) -> std::io::Result<Conn> {
+        let stream = crate::upstream::connect(pool, backend).await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(MAX_BUF)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("backend HTTP connection ended: {e}");
+            }
+        });
+        self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Conn { sender, reused: false })
+    }
+
+    /// Puts `sender` back once its current response is complete (it is dropped, closing the
+    /// connection, if the backend closes it or the idle list is full).
+    pub fn give_back(self: &Arc<Self>, address: String, mut sender: SendRequest<Body>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Ok(mut idle) = pool.idle.lock() else { return };
+            let list = idle.entry(address).or_default();
+            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TTL);
+            if list.len() < MAX_IDLE_PER_BACKEND {
+                list.push((sender, Instant::now()));
+            }
+        });
+    }
+
+    /// Backend connections opened since start.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,181 @@
+//! Header rewriting for forwarded plain HTTP: hop-by-hop fields removed in both directions
+//! (RFC 9110 §7.6.1), `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239)
+//! added to requests as for upgrades, and the framing checks that refuse request smuggling
+//! (RFC 9112 §6.1, §6.3).
+
+use std::net::IpAddr;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+
+/// Hop-by-hop fields, never forwarded (plus any the `Connection` header names).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Answered by the proxy's own HTTP server (hyper sends `100 Continue`).
+    "expect",
+];
+
+/// Removes hop-by-hop fields and the fields named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// Adds the client's address and scheme: `X-Forwarded-For` (appended to the list),
+/// `X-Forwarded-Proto` (replaced: a client must not choose it) and `Forwarded`.
+pub fn add_forwarded(headers: &mut HeaderMap, ip: IpAddr, tls: bool, host: &str) {
+    let proto = if tls { "https" } else { "http" };
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let elem = format!("for={node};proto={proto};host=\"{}\"", host.replace('"', ""));
+    let fwd = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {elem}"),
+        None => elem,
+    };
+    let mut set = |name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-forwarded-for", xff);
+    set("x-forwarded-proto", proto.to_string());
+    set("forwarded", fwd);
+}
+
+/// Why a request's framing is refused (each is a `400` and the connection closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Smuggling {
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    LengthAndChunked,
+    /// Two `Content-Length` values that differ (or one that is not a number).
+    BadLength,
+    /// A `Transfer-Encoding` whose last coding is not `chunked`.
+    BadTransferEncoding,
+}
+
+impl Smuggling {
+    /// The body of the `400`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Smuggling::LengthAndChunked => "both Content-Length and Transfer-Encoding",
+            Smuggling::BadLength => "invalid or conflicting Content-Length",
+            Smuggling::BadTransferEncoding => "Transfer-Encoding must end with chunked",
+        }
+    }
+}
+
+/// Checks the framing headers of a request head the proxy parsed itself (obs-fold lines
+/// are already refused by the parser).
+pub fn check_framing(headers: &[httparse::Header<'_>]) -> Result<(), Smuggling> {
+    let mut length: Option<&[u8]> = None;
+    let mut te: Option<&[u8]> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = h.value.trim_ascii();
+            // A list of equal values is one value (RFC 9112 §6.3 p5); anything else is not.
+            for part in v.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                    return Err(Smuggling::BadLength);
+                }
+                match length {
+                    Some(prev) if prev != part => return Err(Smuggling::BadLength),
+                    _ => length = Some(part),
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(h.value);
+        }
+    }
+    if let Some(te) = te {
+        if length.is_some() {
+            return Err(Smuggling::LengthAndChunked);
+        }
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+        if !last.eq_ignore_ascii_case(b"chunked") {
+            return Err(Smuggling::BadTransferEncoding);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<httparse::Header<'a>> {
+        pairs
+            .iter()
+            .map(|(n, v)| httparse::Header {
+                name: n,
+                value: v.as_bytes(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn framing_checks() {
+        assert_eq!(check_framing(&h(&[("Content-Length", "5")])), Ok(()));
+        assert_eq!(check_framing(&h(&[("Content-Length", "5"), ("content-length", "5")])), Ok(()));
+        assert_eq!(check_framing(&h(&[("Content-Length", "5, 5")])), Ok(()));
+        assert_eq!(
+            check_framing(&h(&[("Content-Length", "5"), ("Content-Length", "6")])),
+            Err(Smuggling::BadLength)
+        );
+        assert_eq!(check_framing(&h(&[("Content-Length", "-1")])), Err(Smuggling::BadLength));
+        assert_eq!(
+            check_framing(&h(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")])),
+            Err(Smuggling::LengthAndChunked)
+        );
+        assert_eq!(
+            check_framing(&h(&[("Transfer-Encoding", "chunked, gzip")])),
+            Err(Smuggling::BadTransferEncoding)
+        );
+        assert_eq!(check_framing(&h(&[("Transfer-Encoding", "gzip, chunked")])), Ok(()));
+    }
+
+    #[test]
+    fn hop_by_hop_and_named_fields_are_removed() {
+        let mut m = HeaderMap::new();
+        m.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        m.insert("x-secret", HeaderValue::from_static("1"));
+        m.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        m.insert("upgrade", HeaderValue::from_static("h2c"));
+        m.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut m);
+        assert_eq!(m.len(), 1);
+        assert!(m.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_fields_append() {
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        m.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+        add_forwarded(&mut m, "192.0.2.7".parse().unwrap(), false, "h");
+        assert_eq!(m["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(m["x-forwarded-proto"], "http");
+        assert_eq!(m["forwarded"], "for=192.0.2.7;proto=http;host=\"h\"");
+    }
+}

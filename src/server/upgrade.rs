@@ -1,0 +1,162 @@
+//! The WebSocket path of a connection: an upgrade request is validated (RFC 6455 §4.2.1),
+//! routed, admitted and opened on a backend ([`prepare`]); once its 101 is written to the
+//! client, the connection is registered and its relay built ([`start`]). The same two
+//! steps serve an upgrade that is the first request of a connection (written raw) and one
+//! that follows plain requests on a keep-alive connection (answered through hyper).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::connection::Ready;
+use super::Shared;
+use crate::clock;
+use crate::config::ListenerConfig;
+use crate::handshake::{origin_allowed, validate, Refusal};
+use crate::limits::{ShedReason, Slot};
+use crate::relay::{Relay, RelaySettings};
+use crate::route::route;
+use crate::runtime::{Pool, Runtime};
+use crate::stream::Stream;
+use crate::upstream::{self, ClientRequest, UpstreamError, Upstream};
+
+/// How the connection stands with admission.
+pub(super) enum Admit {
+    /// Accepted, not yet admitted: the upgrade takes a slot (or is shed).
+    Pending(Slot),
+    /// Already admitted (a keep-alive connection that held plain requests first).
+    Held,
+}
+
+/// Why an upgrade is answered by the balancer itself.
+pub(super) enum Answer {
+    /// An HTTP error status.
+    Refuse(Refusal),
+    /// A completed handshake closed with `shedding.close_code`.
+    Shed(ShedReason),
+}
+
+/// An upgrade whose backend answered a valid 101.
+pub(super) struct Prepared {
+    upstream: Upstream,
+    slot: Option<Slot>,
+    pool: Arc<Pool>,
+    /// `Set-Cookie` for a sticky pool that (re)assigned the backend.
+    pub set_cookie: Option<String>,
+}
+
+impl Prepared {
+    /// The backend's 101 head, with the sticky cookie added when there is one.
+    pub fn response_head(&self) -> Vec<u8> {
+        let head = &self.upstream.response[..self.upstream.head_len];
+        match &self.set_cookie {
+            None => head.to_vec(),
+            Some(c) => {
+                let mut out = Vec::with_capacity(head.len() + c.len() + 16);
+                out.extend_from_slice(&head[..head.len() - 2]);
+                out.extend_from_slice(b"Set-Cookie: ");
+                out.extend_from_slice(c.as_bytes());
+                out.extend_from_slice(b"\r\n\r\n");
+                out
+            }
+        }
+    }
+}
+
+/// Validates, routes, admits and opens a backend for an upgrade request.
+pub(super) async fn prepare(
+    shared: &Arc<Shared>,
+    rt: &Runtime,
+    lcfg: &ListenerConfig,
+    req: &httparse::Request<'_, '_>,
+    peer: SocketAddr,
+    tls: bool,
+    admit: Admit,
+) -> Result<Prepared, Answer> {
+    let up = validate(req).map_err(Answer::Refuse)?;
+    if !origin_allowed(lcfg.allowed_origins.as_deref(), up.origin) {
+        return Err(Answer::Refuse(Refusal::ForbiddenOrigin));
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let pool = route(&lcfg.routes, up.target, up.host, headers)
+        .and_then(|r| rt.pools.get(&r.pool))
+        .ok_or(Answer::Refuse(Refusal::NoRoute))?;
+    let limits = &rt.config.limits;
+    let slot = match admit {
+        Admit::Pending(pending) => Some(
+            shared
+                .admission
+                .admit(pending, limits, &rt.config.shedding, &shared.conns, clock::now_ms())
+                .map_err(Answer::Shed)?,
+        ),
+        Admit::Held => None,
+    };
+    let creq = ClientRequest {
+        headers,
+        target: up.target,
+        host: up.host,
+        key: up.key,
+        peer,
+        tls,
+    };
+    let upstream = match upstream::open(pool, &creq).await {
+        Ok(u) => u,
+        Err(UpstreamError::Exhausted(reason)) => return Err(Answer::Shed(reason)),
+        Err(UpstreamError::BadGateway(why)) => return Err(Answer::Refuse(Refusal::BadGateway(why))),
+    };
+    if let Some(r) = upstream.sticky {
+        crate::metrics::sticky(&pool.name, r.label());
+    }
+    let set_cookie = pool.sticky_cookie(upstream.index, upstream.sticky, tls);
+    Ok(Prepared {
+        upstream,
+        slot,
+        pool: pool.clone(),
+        set_cookie,
+    })
+}
+
+/// After the 101 reached the client: records the handshake, registers the connection and
+/// builds its relay. `client_early` holds frames the client sent behind its request.
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    rt: &Runtime,
+    listener: &Arc<str>,
+    stream: Stream,
+    prepared: Prepared,
+    client_early: &[u8],
+    started: Instant,
+) -> Option<Ready> {
+    let Prepared { upstream, slot, pool, .. } = prepared;
+    let limits = &rt.config.limits;
+    pool.handshake_duration.record(started.elapsed().as_secs_f64());
+    let now = clock::now_ms();
+    let reg = shared.conns.register(upstream.guard.backend().clone(), listener.clone(), now);
+    if shared.draining.load(Relaxed) {
+        reg.shared.request_close(now, crate::ws::CloseCode::GoingAway.code());
+    }
+    let settings = RelaySettings {
+        idle_timeout: limits.idle_timeout,
+        ping_interval: limits.ping_interval,
+        ping_timeout: limits.ping_timeout,
+        max_message: limits.max_message_bytes,
+        rsv_allowed: upstream.rsv_allowed,
+    };
+    let relay = Relay::new(
+        stream,
+        upstream.stream,
+        reg.shared.clone(),
+        settings,
+        client_early,
+        &upstream.response[upstream.head_len..],
+    )?;
+    Some(Ready {
+        relay,
+        reg,
+        _slot: slot,
+        _guard: upstream.guard,
+        started,
+        access_log: rt.config.process.access_log,
+    })
+}

@@ -1,0 +1,287 @@
+//! Plain HTTP on the WebSocket listeners: forwarding with keep-alive on both sides, an
+//! upgrade after plain requests on one connection, header lists, streaming, smuggling
+//! refused, every failure answer of the contract's plain-HTTP table, and stickiness.
+
+mod common;
+use common::http::*;
+use common::*;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn conn(p: &Proxy) -> (TcpStream, Vec<u8>) {
+    (TcpStream::connect(p.addr).await.unwrap(), Vec::new())
+}
+
+#[tokio::test]
+async fn requests_are_forwarded_with_keep_alive_on_both_sides() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        let (mut s, mut buf) = conn(&p).await;
+        for i in 0..20 {
+            let r = roundtrip(&mut s, &mut buf, &get(&format!("/page/{i}"), "")).await.expect("a response");
+            assert_eq!((r.status, r.body.as_str()), (200, "b1"), "request {i}");
+        }
+        assert_eq!(b.seen.requests.load(SeqCst), 20);
+        assert_eq!(b.seen.conns.load(SeqCst), 1, "one backend connection reused for 20 requests");
+        // A second client reuses the same pooled backend connection.
+        let (mut s2, mut buf2) = conn(&p).await;
+        assert_eq!(roundtrip(&mut s2, &mut buf2, &get("/x", "")).await.unwrap().body, "b1");
+        assert_eq!(b.seen.conns.load(SeqCst), 1);
+        // Forwarding fields added, hop-by-hop fields gone.
+        let r = roundtrip(&mut s, &mut buf, &get("/headers", "Connection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-Proto: spoofed\r\n"))
+            .await
+            .unwrap();
+        assert!(r.body.contains("x-forwarded-for: 127.0.0.1\n"), "{}", r.body);
+        assert!(r.body.contains("x-forwarded-proto: http\n"), "{}", r.body);
+        assert!(r.body.contains("forwarded: for=127.0.0.1;proto=http;host=\"test\"\n"), "{}", r.body);
+        assert!(!r.body.contains("x-private") && !r.body.contains("keep-alive: timeout"), "{}", r.body);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_connection_may_send_plain_requests_then_upgrade() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        let (mut s, mut buf) = conn(&p).await;
+        for _ in 0..3 {
+            assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().body, "b1");
+        }
+        // Connection as two lines (RFC 9110 §5.3: one list).
+        let up = "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        s.write_all(up.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut c = [0u8; 1];
+            assert_eq!(s.read(&mut c).await.unwrap(), 1);
+            head.push(c[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(s, tokio_tungstenite::tungstenite::protocol::Role::Client, None).await;
+        for i in 0..5 {
+            ws.send(Message::text(format!("m{i}"))).await.unwrap();
+            let m = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+            assert_eq!(m.into_text().unwrap().as_str(), format!("m{i}"));
+        }
+        assert_eq!(p.server.shared.conns.len(), 1, "the upgraded connection is registered");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_reject_routes_answer_400_and_others_still_serve() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /ws-only }}\n        pool: p\n        http: reject\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n",
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let resp = raw_exchange(p.addr, get("/ws-only/x", "").as_bytes()).await;
+        assert_eq!(status(&resp), 400, "{resp}");
+        assert!(resp.contains("plain HTTP is not served"), "{resp}");
+        assert_eq!(b.seen.requests.load(SeqCst), 0);
+        assert_eq!(http_get(p.addr, "/other").await, (200, "b1".to_string()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_reaches_no_backend() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        let variants = [
+            "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n",
+        ];
+        for v in variants {
+            let mut s = TcpStream::connect(p.addr).await.unwrap();
+            s.write_all(v.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            let r = read_response(&mut s, &mut buf).await.unwrap_or_else(|| panic!("an answer to {v:?}"));
+            assert_eq!(r.status, 400, "{v:?}: {r:?}");
+            assert!(closed_soon(&mut s).await, "connection closed after {v:?}");
+        }
+        // The same after a good request on a keep-alive connection (hyper parses it).
+        let (mut s, mut buf) = conn(&p).await;
+        assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().status, 200);
+        let r = roundtrip(&mut s, &mut buf, "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n").await.unwrap();
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(b.seen.requests.load(SeqCst), 1, "only the good request reached the backend");
+        assert_eq!(http_get(p.addr, "/").await, (200, "b1".to_string()), "still serves");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn failures_answer_503_502_504_and_413() {
+    bounded(async {
+        let dead = dead_port().await;
+        let b = http_backend("b1").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /none }}\n        pool: none\n      - pool: p\npools:\n  none:\n    backends:\n      - address: \"{dead}\"\n  p:\n    connect_timeout: 2s\n    backends:\n      - address: \"{dead}\"\n      - address: \"{}\"\nlimits:\n  request_timeout: 500ms\n  max_request_body_bytes: 1KiB\nshedding:\n  retry_hint: 10s\n",
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        // Every backend of the pool down: 503 with a jittered Retry-After.
+        let mut hints = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let (mut s, mut buf) = conn(&p).await;
+            let r = roundtrip(&mut s, &mut buf, &get("/none", "")).await.unwrap();
+            assert_eq!(r.status, 503, "{r:?}");
+            let secs: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+            assert!((7..=13).contains(&secs), "{secs}");
+            hints.insert(secs);
+        }
+        assert!(hints.len() > 1, "Retry-After is jittered: {hints:?}");
+        // A connect failure moves on to the next backend: every request is served.
+        for _ in 0..6 {
+            assert_eq!(http_get(p.addr, "/").await, (200, "b1".to_string()));
+        }
+        // No response head within request_timeout: 504.
+        let started = Instant::now();
+        assert_eq!(http_get(p.addr, "/slow").await.0, 504);
+        assert!(started.elapsed() < Duration::from_secs(3), "answered before the backend");
+        // A declared body over the limit: 413, nothing forwarded.
+        let before = b.seen.requests.load(SeqCst);
+        assert_eq!(http(p.addr, "POST", "/upload", &"x".repeat(2000)).await.0, 413);
+        // A chunked body that grows over the limit: 413 too.
+        let (mut s, mut buf) = conn(&p).await;
+        let chunk = "x".repeat(600);
+        let req = format!("POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n");
+        assert_eq!(roundtrip(&mut s, &mut buf, &req).await.map(|r| r.status), Some(413));
+        let passed = b.seen.upload_bytes.load(SeqCst);
+        assert!(passed <= 1024, "never more than the limit reaches the backend: {passed}");
+        assert!(b.seen.requests.load(SeqCst) <= before + 1, "the declared one never reached it");
+        // A backend that answers garbage: 502.
+        let garbage = canned_backend("NOT HTTP AT ALL\r\n\r\n").await;
+        let q = Proxy::start(&config("round_robin", &[garbage], ""));
+        assert_eq!(http_get(q.addr, "/").await.0, 502);
+        assert_eq!(http_get(p.addr, "/").await, (200, "b1".to_string()), "still serves");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_as_they_are_sent() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(get("/sse", "").as_bytes()).await.unwrap();
+        let mut got = String::new();
+        let mut arrivals = Vec::new();
+        let mut buf = [0u8; 4096];
+        while arrivals.len() < 10 {
+            let n = tokio::time::timeout(T, s.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "stream ended early: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while got.matches("data: ").count() > arrivals.len() {
+                arrivals.push(Instant::now());
+            }
+        }
+        let sent = b.seen.sse_sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 10);
+        for (i, (s, a)) in sent.iter().zip(&arrivals).enumerate() {
+            let lag = a.saturating_duration_since(*s);
+            // A buffering proxy would deliver the first event ~900 ms late.
+            assert!(lag < Duration::from_millis(300), "event {i} arrived {lag:?} after it was sent");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  keepalive_timeout: 500ms\n"));
+        let (mut s, mut buf) = conn(&p).await;
+        assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().status, 200);
+        let started = Instant::now();
+        assert!(closed_soon(&mut s).await);
+        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sticky_cookie_pins_a_client_and_is_reissued_when_its_backend_goes() {
+    bounded(async {
+        let b1 = http_backend("b1").await;
+        let b2 = http_backend("b2").await;
+        let b3 = http_backend("b3").await;
+        let extra = "    sticky:\n      cookie: SYID\n      secret: s3cret\nadmin:\n  bind: \"127.0.0.1:0\"\n";
+        let p = Proxy::start(&config("round_robin", &[b1.addr, b2.addr, b3.addr], extra));
+        let (mut s, mut buf) = conn(&p).await;
+        let first = roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap();
+        let cookie = first.header("set-cookie").expect("a cookie").to_string();
+        assert!(cookie.starts_with("SYID=") && cookie.contains("Path=/") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+        assert!(!cookie.contains("127.0.0.1"), "opaque: {cookie}");
+        let pair = cookie.split(';').next().unwrap().to_string();
+        for _ in 0..12 {
+            let (mut s, mut buf) = conn(&p).await;
+            let r = roundtrip(&mut s, &mut buf, &get("/", &format!("Cookie: a=1; {pair}\r\n"))).await.unwrap();
+            assert_eq!(r.body, first.body, "pinned");
+            assert!(r.header("set-cookie").is_none(), "no new cookie on a hit");
+        }
+        // The upgrade honours the cookie too.
+        let before: Vec<usize> = [&b1, &b2, &b3].iter().map(|b| b.seen.requests.load(SeqCst)).collect();
+        let mut ws = connect_with_headers(&p.url("/ws"), &[("Cookie", &pair)]).await;
+        assert_eq!(ask(&mut ws, "hi").await, "hi");
+        let _ = ws.close(None).await;
+        let after: Vec<usize> = [&b1, &b2, &b3].iter().map(|b| b.seen.requests.load(SeqCst)).collect();
+        let pinned = ["b1", "b2", "b3"].iter().position(|n| *n == first.body).unwrap();
+        assert_eq!(after[pinned], before[pinned] + 1, "the upgrade went to the pinned backend");
+        // Its backend drained: another one answers and the cookie is re-issued.
+        let idx = ["b1", "b2", "b3"].iter().position(|n| *n == first.body).unwrap();
+        let addr = [b1.addr, b2.addr, b3.addr][idx];
+        assert_eq!(http(p.admin(), "POST", &format!("/api/pools/p/backends/{addr}/drain"), "").await.0, 200);
+        let r = roundtrip(&mut s, &mut buf, &get("/", &format!("Cookie: {pair}\r\n"))).await.unwrap();
+        assert_ne!(r.body, first.body);
+        let again = r.header("set-cookie").expect("re-issued");
+        assert_ne!(again.split(';').next().unwrap(), pair);
+        let metrics = http_get(p.admin(), "/metrics").await.1;
+        for result in ["hit", "assigned", "reassigned"] {
+            assert!(metrics.contains(&format!("switchyard_sticky_total{{pool=\"p\",result=\"{result}\"}}")), "{result}:\n{metrics}");
+        }
+        assert!(metrics.contains("switchyard_http_requests_total{pool=\"p\",backend="), "{metrics}");
+        assert!(metrics.contains("switchyard_http_request_duration_seconds_bucket{pool=\"p\""), "{metrics}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hash_by_path_segment_keeps_a_session_on_one_backend() {
+    bounded(async {
+        let bs = [http_backend("b1").await, http_backend("b2").await, http_backend("b3").await];
+        let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+        let p = Proxy::start(&config("hash", &addrs, "    hash:\n      key: path_segment:3\n"));
+        let mut seen = std::collections::BTreeSet::new();
+        for session in 0..30 {
+            let first = http_get(p.addr, &format!("/echo/000/s{session}/xhr_streaming")).await.1;
+            for transport in ["xhr", "xhr_send", "eventsource"] {
+                let again = http_get(p.addr, &format!("/echo/{}/s{session}/{transport}", session % 7)).await.1;
+                assert_eq!(again, first, "session s{session} stays on its backend");
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3, "sessions spread over every backend: {seen:?}");
+    })
+    .await
+}
