@@ -31,6 +31,7 @@ fn pool(algorithm: Algorithm, hash: Option<HashConfig>, backends: &[Arc<Backend>
         },
         connect_timeout: Duration::from_secs(3),
         max_attempts: 3,
+        sticky: None,
     }
 }
 

@@ -109,7 +109,8 @@ fn contract_example_parses() {
         l.routes[1],
         Route {
             matcher: RouteMatch::default(),
-            pool: "default".into()
+            pool: "default".into(),
+            http: HttpMode::Proxy,
         }
     );
     assert_eq!(l.allowed_origins, Some(vec!["https://app.example.com".to_string()]));
@@ -349,4 +350,29 @@ fn all_errors_are_reported_in_order() {
     has(&e, 8, 15, "at least one backend");
     has(&e, 9, 24, "between 1000 and 4999");
     assert_eq!(e.len(), 6, "{e:#?}");
+}
+
+#[test]
+fn plain_http_and_stickiness_settings() {
+    let yaml = "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: { path_prefix: /ws }\n        pool: p\n        http: reject\n      - pool: p\npools:\n  p:\n    algorithm: hash\n    hash: { key: \"path_segment:3\" }\n    sticky: { cookie: SYID, secret: s }\n    backends:\n      - address: \"127.0.0.1:9001\"\nlimits:\n  request_timeout: 5s\n  max_request_body_bytes: 1MiB\n  keepalive_timeout: 30s\n";
+    let c = parse(yaml, &PathBuf::from(".")).unwrap();
+    assert_eq!(c.listeners[0].routes[0].http, HttpMode::Reject);
+    assert_eq!(c.listeners[0].routes[1].http, HttpMode::Proxy);
+    let p = &c.pools["p"];
+    assert_eq!(p.hash.as_ref().unwrap().key, HashKey::PathSegment(3));
+    assert_eq!(
+        p.sticky,
+        Some(StickyConfig {
+            cookie: "SYID".into(),
+            secret: "s".into()
+        })
+    );
+    assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_request_body_bytes, 1024 * 1024);
+    assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(30));
+    let bad = yaml.replace("http: reject", "http: rejekt").replace("path_segment:3", "path_segment:0").replace("cookie: SYID", "cookie: \"a b\"");
+    let errs = parse(&bad, &PathBuf::from(".")).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.render("f")).collect();
+    assert_eq!(errs.len(), 3, "{text:?}");
+    assert!(text[0].contains("did you mean `reject`"), "{text:?}");
 }
