@@ -98,7 +98,7 @@ async fn metrics_has_every_contract_name_and_counts_messages_exactly() {
         let b = backend("b1").await;
         let p = Proxy::start(&config("round_robin", &[b.addr], ADMIN));
         // a refused handshake, so the failure counter exists
-        let resp = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
+        let resp = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\r\n").await;
         assert_eq!(status(&resp), 400, "{resp}");
 
         let addr = b.addr.to_string();

@@ -285,3 +285,87 @@ async fn hash_by_path_segment_keeps_a_session_on_one_backend() {
     })
     .await
 }
+
+/// Peak resident set of this process (the balancer runs in it), in bytes.
+fn peak_rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_upload_streams_with_flat_memory() {
+    bounded(async {
+        const TOTAL: u64 = 1 << 30;
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  max_request_body_bytes: 2GiB\n"));
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let before = peak_rss();
+        s.write_all(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {TOTAL}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let chunk = vec![b'x'; 256 * 1024];
+        let mut sent = 0u64;
+        while sent < TOTAL {
+            s.write_all(&chunk).await.unwrap();
+            sent += chunk.len() as u64;
+        }
+        let mut buf = Vec::new();
+        let r = read_response(&mut s, &mut buf).await.expect("an answer");
+        assert_eq!((r.status, r.body.as_str()), (200, TOTAL.to_string().as_str()));
+        assert_eq!(b.seen.upload_bytes.load(SeqCst), TOTAL);
+        let grew = peak_rss().saturating_sub(before);
+        // Holding the body would take 1 GiB; streaming takes a few buffers.
+        assert!(grew < 64 << 20, "peak RSS grew by {} MiB", grew >> 20);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn plain_connections_over_the_rate_get_503_and_an_upgrade_after_plain_requests_can_be_shed() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let dead = dead_port().await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /dead }}\n        pool: dead\n      - pool: p\npools:\n  dead:\n    backends:\n      - address: \"{dead}\"\n  p:\n    backends:\n      - address: \"{}\"\nlimits:\n  max_connections_per_second: 2\nadmin:\n  bind: \"127.0.0.1:0\"\n",
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let (mut held, mut hbuf) = conn(&p).await;
+        assert_eq!(roundtrip(&mut held, &mut hbuf, &get("/", "")).await.unwrap().status, 200);
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let (mut s, mut buf) = conn(&p).await;
+            let r = roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap();
+            if r.status == 503 {
+                assert!(r.header("retry-after").is_some(), "{r:?}");
+            }
+            statuses.push(r.status);
+        }
+        assert!(statuses.contains(&503), "the burst over the rate is shed: {statuses:?}");
+        let metrics = http_get(p.admin(), "/metrics").await.1;
+        assert!(metrics.contains("switchyard_shed_total{reason=\"rate\"}"), "{metrics}");
+        // The admitted keep-alive connection still serves, then upgrades into a dead pool:
+        // the balancer completes the handshake itself and closes with 1013.
+        assert_eq!(roundtrip(&mut held, &mut hbuf, &get("/", "")).await.unwrap().status, 200);
+        let up = "GET /dead HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        held.write_all(up.as_bytes()).await.unwrap();
+        let mut pending = Vec::new();
+        let end = loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut c = [0u8; 1024];
+            let n = tokio::time::timeout(T, held.read(&mut c)).await.unwrap().unwrap();
+            assert!(n > 0, "closed before the 101");
+            pending.extend_from_slice(&c[..n]);
+        };
+        let head = String::from_utf8_lossy(&pending[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101") && head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        pending.drain(..end);
+        assert_eq!(raw_close_code(&mut held, &mut pending).await, 1013);
+    })
+    .await
+}
