@@ -100,7 +100,10 @@ async fn socket_io_polling_only_stays_up_past_two_ping_intervals() {
         return;
     }
     // Ping every 1 s: a session held 3.5 s on polling sees three pings through the balancer.
-    let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sio_server.js", &[n, "1000"])).collect();
+    let servers: Vec<_> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|n| node_server("sio_server.js", &[n, "1000"]))
+        .collect();
     let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
     let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n");
     let url = format!("http://{}", p.addr);
@@ -135,4 +138,68 @@ async fn sockjs_fallback_transports_exchange_messages_sticky_by_path_segment() {
         }
     }
     assert_eq!(used.len(), 3, "sessions spread over all three servers: {used:?}");
+}
+
+/// Chromium is needed too; under CI its absence is a failure (.ci/run installs it).
+fn browser_ready() -> bool {
+    if !node_ready() {
+        return false;
+    }
+    let ok = common::browser::chromium_available();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "chromium missing under CI (.ci/run installs it)");
+        eprintln!("skipped: needs chromium");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_in_chromium_keeps_its_cookie_and_upgrades() {
+    if !browser_ready() {
+        return;
+    }
+    bounded(async {
+        let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sio_server.js", &[n])).collect();
+        let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
+        let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n");
+        let mut page = common::browser::Page::new().await;
+        // The page itself comes through the balancer (plain HTTP), which sets the cookie.
+        page.goto(&format!("http://{}/page", p.addr)).await;
+        let r = page.cdp.eval("runSio(2000)").await;
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert_eq!(r["servers"].as_array().map(Vec::len), Some(1), "every ack from one server: {r}");
+        assert_eq!(r["upgraded"], true, "{r}");
+        assert_eq!(r["transport"], "websocket", "{r}");
+        // HttpOnly: the page's script cannot read the balancer's cookie.
+        assert!(!r["cookie"].as_str().unwrap_or("").contains("SYID"), "{r}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockjs_in_chromium_over_each_fallback_transport() {
+    if !browser_ready() {
+        return;
+    }
+    bounded(async {
+        let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sockjs_server.js", &[n])).collect();
+        let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
+        let p = Proxy::start(&config("hash", &addrs, "    hash:\n      key: path_segment:3\n"));
+        let mut page = common::browser::Page::new().await;
+        page.goto(&format!("http://{}/page", p.addr)).await;
+        let mut used = std::collections::BTreeSet::new();
+        for transport in ["xhr-streaming", "eventsource", "xhr-polling"] {
+            let all = page.cdp.eval(&format!("runSockjs({transport:?}, 8, 3)")).await;
+            for s in all.as_array().expect("a list") {
+                assert_eq!(s["errors"], serde_json::json!([]), "{transport}: {s}");
+                assert_eq!(s["transport"], transport, "{s}");
+                assert_eq!(s["answers"], 3, "{transport}: {s}");
+                let servers = s["servers"].as_array().unwrap();
+                assert_eq!(servers.len(), 1, "{transport}: one session, one server: {s}");
+                used.insert(servers[0].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(used.len(), 3, "sessions spread over all three servers: {used:?}");
+    })
+    .await
 }

@@ -6,9 +6,9 @@
 //! health checks, samplers and reloads. Shared state is atomics plus an `ArcSwap<Runtime>`.
 
 mod connection;
+pub mod conns;
 mod plain;
 mod upgrade;
-pub mod conns;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -19,7 +19,7 @@ use crate::relay::{Relay, RelaySettings};
 use crate::route::route;
 use crate::runtime::{Pool, Runtime};
 use crate::stream::Stream;
-use crate::upstream::{self, ClientRequest, UpstreamError, Upstream};
+use crate::upstream::{self, ClientRequest, Upstream, UpstreamError};
 
 /// How the connection stands with admission.
 pub(super) enum Admit {
