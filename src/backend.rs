@@ -95,6 +95,8 @@ pub struct Backend {
     pub rate_c2b: AtomicF64,
     /// EWMA of bytes/s backend → client.
     pub rate_b2c: AtomicF64,
+    /// Plain HTTP requests answered by this backend (response head received).
+    pub http_requests: AtomicU64,
     /// Peak-EWMA of handshake latency (connect → 101), seconds.
     pub latency: AtomicF64,
     /// When `latency` was last updated (ms, process clock).
@@ -140,6 +142,7 @@ impl Backend {
             bytes_b2c: AtomicU64::new(0),
             msgs_c2b: AtomicU64::new(0),
             msgs_b2c: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
             rate_c2b: AtomicF64::new(0.0),
             rate_b2c: AtomicF64::new(0.0),
             latency: AtomicF64::new(0.0),

@@ -72,6 +72,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
                     stateText: q('.state'),
                     active: q('.active-count'),
                     bytesIn: q('.bytes-in'),
+                    requests: q('.http-req'),
                     serving: document.getElementById('serving').textContent,
                     shedRows: document.querySelectorAll('#shed tr').length,
                     closeCodes: document.getElementById('close-codes').innerText,
@@ -86,6 +87,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
         let active: u64 = v["active"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
         assert!(active >= 1, "active count not rendered: {v}");
         assert!(v["bytesIn"].as_str().is_some_and(|s| s.ends_with("B/s")), "{v}");
+        assert!(v["requests"].as_str().is_some_and(|s| s.ends_with("/s")), "plain HTTP request rate shown: {v}");
         assert_eq!(v["serving"], "serving", "{v}");
         assert!(text.contains(env!("CARGO_PKG_VERSION")), "version not shown:\n{text}");
         assert!(v["shedRows"].as_u64().unwrap_or(0) >= 6, "shed counters not parsed from /metrics: {v}");

@@ -56,6 +56,7 @@ fn backend(b: &Backend) -> Value {
         "bytes_c2b": b.bytes_c2b.load(Relaxed),
         "bytes_b2c": b.bytes_b2c.load(Relaxed),
         "messages_c2b": b.msgs_c2b.load(Relaxed),
+        "http_requests": b.http_requests.load(Relaxed),
         "messages_b2c": b.msgs_b2c.load(Relaxed),
         "latency_ms": b.latency.get() * 1000.0,
         "custom_load": (load != LOAD_UNKNOWN).then_some(load),
