@@ -115,7 +115,7 @@ pub fn reload(ok: bool) {
 
 /// Pre-registers the label-free-ish series so `/metrics` shows them from the start.
 pub fn describe() {
-    for r in ["max_connections", "rate", "no_backend", "backend_full", "idle"] {
+    for r in ["max_connections", "rate", "no_backend", "backend_full", "idle", "local_resources"] {
         counter!("switchyard_shed_total", "reason" => r).increment(0);
     }
     for r in ["ok", "error"] {

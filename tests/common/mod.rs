@@ -92,6 +92,8 @@ pub fn config(algorithm: &str, backends: &[SocketAddr], extra: &str) -> String {
 
 /// A test backend: a real WebSocket echo server that can be told what to do by text
 /// messages (`close:CODE:REASON`, `die`, `stream:N`, `whoami`), and counts connections.
+/// An upgrade request for `/status/NNN` is refused with that HTTP status (an auth or
+/// validation failure the client provoked).
 pub struct Backend {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
@@ -149,6 +151,10 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
                         resp.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
                     }
                     *h.lock().unwrap() = hs;
+                    if let Some(code) = req.uri().path().strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+                        let refusal = tokio_tungstenite::tungstenite::http::Response::builder().status(code).body(None).unwrap();
+                        return Err(refusal);
+                    }
                     Ok(resp)
                 };
                 let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
