@@ -15,6 +15,8 @@ use crate::ws::CloseCode;
 
 /// Room kept free at the end of a buffer for one injected control frame.
 const HEADROOM: usize = 160;
+/// Most bytes a direction can take before the relay starts (pipelined behind a handshake head).
+pub const MAX_EARLY_BYTES: usize = super::buf::BUF_SIZE - HEADROOM;
 
 /// A frame the proxy itself puts into a direction at the next frame boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +113,10 @@ impl Half {
         if bytes.is_empty() {
             return true;
         }
-        self.buf.ensure();
-        if bytes.len() > self.buf.len() - HEADROOM {
+        if bytes.len() > MAX_EARLY_BYTES {
             return false;
         }
+        self.buf.ensure();
         self.buf[..bytes.len()].copy_from_slice(bytes);
         self.filled = bytes.len();
         self.unflushed_bytes += bytes.len() as u64;

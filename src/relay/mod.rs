@@ -24,6 +24,7 @@ use crate::stream::Stream;
 use crate::ws::stream::{Scanner, Side};
 use crate::ws::CloseCode;
 use half::{Half, HalfEvent, Inject};
+pub use half::MAX_EARLY_BYTES;
 
 /// How long both sides get to finish a closing handshake once one started.
 const CLOSE_GRACE_MS: u64 = 5_000;
@@ -65,6 +66,15 @@ pub struct Outcome {
     pub msgs_b2c: u64,
 }
 
+/// A relay that could not start: the early bytes of a side did not fit in a buffer. The
+/// streams are handed back so the caller can close them with a code.
+pub struct NotStarted {
+    /// The client connection.
+    pub client: Stream,
+    /// The backend connection.
+    pub backend: Stream,
+}
+
 /// A connection being relayed.
 pub struct Relay {
     client: Stream,
@@ -91,7 +101,8 @@ pub struct Relay {
 
 impl Relay {
     /// Prepares a relay; `client_early`/`backend_early` are bytes already read past the
-    /// handshake heads. Returns `None` when they do not fit in a buffer.
+    /// handshake heads. Fails when they do not fit in a buffer (more than [`MAX_EARLY_BYTES`];
+    /// callers check that before answering the 101).
     pub fn new(
         client: Stream,
         backend: Stream,
@@ -99,12 +110,12 @@ impl Relay {
         settings: RelaySettings,
         client_early: &[u8],
         backend_early: &[u8],
-    ) -> Option<Self> {
+    ) -> Result<Self, NotStarted> {
         let now = clock::now_ms();
         let mut c2b = Half::new(Scanner::new(Side::Client, settings.rsv_allowed, settings.max_message), true);
         let mut b2c = Half::new(Scanner::new(Side::Backend, settings.rsv_allowed, 0), false);
         if !c2b.preload(client_early) || !b2c.preload(backend_early) {
-            return None;
+            return Err(NotStarted { client, backend });
         }
         let token = rand::random::<u64>().to_be_bytes();
         let mut r = Relay {
@@ -130,7 +141,7 @@ impl Relay {
             totals: [0; 4],
         };
         r.rearm(now, true);
-        Some(r)
+        Ok(r)
     }
 
     /// Relays until both sides are closed (or the close grace ends).

@@ -17,7 +17,7 @@ use crate::config::Shedding;
 use crate::handshake::{accept_key, header, origin_allowed, read_head, validate, HeadError, Refusal, MAX_HEADERS};
 use crate::limits::{retry_reason, ShedReason, Slot};
 use crate::metrics::{self, CloseOrigin};
-use crate::relay::{Relay, RelaySettings};
+use crate::relay::{NotStarted, Relay, RelaySettings, MAX_EARLY_BYTES};
 use crate::route::route;
 use crate::runtime::Runtime;
 use crate::stream::Stream;
@@ -124,6 +124,11 @@ async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, p
         Ok(u) => u,
         Err(r) => return refuse(&mut stream, r).await,
     };
+    // RFC 6455 §4.1: a client waits for the 101 before sending frames. A little pipelining is
+    // tolerated, but only what the relay can hold: refused here, never after the 101.
+    if buf.len() - end > MAX_EARLY_BYTES {
+        return refuse(&mut stream, Refusal::BadRequest("too much data sent before the 101")).await;
+    }
     if !origin_allowed(lcfg.allowed_origins.as_deref(), up.origin) {
         return refuse(&mut stream, Refusal::ForbiddenOrigin).await;
     }
@@ -151,6 +156,9 @@ async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, p
         Err(UpstreamError::Exhausted(reason)) => return shed(&mut stream, up.key, headers, reason, &rt.config.shedding).await,
         Err(UpstreamError::BadGateway(why)) => return refuse(&mut stream, Refusal::BadGateway(why)).await,
     };
+    if upstream.response.len() - upstream.head_len > MAX_EARLY_BYTES {
+        return refuse(&mut stream, Refusal::BadGateway("backend sent too much data right after its 101")).await;
+    }
     if stream.write_all(&upstream.response[..upstream.head_len]).await.is_err() {
         return None;
     }
@@ -167,14 +175,20 @@ async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, p
         max_message: limits.max_message_bytes,
         rsv_allowed: upstream.rsv_allowed,
     };
-    let relay = Relay::new(
+    let relay = match Relay::new(
         stream,
         upstream.stream,
         reg.shared.clone(),
         settings,
         &buf[end..],
         &upstream.response[upstream.head_len..],
-    )?;
+    ) {
+        Ok(r) => r,
+        Err(ns) => {
+            not_started(ns, peer).await;
+            return None;
+        }
+    };
     Some(Ready {
         relay,
         reg,
@@ -183,6 +197,21 @@ async fn handshake(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, p
         started,
         access_log: rt.config.process.access_log,
     })
+}
+
+/// After a 101, a relay that cannot start (checked before the 101, so this is a bug guard)
+/// still ends with a close frame on both sides, a log line and a metric.
+async fn not_started(ns: NotStarted, peer: SocketAddr) {
+    let NotStarted { mut client, mut backend } = ns;
+    let code = crate::ws::CloseCode::InternalError.code();
+    tracing::warn!(client = %peer, "relay could not start after the 101: early data over {MAX_EARLY_BYTES} bytes");
+    metrics::handshake_failure("relay_start");
+    metrics::close_code(code, CloseOrigin::Proxy);
+    let reason = "relay could not start";
+    let _ = backend.write_all(ControlFrame::close(code, reason, Some(rand::random())).as_bytes()).await;
+    let _ = backend.shutdown().await;
+    let _ = client.write_all(ControlFrame::close(code, reason, None).as_bytes()).await;
+    linger(&mut client).await;
 }
 
 /// Answers with an HTTP error and closes (after letting the client read it).
