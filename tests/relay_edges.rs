@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard::ws::frame::{apply_mask, write_header, Opcode};
 use switchyard::ws::peer::read_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// One frame's bytes; masked (as a client sends) when `mask` is given.
 fn frame(fin: bool, op: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
@@ -29,7 +29,7 @@ fn frame(fin: bool, op: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8
 const M: Option<[u8; 4]> = Some([9, 8, 7, 6]);
 
 /// Reads until EOF (or an error) and returns what came; panics if it takes over `limit`.
-async fn read_to_eof(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+async fn read_to_eof<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
     tokio::time::timeout(limit, async {
         let mut chunk = [0u8; 4096];
@@ -72,6 +72,110 @@ async fn pipelined_data_over_a_buffer_is_refused_before_the_101() {
         let mut pending = buf[end..].to_vec();
         let f = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
         assert_eq!((f.opcode, &f.payload[..]), (Opcode::Text, &b"early"[..]));
+    })
+    .await
+}
+
+/// A backend that completes each upgrade by hand (with `extra` response headers) and then
+/// runs `script` on the connection with the request head and the bytes read past it.
+async fn scripted_backend<F, Fut>(extra: &'static str, script: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream, String, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let script = std::sync::Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let (head, pending) = accept_upgrade_raw(&mut s, extra).await;
+                script(s, head, pending).await;
+            });
+        }
+    });
+    a
+}
+
+/// Less than the relay's 5 s close grace: what must happen "at once" happens well within it.
+const PROMPT: Duration = Duration::from_millis(2500);
+
+#[tokio::test]
+async fn a_backend_dying_mid_frame_ends_the_client_at_once() {
+    bounded(async {
+        // Half of a 1000-byte frame, then the backend is gone.
+        let half = {
+            let mut f = frame(true, Opcode::Binary, &[5u8; 1000], None);
+            f.truncate(4 + 100);
+            f
+        };
+        let sent = half.clone();
+        let baddr = scripted_backend("", move |mut s, _, _| {
+            let half = sent.clone();
+            async move {
+                s.write_all(&half).await.unwrap();
+            }
+        })
+        .await;
+        let p = Proxy::start(&config("round_robin", &[baddr], ""));
+        let (mut s, mut got) = raw_ws(p.addr, "/").await;
+        // No close frame can follow half a frame: the connection ends at once, and the client
+        // got exactly the half frame, nothing after it.
+        got.extend(read_to_eof(&mut s, PROMPT).await);
+        assert_eq!(got, half);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_dying_mid_frame_ends_the_backend_at_once() {
+    bounded(async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let baddr = scripted_backend("", move |mut s, _, mut got| {
+            let tx = tx.clone();
+            async move {
+                got.extend(read_to_eof(&mut s, PROMPT).await);
+                let _ = tx.send(got);
+            }
+        })
+        .await;
+        let p = Proxy::start(&config("round_robin", &[baddr], ""));
+        let (mut s, _) = raw_ws(p.addr, "/").await;
+        let mut half = frame(true, Opcode::Binary, &[6u8; 1000], M);
+        half.truncate(4 + 4 + 100);
+        s.write_all(&half).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(s);
+        let mut rx = rx;
+        let got = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(got, half, "the backend got the half frame and then EOF, no close inside the frame");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_offending_client_gets_1002_and_its_connection_closed_at_once() {
+    bounded(async {
+        // The backend never answers the proxy's close, so only the proxy can end the client.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u16>();
+        let baddr = scripted_backend("", move |mut s, _, mut pending| {
+            let tx = tx.clone();
+            async move {
+                if let Ok(f) = read_frame(&mut s, &mut pending).await {
+                    let _ = tx.send(u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        })
+        .await;
+        let p = Proxy::start(&config("round_robin", &[baddr], ""));
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        s.write_all(&frame(true, Opcode::Text, b"unmasked", None)).await.unwrap();
+        assert_eq!(raw_close_code(&mut s, &mut pending).await, 1002);
+        assert!(read_to_eof(&mut s, PROMPT).await.is_empty(), "nothing after the close");
+        let mut rx = rx;
+        assert_eq!(tokio::time::timeout(T, rx.recv()).await.unwrap(), Some(1002));
     })
     .await
 }

@@ -38,6 +38,8 @@ pub struct Pumped {
     pub data_seen: bool,
     /// The proxy's own pong came back (and was cut out).
     pub own_pong: bool,
+    /// An injected close with this code was put on the wire.
+    pub sent_close: Option<u16>,
     /// Something that ends or changes the connection.
     pub event: Option<HalfEvent>,
 }
@@ -80,6 +82,10 @@ pub struct Half {
     pub inject: Option<Inject>,
     /// Bytes read and not yet flushed to shared counters.
     pub unflushed_bytes: u64,
+    /// An injected close was put on the wire.
+    close_injected: bool,
+    /// Once the injected close is written, shut the destination down (it broke the rules).
+    pub shut_after_close: bool,
     /// The destination already closed its sending side: no `shutdown` needed, the socket is
     /// about to be closed anyway.
     pub peer_gone: bool,
@@ -103,6 +109,8 @@ impl Half {
             shut: false,
             inject: None,
             unflushed_bytes: 0,
+            close_injected: false,
+            shut_after_close: false,
             peer_gone: false,
         }
     }
@@ -160,15 +168,28 @@ impl Half {
                 self.out_start = 0;
                 self.out_end = 0;
             }
+            // RFC 6455 §7.1.7: the connection of a peer that broke the rules is closed as soon
+            // as its close frame is out, without waiting for an answer.
+            if self.shut_after_close && self.close_injected && !self.shut && !self.dst_dead {
+                match Pin::new(&mut *dst).poll_shutdown(cx) {
+                    Poll::Ready(_) => {
+                        self.shut = true;
+                        r.progress = true;
+                    }
+                    Poll::Pending => return r,
+                }
+            }
             if let Some(inj) = self.inject {
                 if self.dst_dead || (self.scan.at_boundary() && !self.rescan) {
                     self.inject = None;
                     if !self.dst_dead {
                         self.put_front(inj);
                         r.progress = true;
-                        if let Inject::Close(..) = inj {
+                        if let Inject::Close(code, _) = inj {
                             self.discard = true;
+                            self.close_injected = true;
                             self.filled = self.out_end;
+                            r.sent_close = Some(code);
                         }
                         continue;
                     }

@@ -7,6 +7,7 @@
 //! stamps, and the deadline is recomputed when the timer fires.
 
 pub mod buf;
+mod close;
 mod half;
 
 use std::future::{poll_fn, Future};
@@ -18,21 +19,19 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 use crate::clock;
-use crate::metrics::{close_code, CloseOrigin};
+use crate::metrics::CloseOrigin;
 use crate::server::conns::ConnShared;
 use crate::stream::Stream;
 use crate::ws::stream::{Scanner, Side};
 use crate::ws::CloseCode;
-use half::{Half, HalfEvent, Inject};
+pub use close::BACKEND_LOST;
+use half::{Half, Inject};
 pub use half::MAX_EARLY_BYTES;
 
 /// How long both sides get to finish a closing handshake once one started.
 const CLOSE_GRACE_MS: u64 = 5_000;
 /// Local counters are flushed to the shared ones at least this often while active.
 const FLUSH_EVERY_MS: u64 = 1_000;
-
-/// Close code for a backend that died mid-stream (the contract allows 1014 or 1011).
-pub const BACKEND_LOST: CloseCode = CloseCode::InternalError;
 
 /// Per-connection knobs, copied from the config at connection start.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +95,8 @@ pub struct Relay {
     dirty: bool,
     seen_close_req: Option<u64>,
     first_close: Option<(u16, CloseOrigin)>,
+    /// The last close code the proxy sent and counted (0: none).
+    counted_sent: u16,
     totals: [u64; 4],
 }
 
@@ -138,6 +139,7 @@ impl Relay {
             dirty: true,
             seen_close_req: None,
             first_close: None,
+            counted_sent: 0,
             totals: [0; 4],
         };
         r.rearm(now, true);
@@ -177,6 +179,9 @@ impl Relay {
                         self.dirty = true; // the flush deadline may be the earliest now
                     }
                 }
+                for code in [a.sent_close, b.sent_close].into_iter().flatten() {
+                    self.on_close_sent(code);
+                }
                 // A side whose peer already ended needs no shutdown(2) before the close.
                 self.c2b.peer_gone = self.b2c.src_done;
                 self.b2c.peer_gone = self.c2b.src_done;
@@ -187,6 +192,9 @@ impl Relay {
                 if let Some(ev) = b.event {
                     self.dirty = true;
                     self.on_backend_event(ev);
+                }
+                if self.stranded() {
+                    return Poll::Ready(self.finish());
                 }
                 if self.c2b.finished() && self.b2c.finished() {
                     return Poll::Ready(self.finish());
@@ -218,94 +226,6 @@ impl Relay {
                 }
                 fired = true;
             }
-        }
-    }
-
-    fn on_client_event(&mut self, ev: HalfEvent) {
-        let now = clock::now_ms();
-        match ev {
-            HalfEvent::CloseFrame(code) => {
-                self.note_close(code, CloseOrigin::Client);
-                self.start_grace(now);
-            }
-            HalfEvent::Violation(code) => self.begin_close(code.code(), violation_reason(code), now),
-            HalfEvent::Eof if !self.c2b.close_seen && !self.closing => {
-                // The client vanished without a close: tell the backend.
-                self.note_close(1006, CloseOrigin::Client);
-                self.closing = true;
-                self.start_grace(now);
-                self.c2b.inject = Some(Inject::Close(CloseCode::GoingAway.code(), "client went away"));
-                note_sent(CloseCode::GoingAway.code());
-            }
-            HalfEvent::Eof => self.start_grace(now),
-            // The backend cannot be written: its read side will report the rest.
-            HalfEvent::DstDead => self.start_grace(now),
-        }
-    }
-
-    fn on_backend_event(&mut self, ev: HalfEvent) {
-        let now = clock::now_ms();
-        match ev {
-            HalfEvent::CloseFrame(code) => {
-                self.note_close(code, CloseOrigin::Backend);
-                self.start_grace(now);
-            }
-            HalfEvent::Eof | HalfEvent::Violation(_) if !self.b2c.close_seen && !self.closing => {
-                // The backend connection died mid-stream: 1011, not 1014, because common
-                // client libraries (tungstenite among them) reject 1014 as reserved and
-                // would report a protocol error instead (see README).
-                self.closing = true;
-                self.start_grace(now);
-                self.note_close(BACKEND_LOST.code(), CloseOrigin::Proxy);
-                self.b2c.inject = Some(Inject::Close(BACKEND_LOST.code(), "backend connection lost"));
-                note_sent(BACKEND_LOST.code());
-                self.c2b.discard = true;
-            }
-            HalfEvent::DstDead if !self.closing => {
-                // The client cannot be written: it is gone.
-                self.note_close(1006, CloseOrigin::Client);
-                self.closing = true;
-                self.start_grace(now);
-                if !self.c2b.close_seen {
-                    self.c2b.inject = Some(Inject::Close(CloseCode::GoingAway.code(), "client went away"));
-                    note_sent(CloseCode::GoingAway.code());
-                }
-            }
-            _ => self.start_grace(now),
-        }
-    }
-
-    /// The proxy closes both sides with `code` (violation, idle, ping timeout, drain, shutdown).
-    fn begin_close(&mut self, code: u16, reason: &'static str, now: u64) {
-        if self.closing {
-            return;
-        }
-        self.closing = true;
-        self.start_grace(now);
-        self.note_close(code, CloseOrigin::Proxy);
-        note_sent(code);
-        if !self.b2c.close_seen && !self.b2c.dst_dead {
-            self.b2c.inject = Some(Inject::Close(code, reason));
-        }
-        if !self.c2b.close_seen && !self.c2b.dst_dead && !self.c2b.src_done {
-            self.c2b.inject = Some(Inject::Close(code, reason));
-        }
-        self.injected = true;
-        self.c2b.discard |= self.c2b.inject.is_none();
-    }
-
-    fn start_grace(&mut self, now: u64) {
-        if self.closing_deadline_ms == 0 {
-            self.closing_deadline_ms = now + CLOSE_GRACE_MS;
-        }
-    }
-
-    fn note_close(&mut self, code: u16, origin: CloseOrigin) {
-        if origin != CloseOrigin::Proxy {
-            close_code(code, origin);
-        }
-        if self.first_close.is_none() {
-            self.first_close = Some((code, origin));
         }
     }
 
@@ -428,18 +348,5 @@ impl Relay {
             msgs_c2b: self.totals[2],
             msgs_b2c: self.totals[3],
         }
-    }
-}
-
-/// Counts a close frame the proxy sent.
-fn note_sent(code: u16) {
-    close_code(code, CloseOrigin::Proxy);
-}
-
-fn violation_reason(code: CloseCode) -> &'static str {
-    match code {
-        CloseCode::MessageTooBig => "message too big",
-        CloseCode::InvalidPayload => "invalid close reason",
-        _ => "protocol error",
     }
 }
