@@ -179,3 +179,41 @@ async fn an_offending_client_gets_1002_and_its_connection_closed_at_once() {
     })
     .await
 }
+
+#[tokio::test]
+async fn bytes_a_client_sends_after_its_close_are_neither_counted_nor_read_on() {
+    bounded(async {
+        let b = backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        let hello = frame(true, Opcode::Text, b"hi", M);
+        s.write_all(&hello).await.unwrap();
+        let f = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
+        assert_eq!(f.payload, b"hi");
+        let close = frame(true, Opcode::Close, &1000u16.to_be_bytes(), M);
+        s.write_all(&close).await.unwrap();
+        // ... and keeps writing: far more than all socket buffers on the way can hold.
+        let (mut rd, mut wr) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let junk = vec![0u8; 1 << 20];
+            let mut sent = 0usize;
+            while sent < 256 << 20 {
+                match tokio::time::timeout(T, wr.write_all(&junk)).await {
+                    Ok(Ok(())) => sent += junk.len(),
+                    _ => break,
+                }
+            }
+            sent
+        });
+        // The backend answers the close and the connection ends.
+        assert_eq!(raw_close_code(&mut rd, &mut pending).await, 1000);
+        read_to_eof(&mut rd, T).await;
+        let sent = writer.await.unwrap();
+        assert!(sent < 256 << 20, "the balancer stopped reading the junk");
+        let be = p.backend(0);
+        assert!(eventually(T, || be.active() == 0).await.is_some());
+        // Only the relayed frames count: the message and the close, not the junk.
+        assert_eq!(be.bytes_c2b.load(Relaxed), (hello.len() + close.len()) as u64);
+    })
+    .await
+}

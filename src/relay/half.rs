@@ -17,6 +17,9 @@ use crate::ws::CloseCode;
 const HEADROOM: usize = 160;
 /// Most bytes a direction can take before the relay starts (pipelined behind a handshake head).
 pub const MAX_EARLY_BYTES: usize = super::buf::BUF_SIZE - HEADROOM;
+/// Bytes a source may still send once its direction only discards (after a close, or with
+/// its destination dead) before it is no longer read at all.
+const DISCARD_BUDGET: usize = super::buf::BUF_SIZE;
 
 /// A frame the proxy itself puts into a direction at the next frame boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +83,10 @@ pub struct Half {
     pub shut: bool,
     /// A frame waiting for the next boundary.
     pub inject: Option<Inject>,
-    /// Bytes read and not yet flushed to shared counters.
+    /// Bytes relayed (scanned and passed on) and not yet flushed to shared counters.
     pub unflushed_bytes: u64,
+    /// Bytes dropped since this direction started discarding.
+    discarded: usize,
     /// An injected close was put on the wire.
     close_injected: bool,
     /// Once the injected close is written, shut the destination down (it broke the rules).
@@ -109,6 +114,7 @@ impl Half {
             shut: false,
             inject: None,
             unflushed_bytes: 0,
+            discarded: 0,
             close_injected: false,
             shut_after_close: false,
             peer_gone: false,
@@ -127,7 +133,6 @@ impl Half {
         self.buf.ensure();
         self.buf[..bytes.len()].copy_from_slice(bytes);
         self.filled = bytes.len();
-        self.unflushed_bytes += bytes.len() as u64;
         self.rescan = true;
         true
     }
@@ -247,14 +252,19 @@ impl Half {
                         r.event = Some(HalfEvent::Eof);
                         return r;
                     }
-                    self.filled += n;
-                    self.unflushed_bytes += n as u64;
                     r.progress = true;
-                    r.rx = true;
                     if self.discard {
-                        self.filled = self.out_end;
+                        // Dropped bytes are no traffic; a source that keeps sending them gets
+                        // a bounded allowance, then is not read any more (no spinning).
+                        self.discarded += n;
+                        if self.discarded > DISCARD_BUDGET {
+                            self.src_done = true;
+                            return r;
+                        }
                         continue;
                     }
+                    self.filled += n;
+                    r.rx = true;
                     if let Some(ev) = self.scan_buffered(&mut r, own_ping) {
                         r.event = Some(ev);
                         return r;
@@ -268,6 +278,7 @@ impl Half {
     fn scan_buffered(&mut self, r: &mut Pumped, own_ping: Option<&[u8]>) -> Option<HalfEvent> {
         let stop = self.inject.is_some();
         let s = self.scan.scan(&mut self.buf, self.out_end, &mut self.filled, own_ping, stop);
+        self.unflushed_bytes += (s.forward - self.out_end) as u64;
         self.out_end = s.forward;
         r.data_seen |= s.data_seen;
         r.own_pong |= s.own_pong;

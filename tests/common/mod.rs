@@ -399,7 +399,7 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
 }
 
 /// Reads frames until a close; returns its code (1005 if empty).
-pub async fn raw_close_code(s: &mut TcpStream, pending: &mut Vec<u8>) -> u16 {
+pub async fn raw_close_code<S: tokio::io::AsyncRead + Unpin>(s: &mut S, pending: &mut Vec<u8>) -> u16 {
     use switchyard::ws::frame::Opcode;
     loop {
         let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(s, pending))
