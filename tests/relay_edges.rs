@@ -217,3 +217,25 @@ async fn bytes_a_client_sends_after_its_close_are_neither_counted_nor_read_on() 
     })
     .await
 }
+
+#[tokio::test]
+async fn a_slow_upload_of_one_frame_is_activity() {
+    bounded(async {
+        let b = backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  idle_timeout: 1s\n"));
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        let payload = vec![b'u'; 20 * 1024];
+        let f = frame(true, Opcode::Binary, &payload, M);
+        // Header and mask first, then 1 KiB every 100 ms: 2 s in all, twice the idle timeout,
+        // with no frame header after the first.
+        s.write_all(&f[..8]).await.unwrap();
+        for chunk in f[8..].chunks(1024) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(chunk).await.unwrap();
+        }
+        let echo = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
+        assert_eq!(echo.opcode, Opcode::Binary, "not closed for idleness mid-upload");
+        assert!(echo.payload == payload);
+    })
+    .await
+}

@@ -34,7 +34,7 @@ pub struct Scanned {
     pub event: Option<Event>,
     /// A pong answering the proxy's own ping was found and cut out of the buffer.
     pub own_pong: bool,
-    /// A data frame header was seen (activity for the idle timer).
+    /// Data frame bytes (a header or payload) passed: activity for the idle timer.
     pub data_seen: bool,
 }
 
@@ -101,6 +101,7 @@ impl Scanner {
                 }
                 let k = (self.remaining.min(avail as u64)) as usize;
                 pos += k;
+                out.data_seen = true; // payload bytes are activity too, not only headers
                 self.remaining -= k as u64;
                 if stop_at_boundary && self.remaining == 0 {
                     break;
