@@ -239,3 +239,45 @@ async fn a_slow_upload_of_one_frame_is_activity() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_ping_is_awaited_only_once_it_is_on_the_wire() {
+    bounded(async {
+        // One 20 KiB frame sent slowly over 2 s: a keepalive ping can only follow it.
+        let baddr = scripted_backend("", |mut s, _, _| async move {
+            let f = frame(true, Opcode::Binary, &[3u8; 20 * 1024], None);
+            s.write_all(&f[..4]).await.unwrap();
+            for chunk in f[4..].chunks(1024) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if s.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+            read_to_eof(&mut s, Duration::from_secs(30)).await;
+        })
+        .await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[baddr],
+            "limits:\n  ping_interval: 300ms\n  ping_timeout: 300ms\n",
+        ));
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let f = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
+            if f.opcode == Opcode::Ping {
+                s.write_all(&frame(true, Opcode::Pong, &f.payload, M)).await.unwrap();
+            }
+            if f.opcode == Opcode::Binary {
+                assert_eq!(f.payload.len(), 20 * 1024);
+            }
+            if !seen.is_empty() || f.opcode == Opcode::Binary {
+                seen.push(f.opcode);
+            }
+        }
+        // The ping queued during the long frame went out after it, was answered, and the
+        // connection lives on (the next ping comes), instead of a "ping timeout" close.
+        assert_eq!(seen, [Opcode::Binary, Opcode::Ping, Opcode::Ping]);
+    })
+    .await
+}

@@ -43,6 +43,8 @@ pub struct Pumped {
     pub own_pong: bool,
     /// An injected close with this code was put on the wire.
     pub sent_close: Option<u16>,
+    /// The injected ping was written in full.
+    pub ping_sent: bool,
     /// Something that ends or changes the connection.
     pub event: Option<HalfEvent>,
 }
@@ -91,6 +93,8 @@ pub struct Half {
     close_injected: bool,
     /// Once the injected close is written, shut the destination down (it broke the rules).
     pub shut_after_close: bool,
+    /// End of an injected ping within the bytes being written (0: none in flight).
+    ping_end: usize,
     /// The destination already closed its sending side: no `shutdown` needed, the socket is
     /// about to be closed anyway.
     pub peer_gone: bool,
@@ -117,6 +121,7 @@ impl Half {
             discarded: 0,
             close_injected: false,
             shut_after_close: false,
+            ping_end: 0,
             peer_gone: false,
         }
     }
@@ -149,10 +154,15 @@ impl Half {
             if self.out_start < self.out_end {
                 if self.dst_dead {
                     self.out_start = self.out_end;
+                    self.ping_end = 0;
                 } else {
                     match Pin::new(&mut *dst).poll_write(cx, &self.buf[self.out_start..self.out_end]) {
                         Poll::Ready(Ok(n)) if n > 0 => {
                             self.out_start += n;
+                            if self.ping_end != 0 && self.out_start >= self.ping_end {
+                                self.ping_end = 0;
+                                r.ping_sent = true;
+                            }
                             r.progress = true;
                             continue;
                         }
@@ -190,11 +200,14 @@ impl Half {
                     if !self.dst_dead {
                         self.put_front(inj);
                         r.progress = true;
-                        if let Inject::Close(code, _) = inj {
-                            self.discard = true;
-                            self.close_injected = true;
-                            self.filled = self.out_end;
-                            r.sent_close = Some(code);
+                        match inj {
+                            Inject::Close(code, _) => {
+                                self.discard = true;
+                                self.close_injected = true;
+                                self.filled = self.out_end;
+                                r.sent_close = Some(code);
+                            }
+                            Inject::Ping(_) => self.ping_end = self.out_end,
                         }
                         continue;
                     }

@@ -84,6 +84,9 @@ pub struct Relay {
     conn: Arc<ConnShared>,
     settings: RelaySettings,
     ping_token: [u8; 8],
+    /// A keepalive ping waits for a frame boundary towards the client (not yet on the wire).
+    ping_queued: bool,
+    /// When the last ping went on the wire and is still unanswered (0: none).
     awaiting_pong_ms: u64,
     last_ping_ms: u64,
     last_client_rx_ms: u64,
@@ -128,6 +131,7 @@ impl Relay {
             conn,
             settings,
             ping_token: token,
+            ping_queued: false,
             awaiting_pong_ms: 0,
             last_ping_ms: now,
             last_client_rx_ms: now,
@@ -178,6 +182,15 @@ impl Relay {
                     } else if !had_unflushed {
                         self.dirty = true; // the flush deadline may be the earliest now
                     }
+                }
+                if b.ping_sent {
+                    // Only a ping on the wire is awaited: one queued behind a long frame has
+                    // not been sent, and its client cannot answer it yet.
+                    let now = clock::now_ms();
+                    self.ping_queued = false;
+                    self.awaiting_pong_ms = now;
+                    self.last_ping_ms = now;
+                    self.dirty = true;
                 }
                 for code in [a.sent_close, b.sent_close].into_iter().flatten() {
                     self.on_close_sent(code);
@@ -254,10 +267,10 @@ impl Relay {
                 if now >= self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
                     self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);
                 }
-            } else if !self.closing && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
+            } else if !self.closing && !self.ping_queued && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
+                // Awaited from the moment it is written (see `poll_relay`), not from now.
                 self.b2c.inject = Some(Inject::Ping(self.ping_token));
-                self.awaiting_pong_ms = now;
-                self.last_ping_ms = now;
+                self.ping_queued = true;
                 self.injected = true;
             }
         }
@@ -286,11 +299,11 @@ impl Relay {
                 d = d.min(self.last_data_ms + idle.as_millis() as u64);
             }
             if let Some(interval) = self.settings.ping_interval {
-                d = d.min(if self.awaiting_pong_ms != 0 {
-                    self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64
-                } else {
-                    self.ping_due(interval)
-                });
+                if self.awaiting_pong_ms != 0 {
+                    d = d.min(self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64);
+                } else if !self.ping_queued {
+                    d = d.min(self.ping_due(interval));
+                }
             }
         }
         if self.has_unflushed() {
