@@ -127,3 +127,8 @@ pub fn describe() {
 pub fn rebalance_moves(pool: &str, n: u64) {
     counter!("switchyard_rebalance_moves_total", "pool" => pool.to_string()).increment(n);
 }
+
+/// Counts one backend stopped at the edge for breaking RFC 6455 (an invalid frame).
+pub fn backend_violation(b: &crate::backend::Backend) {
+    counter!("switchyard_backend_protocol_errors_total", "pool" => b.pool.to_string(), "backend" => b.address.clone()).increment(1);
+}

@@ -281,3 +281,75 @@ async fn a_ping_is_awaited_only_once_it_is_on_the_wire() {
     })
     .await
 }
+
+/// The value of `switchyard_backend_protocol_errors_total` for a backend (0 when absent).
+fn backend_protocol_errors(backend: std::net::SocketAddr) -> u64 {
+    let needle = format!("backend=\"{backend}\"");
+    switchyard::metrics::render()
+        .lines()
+        .find(|l| l.starts_with("switchyard_backend_protocol_errors_total{") && l.contains(&needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn invalid_backend_frames_stop_at_the_edge() {
+    bounded(async {
+        let deflated_start = {
+            let mut f = frame(false, Opcode::Text, b"a", None);
+            f[0] |= 0x40;
+            f
+        };
+        let rsv1_on = |op: Opcode, fin: bool| {
+            let mut f = frame(fin, op, b"b", None);
+            f[0] |= 0x40;
+            f
+        };
+        let mut rsv1_continuation = deflated_start.clone();
+        rsv1_continuation.extend(rsv1_on(Opcode::Continuation, true));
+        let mut rsv1_ping = deflated_start.clone();
+        rsv1_ping.extend(rsv1_on(Opcode::Ping, true));
+        let cases: Vec<(&str, bool, Vec<u8>)> = vec![
+            ("masked server frame", false, frame(true, Opcode::Text, b"x", M)),
+            ("1-byte close payload", false, frame(true, Opcode::Close, &[3], None)),
+            ("close 1005 on the wire", false, frame(true, Opcode::Close, &1005u16.to_be_bytes(), None)),
+            ("close 1006 on the wire", false, frame(true, Opcode::Close, &1006u16.to_be_bytes(), None)),
+            ("close 1015 on the wire", false, frame(true, Opcode::Close, &1015u16.to_be_bytes(), None)),
+            ("RSV1 on a continuation (deflate)", true, rsv1_continuation),
+            ("RSV1 on a ping (deflate)", true, rsv1_ping),
+        ];
+        for (what, deflate, bad) in cases {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u16>();
+            let script = move |mut s: TcpStream, _: String, mut pending: Vec<u8>| {
+                let (tx, bad) = (tx.clone(), bad.clone());
+                async move {
+                    s.write_all(&frame(true, Opcode::Text, b"ok", None)).await.unwrap();
+                    s.write_all(&bad).await.unwrap();
+                    if let Ok(f) = read_frame(&mut s, &mut pending).await {
+                        let _ = tx.send(u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                    }
+                    read_to_eof(&mut s, T).await;
+                }
+            };
+            let baddr = if deflate {
+                scripted_backend("Sec-WebSocket-Extensions: permessage-deflate\r\n", script).await
+            } else {
+                scripted_backend("", script).await
+            };
+            let p = Proxy::start(&config("round_robin", &[baddr], ""));
+            let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+            let f = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
+            assert_eq!(f.payload, b"ok", "{what}: frames before the bad one still arrive");
+            if deflate {
+                // the valid first frame of the deflated message passes
+                let f = tokio::time::timeout(T, read_frame(&mut s, &mut pending)).await.unwrap().unwrap();
+                assert_eq!((f.opcode, &f.payload[..]), (Opcode::Text, &b"a"[..]), "{what}");
+            }
+            assert_eq!(raw_close_code(&mut s, &mut pending).await, 1011, "{what}: the client gets 1011");
+            assert_eq!(tokio::time::timeout(T, rx.recv()).await.unwrap(), Some(1002), "{what}: the backend gets 1002");
+            assert_eq!(backend_protocol_errors(baddr), 1, "{what}: counted once");
+        }
+    })
+    .await
+}

@@ -15,6 +15,7 @@ pub const BACKEND_LOST: CloseCode = CloseCode::InternalError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Offender {
     Client,
+    Backend,
 }
 
 impl Relay {
@@ -57,7 +58,19 @@ impl Relay {
                 self.note_close(code, CloseOrigin::Backend);
                 self.start_grace(now);
             }
-            HalfEvent::Eof | HalfEvent::Violation(_) if !self.b2c.close_seen && !self.closing => {
+            HalfEvent::Violation(code) if !self.closing => {
+                // A WebSocket-aware proxy stops a broken server stream at the edge: the client
+                // would fail on it with 1002 and blame the wrong party.
+                tracing::warn!(backend = %self.conn.backend.address, pool = %self.conn.pool, code = code.code(), "backend broke RFC 6455");
+                crate::metrics::backend_violation(&self.conn.backend);
+                self.fail(
+                    Offender::Backend,
+                    (BACKEND_LOST.code(), "backend protocol error"),
+                    (code.code(), violation_reason(code)),
+                    now,
+                );
+            }
+            HalfEvent::Eof if !self.b2c.close_seen && !self.closing => {
                 // The backend connection died mid-stream: 1011, not 1014, because common
                 // client libraries (tungstenite among them) reject 1014 as reserved and
                 // would report a protocol error instead (see README). Inside a frame no close
@@ -107,6 +120,10 @@ impl Relay {
             Offender::Client => {
                 self.c2b.src_done = true;
                 self.b2c.shut_after_close = true;
+            }
+            Offender::Backend => {
+                self.b2c.src_done = true;
+                self.c2b.shut_after_close = true;
             }
         }
     }
