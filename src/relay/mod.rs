@@ -9,6 +9,8 @@
 pub mod buf;
 mod close;
 mod half;
+#[cfg(test)]
+mod tests;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
