@@ -297,13 +297,19 @@ mod tests {
         assert_eq!(verify(good.as_bytes(), &acc), Ok(0));
         let pmd = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
         assert_eq!(verify(pmd.as_bytes(), &acc), Ok(0b100));
-        assert!(matches!(verify(good.replace("101 Switching Protocols", "200 OK").as_bytes(), &acc), Err(Rejected::Backend(_))));
+        assert!(matches!(
+            verify(good.replace("101 Switching Protocols", "200 OK").as_bytes(), &acc),
+            Err(Rejected::Backend(_))
+        ));
         assert!(matches!(verify(b"HTTP/1.1 503 Busy\r\n\r\n", &acc), Err(Rejected::Backend(_))));
         for s in ["400 Bad Request", "401 Unauthorized", "431 Too Large"] {
             let head = format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\n\r\n");
             assert!(matches!(verify(head.as_bytes(), &acc), Err(Rejected::Request(_))), "{s}");
         }
-        assert!(matches!(verify(good.replace("s3pP", "xxxx").as_bytes(), &accept_key("AAAAAAAAAAAAAAAAAAAAAA==")), Err(Rejected::Backend(_))));
+        assert!(matches!(
+            verify(good.replace("s3pP", "xxxx").as_bytes(), &accept_key("AAAAAAAAAAAAAAAAAAAAAA==")),
+            Err(Rejected::Backend(_))
+        ));
     }
 
     #[test]

@@ -313,9 +313,21 @@ async fn invalid_backend_frames_stop_at_the_edge() {
         let cases: Vec<(&str, bool, Vec<u8>)> = vec![
             ("masked server frame", false, frame(true, Opcode::Text, b"x", M)),
             ("1-byte close payload", false, frame(true, Opcode::Close, &[3], None)),
-            ("close 1005 on the wire", false, frame(true, Opcode::Close, &1005u16.to_be_bytes(), None)),
-            ("close 1006 on the wire", false, frame(true, Opcode::Close, &1006u16.to_be_bytes(), None)),
-            ("close 1015 on the wire", false, frame(true, Opcode::Close, &1015u16.to_be_bytes(), None)),
+            (
+                "close 1005 on the wire",
+                false,
+                frame(true, Opcode::Close, &1005u16.to_be_bytes(), None),
+            ),
+            (
+                "close 1006 on the wire",
+                false,
+                frame(true, Opcode::Close, &1006u16.to_be_bytes(), None),
+            ),
+            (
+                "close 1015 on the wire",
+                false,
+                frame(true, Opcode::Close, &1015u16.to_be_bytes(), None),
+            ),
             ("RSV1 on a continuation (deflate)", true, rsv1_continuation),
             ("RSV1 on a ping (deflate)", true, rsv1_ping),
         ];
@@ -347,7 +359,11 @@ async fn invalid_backend_frames_stop_at_the_edge() {
                 assert_eq!((f.opcode, &f.payload[..]), (Opcode::Text, &b"a"[..]), "{what}");
             }
             assert_eq!(raw_close_code(&mut s, &mut pending).await, 1011, "{what}: the client gets 1011");
-            assert_eq!(tokio::time::timeout(T, rx.recv()).await.unwrap(), Some(1002), "{what}: the backend gets 1002");
+            assert_eq!(
+                tokio::time::timeout(T, rx.recv()).await.unwrap(),
+                Some(1002),
+                "{what}: the backend gets 1002"
+            );
             assert_eq!(backend_protocol_errors(baddr), 1, "{what}: counted once");
         }
     })

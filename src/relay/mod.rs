@@ -27,8 +27,8 @@ use crate::stream::Stream;
 use crate::ws::stream::{Scanner, Side};
 use crate::ws::CloseCode;
 pub use close::BACKEND_LOST;
-use half::{Half, Inject};
 pub use half::MAX_EARLY_BYTES;
+use half::{Half, Inject};
 
 /// How long both sides get to finish a closing handshake once one started.
 const CLOSE_GRACE_MS: u64 = 5_000;

@@ -208,7 +208,9 @@ async fn not_started(ns: NotStarted, peer: SocketAddr) {
     metrics::handshake_failure("relay_start");
     metrics::close_code(code, CloseOrigin::Proxy);
     let reason = "relay could not start";
-    let _ = backend.write_all(ControlFrame::close(code, reason, Some(rand::random())).as_bytes()).await;
+    let _ = backend
+        .write_all(ControlFrame::close(code, reason, Some(rand::random())).as_bytes())
+        .await;
     let _ = backend.shutdown().await;
     let _ = client.write_all(ControlFrame::close(code, reason, None).as_bytes()).await;
     linger(&mut client).await;

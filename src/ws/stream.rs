@@ -346,8 +346,16 @@ mod tests {
             ("close 1006", close(1006, b""), CloseCode::ProtocolError),
             ("close 1015", close(1015, b""), CloseCode::ProtocolError),
             ("reason not UTF-8", close(1000, &[0xff]), CloseCode::InvalidPayload),
-            ("reserved opcode", frame(true, Opcode::Reserved(3), b"x", None), CloseCode::ProtocolError),
-            ("stray continuation", frame(true, Opcode::Continuation, b"x", None), CloseCode::ProtocolError),
+            (
+                "reserved opcode",
+                frame(true, Opcode::Reserved(3), b"x", None),
+                CloseCode::ProtocolError,
+            ),
+            (
+                "stray continuation",
+                frame(true, Opcode::Continuation, b"x", None),
+                CloseCode::ProtocolError,
+            ),
         ];
         for (what, bytes, code) in cases {
             let mut s = Scanner::new(Side::Backend, 0, 0);
@@ -374,14 +382,30 @@ mod tests {
             ok.extend(frame(true, Opcode::Continuation, b"z", mask));
             ok.extend(rsv1(true, Opcode::Text));
             let mut s = Scanner::new(side, 0b100, 0);
-            assert_eq!(scan_all(&mut s, &ok).0, Scanned { forward: ok.len(), event: None, own_pong: false, data_seen: true });
-            for bad in [rsv1(true, Opcode::Continuation), rsv1(true, Opcode::Ping), rsv1(true, Opcode::Close)] {
+            assert_eq!(
+                scan_all(&mut s, &ok).0,
+                Scanned {
+                    forward: ok.len(),
+                    event: None,
+                    own_pong: false,
+                    data_seen: true
+                }
+            );
+            for bad in [
+                rsv1(true, Opcode::Continuation),
+                rsv1(true, Opcode::Ping),
+                rsv1(true, Opcode::Close),
+            ] {
                 let mut all = frame(false, Opcode::Text, b"a", mask);
                 let first = all.len();
                 all.extend(bad);
                 let mut s = Scanner::new(side, 0b100, 0);
                 let (r, _) = scan_all(&mut s, &all);
-                assert_eq!((r.forward, r.event), (first, Some(Event::Violation(CloseCode::ProtocolError))), "{side:?}");
+                assert_eq!(
+                    (r.forward, r.event),
+                    (first, Some(Event::Violation(CloseCode::ProtocolError))),
+                    "{side:?}"
+                );
             }
             // An unknown extension may use the RSV bits as it likes: not checked.
             let mut s = Scanner::new(side, 0b111, 0);

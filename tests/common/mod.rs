@@ -140,6 +140,8 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
         while let Ok((s, _)) = l.accept().await {
             let (a, lv, h) = (a.clone(), lv.clone(), h.clone());
             let t = tokio::spawn(async move {
+                // The callback's error type is tungstenite's (a whole HTTP response).
+                #[allow(clippy::result_large_err)]
                 let cb = |req: &Request, mut resp: Response| {
                     let hs: Vec<(String, String)> = req
                         .headers()
@@ -152,7 +154,10 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
                     }
                     *h.lock().unwrap() = hs;
                     if let Some(code) = req.uri().path().strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
-                        let refusal = tokio_tungstenite::tungstenite::http::Response::builder().status(code).body(None).unwrap();
+                        let refusal = tokio_tungstenite::tungstenite::http::Response::builder()
+                            .status(code)
+                            .body(None)
+                            .unwrap();
                         return Err(refusal);
                     }
                     Ok(resp)
