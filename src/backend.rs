@@ -111,7 +111,7 @@ pub struct Backend {
     pub slow_start_ms: AtomicU64,
     /// Passive ejection: not picked before this time (ms; 0 = not ejected).
     pub ejected_until_ms: AtomicU64,
-    /// Consecutive passive failures (connect errors, timeouts, bad 101s).
+    /// Consecutive passive failures (connect errors, timeouts, `5xx`, bad 101s; not `4xx`).
     pub passive_failures: AtomicU32,
     /// Current ejection back-off in ms (doubles, capped).
     pub ejection_backoff_ms: AtomicU64,

@@ -140,7 +140,7 @@ pub fn reload(ok: bool) {
 
 /// Pre-registers the label-free-ish series so `/metrics` shows them from the start.
 pub fn describe() {
-    for r in ["max_connections", "rate", "no_backend", "backend_full", "idle"] {
+    for r in ["max_connections", "rate", "no_backend", "backend_full", "idle", "local_resources"] {
         counter!("switchyard_shed_total", "reason" => r).increment(0);
     }
     for r in ["ok", "error"] {
@@ -151,4 +151,9 @@ pub fn describe() {
 /// Counts connections closed by the rebalancer.
 pub fn rebalance_moves(pool: &str, n: u64) {
     counter!("switchyard_rebalance_moves_total", "pool" => pool.to_string()).increment(n);
+}
+
+/// Counts one backend stopped at the edge for breaking RFC 6455 (an invalid frame).
+pub fn backend_violation(b: &crate::backend::Backend) {
+    counter!("switchyard_backend_protocol_errors_total", "pool" => b.pool.to_string(), "backend" => b.address.clone()).increment(1);
 }

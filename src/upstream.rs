@@ -100,28 +100,38 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
         match tokio::time::timeout(pool.config.connect_timeout, attempt(pool, backend, &head)).await {
-            Ok(Ok((stream, response, head_len))) => {
-                let verdict = verify(&response[..head_len], &expected);
-                match verdict {
-                    Ok(rsv_allowed) => {
-                        backend.observe_latency(started.elapsed().as_secs_f64(), clock::now_ms(), LATENCY_TAU_MS);
-                        crate::health::passive_success(backend);
-                        return Ok(Upstream {
-                            stream,
-                            response,
-                            head_len,
-                            guard,
-                            rsv_allowed,
-                            index: i,
-                            sticky,
-                        });
-                    }
-                    Err(why) => {
-                        crate::health::passive_failure(backend, pool, clock::now_ms());
-                        tracing::warn!(backend = %backend.address, pool = %pool.name, "invalid upgrade answer: {why}");
-                        return Err(UpstreamError::BadGateway(why));
-                    }
+            Ok(Ok((stream, response, head_len))) => match verify(&response[..head_len], &expected) {
+                Ok(rsv_allowed) => {
+                    backend.observe_latency(started.elapsed().as_secs_f64(), clock::now_ms(), LATENCY_TAU_MS);
+                    crate::health::passive_success(backend);
+                    return Ok(Upstream {
+                        stream,
+                        response,
+                        head_len,
+                        guard,
+                        rsv_allowed,
+                        index: i,
+                        sticky,
+                    });
                 }
+                // A 4xx judges the request, not the backend: a client must not be able to
+                // eject a healthy backend by sending what it refuses (HAProxy and Envoy
+                // outlier detection count the same way).
+                Err(Rejected::Request(why)) => {
+                    tracing::debug!(backend = %backend.address, pool = %pool.name, "backend refused the request: {why}");
+                    return Err(UpstreamError::BadGateway(why));
+                }
+                Err(Rejected::Backend(why)) => {
+                    crate::health::passive_failure(backend, pool, clock::now_ms());
+                    tracing::warn!(backend = %backend.address, pool = %pool.name, "invalid upgrade answer: {why}");
+                    return Err(UpstreamError::BadGateway(why));
+                }
+            },
+            Ok(Err(e)) if is_local_error(&e) => {
+                // Out of descriptors or buffers here: every backend would fail the same way,
+                // and none of them is to blame.
+                tracing::warn!(backend = %backend.address, "cannot connect, local resources exhausted: {e}");
+                return Err(UpstreamError::Exhausted(ShedReason::LocalResources));
             }
             Ok(Err(e)) => {
                 tracing::debug!(backend = %backend.address, "attempt failed: {e}");
@@ -205,26 +215,37 @@ fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
     out
 }
 
+/// Why a backend's answer to the upgrade was not a valid 101, and whose fault it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejected {
+    /// A `4xx`: the backend judged the client's request; its health is not in question.
+    Request(&'static str),
+    /// Anything else (a `5xx`, another status, an invalid `101`, an unparsable head).
+    Backend(&'static str),
+}
+
 /// Checks a backend's answer is a valid 101 for our key; returns the allowed RSV bits.
-fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, &'static str> {
+fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, Rejected> {
     let mut hs = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut hs);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err("unparsable response"),
+        _ => return Err(Rejected::Backend("unparsable response")),
     }
-    if resp.code != Some(101) {
-        return Err("status is not 101");
+    match resp.code {
+        Some(101) => {}
+        Some(400..=499) => return Err(Rejected::Request("backend refused the request (4xx)")),
+        _ => return Err(Rejected::Backend("status is not 101")),
     }
     let headers: &[httparse::Header<'_>] = resp.headers;
     if !any_has_token(headers, "upgrade", "websocket") {
-        return Err("missing Upgrade: websocket");
+        return Err(Rejected::Backend("missing Upgrade: websocket"));
     }
     if !any_has_token(headers, "connection", "upgrade") {
-        return Err("missing Connection: upgrade");
+        return Err(Rejected::Backend("missing Connection: upgrade"));
     }
     if header(headers, "sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(&expected_accept[..]) {
-        return Err("wrong Sec-WebSocket-Accept");
+        return Err(Rejected::Backend("wrong Sec-WebSocket-Accept"));
     }
     Ok(match header(headers, "sec-websocket-extensions") {
         None => 0,
@@ -282,7 +303,29 @@ mod tests {
         assert_eq!(verify(good.as_bytes(), &acc), Ok(0));
         let pmd = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
         assert_eq!(verify(pmd.as_bytes(), &acc), Ok(0b100));
-        assert!(verify(good.replace("101 Switching Protocols", "200 OK").as_bytes(), &acc).is_err());
-        assert!(verify(good.replace("s3pP", "xxxx").as_bytes(), &accept_key("AAAAAAAAAAAAAAAAAAAAAA==")).is_err());
+        assert!(matches!(
+            verify(good.replace("101 Switching Protocols", "200 OK").as_bytes(), &acc),
+            Err(Rejected::Backend(_))
+        ));
+        assert!(matches!(verify(b"HTTP/1.1 503 Busy\r\n\r\n", &acc), Err(Rejected::Backend(_))));
+        for s in ["400 Bad Request", "401 Unauthorized", "431 Too Large"] {
+            let head = format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\n\r\n");
+            assert!(matches!(verify(head.as_bytes(), &acc), Err(Rejected::Request(_))), "{s}");
+        }
+        assert!(matches!(
+            verify(good.replace("s3pP", "xxxx").as_bytes(), &accept_key("AAAAAAAAAAAAAAAAAAAAAA==")),
+            Err(Rejected::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn local_resource_errors_are_not_the_backends() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+            assert!(is_local_error(&std::io::Error::from_raw_os_error(code)), "{code}");
+        }
+        for code in [libc::ECONNREFUSED, libc::ECONNRESET, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(!is_local_error(&std::io::Error::from_raw_os_error(code)), "{code}");
+        }
+        assert!(!is_local_error(&std::io::Error::other("tls")));
     }
 }

@@ -1,10 +1,12 @@
 //! Property tests (proptest) for the frame codec, the scanner and the handshake parser:
 //! never panic on any input, never forward past what was read, and scanning a stream in
-//! arbitrary pieces gives the same result as scanning it whole.
+//! arbitrary pieces, or cut at any one byte, or fed byte by byte, gives the same result as
+//! scanning it whole, on the client's side (masked) and the backend's (unmasked) alike.
 
 use proptest::prelude::*;
 use switchyard::ws::frame::{apply_mask, parse_header, write_header, Opcode};
 use switchyard::ws::stream::{Event, Scanner, Side};
+use switchyard::ws::CloseCode;
 
 fn frame(fin: bool, op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut h = [0u8; 14];
@@ -18,7 +20,8 @@ fn frame(fin: bool, op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     v
 }
 
-/// Scans `bytes` fed in pieces of the given sizes, as the relay does (keeping carried bytes).
+/// Scans `bytes` fed in pieces of the given sizes (then the rest at once), as the relay does
+/// (keeping carried bytes).
 fn scan_in_pieces(side: Side, bytes: &[u8], cuts: &[usize]) -> (usize, Option<Event>, u64) {
     let mut s = Scanner::new(side, 0, 1 << 20);
     let mut buf = vec![0u8; bytes.len() + 256];
@@ -39,6 +42,99 @@ fn scan_in_pieces(side: Side, bytes: &[u8], cuts: &[usize]) -> (usize, Option<Ev
         filled -= r.forward;
     }
     (forwarded, None, s.take_messages())
+}
+
+/// A valid stream of `msgs` as `side` sends it (masked from a client, not from a backend),
+/// with fragmented messages carrying a ping between their fragments.
+fn stream_of(side: Side, msgs: &[(Vec<u8>, bool, u8)], mask: [u8; 4]) -> Vec<u8> {
+    let m = (side == Side::Client).then_some(mask);
+    let mut bytes = Vec::new();
+    for (payload, split, op) in msgs {
+        if *split && payload.len() > 1 {
+            let h = payload.len() / 2;
+            bytes.extend(frame(false, *op, &payload[..h], m));
+            bytes.extend(frame(true, 9, b"ping", m));
+            bytes.extend(frame(true, 0, &payload[h..], m));
+        } else {
+            bytes.extend(frame(true, *op, payload, m));
+        }
+    }
+    bytes
+}
+
+/// The scan of `bytes` whole, cut once at every byte, and fed one byte at a time all agree.
+fn same_at_every_cut(side: Side, bytes: &[u8]) -> Result<(usize, Option<Event>, u64), TestCaseError> {
+    let whole = scan_in_pieces(side, bytes, &[]);
+    for cut in 1..bytes.len() {
+        prop_assert_eq!(scan_in_pieces(side, bytes, &[cut]), whole, "cut at byte {}", cut);
+    }
+    prop_assert_eq!(scan_in_pieces(side, bytes, &vec![1; bytes.len()]), whole, "byte by byte");
+    Ok(whole)
+}
+
+const SIDES: [Side; 2] = [Side::Client, Side::Backend];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+
+    #[test]
+    fn valid_streams_pass_whole_when_cut_at_every_byte(
+        msgs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..300), any::<bool>(), 1u8..3), 1..6),
+        mask in any::<[u8; 4]>(),
+    ) {
+        for side in SIDES {
+            let bytes = stream_of(side, &msgs, mask);
+            let (fwd, ev, messages) = same_at_every_cut(side, &bytes)?;
+            prop_assert_eq!(ev, None);
+            prop_assert_eq!(fwd, bytes.len());
+            prop_assert_eq!(messages, msgs.len() as u64);
+        }
+    }
+
+    #[test]
+    fn a_close_ends_the_stream_at_every_cut(
+        msgs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..200), any::<bool>(), 1u8..3), 0..4),
+        code in prop_oneof![1000u16..=1003, 1007u16..=1014, 3000u16..=4999],
+        trailing in proptest::collection::vec(any::<u8>(), 0..64),
+        mask in any::<[u8; 4]>(),
+    ) {
+        for side in SIDES {
+            let mut bytes = stream_of(side, &msgs, mask);
+            bytes.extend(frame(true, 8, &code.to_be_bytes(), (side == Side::Client).then_some(mask)));
+            let end = bytes.len();
+            bytes.extend(&trailing); // whatever follows a close is never forwarded
+            let (fwd, ev, _) = same_at_every_cut(side, &bytes)?;
+            prop_assert_eq!(ev, Some(Event::Close(code)));
+            prop_assert_eq!(fwd, end);
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_is_caught_at_its_start_at_every_cut(
+        msgs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..200), any::<bool>(), 1u8..3), 0..4),
+        bad in 0usize..6,
+        mask in any::<[u8; 4]>(),
+    ) {
+        for side in SIDES {
+            let m = (side == Side::Client).then_some(mask);
+            let mut bytes = stream_of(side, &msgs, mask);
+            let start = bytes.len();
+            let wrong_mask = if m.is_some() { None } else { Some(mask) };
+            let (frame_bytes, code) = match bad {
+                0 => (frame(true, 1, b"x", wrong_mask), CloseCode::ProtocolError), // §5.1 masking
+                1 => (frame(true, 3, b"x", m), CloseCode::ProtocolError),          // reserved opcode
+                2 => (frame(true, 0, b"x", m), CloseCode::ProtocolError),          // stray continuation
+                3 => (frame(true, 8, &[3], m), CloseCode::ProtocolError),          // 1-byte close
+                4 => (frame(true, 8, &1005u16.to_be_bytes(), m), CloseCode::ProtocolError),
+                _ => (frame(true, 8, &[0x03, 0xe8, 0xff], m), CloseCode::InvalidPayload),
+            };
+            bytes.extend(frame_bytes);
+            bytes.extend(frame(true, 1, b"after", m));
+            let (fwd, ev, _) = same_at_every_cut(side, &bytes)?;
+            prop_assert_eq!(ev, Some(Event::Violation(code)));
+            prop_assert_eq!(fwd, start, "nothing from the bad frame on is forwarded");
+        }
+    }
 }
 
 proptest! {

@@ -149,6 +149,13 @@ pub fn wants_websocket(headers: &[httparse::Header<'_>]) -> bool {
         || header(headers, "sec-websocket-version").is_some()
 }
 
+/// Headers a request may carry at most once, with the 400 body naming them.
+const ONCE_ONLY: [(&str, &str); 3] = [
+    ("host", "duplicated Host header"),
+    ("sec-websocket-key", "duplicated Sec-WebSocket-Key header"),
+    ("sec-websocket-version", "duplicated Sec-WebSocket-Version header"),
+];
+
 /// Checks a parsed request against RFC 6455 §4.2.1 and the contract's table.
 pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refusal> {
     if req.method != Some("GET") {
@@ -156,6 +163,13 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
     }
     let target = req.path.unwrap_or("/");
     let headers: &[httparse::Header<'a>] = req.headers;
+    // RFC 6455 §11.3.1 and §4.1 allow the key and the version once, RFC 9112 §3.2 the Host:
+    // the balancer validates the first, so a second one must not reach the backend.
+    for (name, why) in ONCE_ONLY {
+        if headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).nth(1).is_some() {
+            return Err(Refusal::BadRequest(why));
+        }
+    }
     let host = header(headers, "host")
         .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|h| !h.trim().is_empty())
@@ -232,6 +246,17 @@ mod tests {
             }
         }
         assert_eq!(check(&GOOD.replace("Version: 13", "Version: 8")), Err(Refusal::UnsupportedVersion));
+        for (line, name) in [
+            ("Host: b\r\n", "Host"),
+            ("Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n", "Sec-WebSocket-Key"),
+            ("sec-websocket-version: 13\r\n", "Sec-WebSocket-Version"),
+        ] {
+            let raw = GOOD.replace("\r\n\r\n", &format!("\r\n{line}\r\n"));
+            match check(&raw) {
+                Err(r @ Refusal::BadRequest(_)) => assert!(r.response().contains(&format!("duplicated {name}")), "{}", r.response()),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
         assert!(Refusal::UnsupportedVersion.response().contains("Sec-WebSocket-Version: 13\r\n"));
     }
 

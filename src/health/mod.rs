@@ -2,7 +2,8 @@
 //! backend-reported load ([`load_poll`]), all kept in step with reloads by one
 //! [`supervisor`] task that also samples byte rates.
 //!
-//! Passive: `fall` consecutive failures (connect errors, timeouts, invalid 101s) eject a
+//! Passive: `fall` consecutive failures the backend is responsible for (connect errors,
+//! timeouts, a `5xx` or an invalid 101; never a `4xx`, nor a local EMFILE) eject a
 //! backend for a back-off that doubles on each ejection (capped); when it ends the backend
 //! is picked again, which probes it; one success resets the count and the back-off.
 
@@ -36,7 +37,7 @@ pub fn passive_success(b: &Backend) {
     }
 }
 
-/// A real connection attempt failed before (or at) its 101.
+/// A real connection attempt failed before (or at) its 101 through the backend's fault.
 pub fn passive_failure(b: &Backend, pool: &Pool, now_ms: u64) {
     let fall = pool.config.health_check.as_ref().map(|h| h.fall).unwrap_or(DEFAULT_FALL).max(1);
     let n = b.passive_failures.fetch_add(1, Relaxed) + 1;

@@ -21,6 +21,9 @@ pub enum ShedReason {
     BackendFull,
     /// Closed as the longest idle to admit a new one (`shedding.evict_idle`).
     Idle,
+    /// A backend connection could not be opened for lack of local resources (descriptors,
+    /// socket buffers, ports): the balancer's own limit, not a backend's fault.
+    LocalResources,
 }
 
 impl ShedReason {
@@ -32,6 +35,7 @@ impl ShedReason {
             ShedReason::NoBackend => "no_backend",
             ShedReason::BackendFull => "backend_full",
             ShedReason::Idle => "idle",
+            ShedReason::LocalResources => "local_resources",
         }
     }
 

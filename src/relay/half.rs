@@ -15,6 +15,11 @@ use crate::ws::CloseCode;
 
 /// Room kept free at the end of a buffer for one injected control frame.
 const HEADROOM: usize = 160;
+/// Most bytes a direction can take before the relay starts (pipelined behind a handshake head).
+pub const MAX_EARLY_BYTES: usize = super::buf::BUF_SIZE - HEADROOM;
+/// Bytes a source may still send once its direction only discards (after a close, or with
+/// its destination dead) before it is no longer read at all.
+const DISCARD_BUDGET: usize = super::buf::BUF_SIZE;
 
 /// A frame the proxy itself puts into a direction at the next frame boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,10 @@ pub struct Pumped {
     pub data_seen: bool,
     /// The proxy's own pong came back (and was cut out).
     pub own_pong: bool,
+    /// An injected close with this code was put on the wire.
+    pub sent_close: Option<u16>,
+    /// The injected ping was written in full.
+    pub ping_sent: bool,
     /// Something that ends or changes the connection.
     pub event: Option<HalfEvent>,
 }
@@ -76,8 +85,16 @@ pub struct Half {
     pub shut: bool,
     /// A frame waiting for the next boundary.
     pub inject: Option<Inject>,
-    /// Bytes read and not yet flushed to shared counters.
+    /// Bytes relayed (scanned and passed on) and not yet flushed to shared counters.
     pub unflushed_bytes: u64,
+    /// Bytes dropped since this direction started discarding.
+    discarded: usize,
+    /// An injected close was put on the wire.
+    close_injected: bool,
+    /// Once the injected close is written, shut the destination down (it broke the rules).
+    pub shut_after_close: bool,
+    /// End of an injected ping within the bytes being written (0: none in flight).
+    ping_end: usize,
     /// The destination already closed its sending side: no `shutdown` needed, the socket is
     /// about to be closed anyway.
     pub peer_gone: bool,
@@ -101,6 +118,10 @@ impl Half {
             shut: false,
             inject: None,
             unflushed_bytes: 0,
+            discarded: 0,
+            close_injected: false,
+            shut_after_close: false,
+            ping_end: 0,
             peer_gone: false,
         }
     }
@@ -111,13 +132,12 @@ impl Half {
         if bytes.is_empty() {
             return true;
         }
-        self.buf.ensure();
-        if bytes.len() > self.buf.len() - HEADROOM {
+        if bytes.len() > MAX_EARLY_BYTES {
             return false;
         }
+        self.buf.ensure();
         self.buf[..bytes.len()].copy_from_slice(bytes);
         self.filled = bytes.len();
-        self.unflushed_bytes += bytes.len() as u64;
         self.rescan = true;
         true
     }
@@ -134,10 +154,15 @@ impl Half {
             if self.out_start < self.out_end {
                 if self.dst_dead {
                     self.out_start = self.out_end;
+                    self.ping_end = 0;
                 } else {
                     match Pin::new(&mut *dst).poll_write(cx, &self.buf[self.out_start..self.out_end]) {
                         Poll::Ready(Ok(n)) if n > 0 => {
                             self.out_start += n;
+                            if self.ping_end != 0 && self.out_start >= self.ping_end {
+                                self.ping_end = 0;
+                                r.ping_sent = true;
+                            }
                             r.progress = true;
                             continue;
                         }
@@ -158,15 +183,31 @@ impl Half {
                 self.out_start = 0;
                 self.out_end = 0;
             }
+            // RFC 6455 §7.1.7: the connection of a peer that broke the rules is closed as soon
+            // as its close frame is out, without waiting for an answer.
+            if self.shut_after_close && self.close_injected && !self.shut && !self.dst_dead {
+                match Pin::new(&mut *dst).poll_shutdown(cx) {
+                    Poll::Ready(_) => {
+                        self.shut = true;
+                        r.progress = true;
+                    }
+                    Poll::Pending => return r,
+                }
+            }
             if let Some(inj) = self.inject {
                 if self.dst_dead || (self.scan.at_boundary() && !self.rescan) {
                     self.inject = None;
                     if !self.dst_dead {
                         self.put_front(inj);
                         r.progress = true;
-                        if let Inject::Close(..) = inj {
-                            self.discard = true;
-                            self.filled = self.out_end;
+                        match inj {
+                            Inject::Close(code, _) => {
+                                self.discard = true;
+                                self.close_injected = true;
+                                self.filled = self.out_end;
+                                r.sent_close = Some(code);
+                            }
+                            Inject::Ping(_) => self.ping_end = self.out_end,
                         }
                         continue;
                     }
@@ -224,14 +265,19 @@ impl Half {
                         r.event = Some(HalfEvent::Eof);
                         return r;
                     }
-                    self.filled += n;
-                    self.unflushed_bytes += n as u64;
                     r.progress = true;
-                    r.rx = true;
                     if self.discard {
-                        self.filled = self.out_end;
+                        // Dropped bytes are no traffic; a source that keeps sending them gets
+                        // a bounded allowance, then is not read any more (no spinning).
+                        self.discarded += n;
+                        if self.discarded > DISCARD_BUDGET {
+                            self.src_done = true;
+                            return r;
+                        }
                         continue;
                     }
+                    self.filled += n;
+                    r.rx = true;
                     if let Some(ev) = self.scan_buffered(&mut r, own_ping) {
                         r.event = Some(ev);
                         return r;
@@ -245,6 +291,7 @@ impl Half {
     fn scan_buffered(&mut self, r: &mut Pumped, own_ping: Option<&[u8]>) -> Option<HalfEvent> {
         let stop = self.inject.is_some();
         let s = self.scan.scan(&mut self.buf, self.out_end, &mut self.filled, own_ping, stop);
+        self.unflushed_bytes += (s.forward - self.out_end) as u64;
         self.out_end = s.forward;
         r.data_seen |= s.data_seen;
         r.own_pong |= s.own_pong;

@@ -7,7 +7,10 @@
 //! stamps, and the deadline is recomputed when the timer fires.
 
 pub mod buf;
+mod close;
 mod half;
+#[cfg(test)]
+mod tests;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -18,20 +21,19 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 use crate::clock;
-use crate::metrics::{close_code, CloseOrigin};
+use crate::metrics::CloseOrigin;
 use crate::server::conns::ConnShared;
 use crate::stream::Stream;
 use crate::ws::stream::{Scanner, Side};
 use crate::ws::CloseCode;
-use half::{Half, HalfEvent, Inject};
+pub use close::BACKEND_LOST;
+pub use half::MAX_EARLY_BYTES;
+use half::{Half, Inject};
 
 /// How long both sides get to finish a closing handshake once one started.
 const CLOSE_GRACE_MS: u64 = 5_000;
 /// Local counters are flushed to the shared ones at least this often while active.
 const FLUSH_EVERY_MS: u64 = 1_000;
-
-/// Close code for a backend that died mid-stream (the contract allows 1014 or 1011).
-pub const BACKEND_LOST: CloseCode = CloseCode::InternalError;
 
 /// Per-connection knobs, copied from the config at connection start.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +67,15 @@ pub struct Outcome {
     pub msgs_b2c: u64,
 }
 
+/// A relay that could not start: the early bytes of a side did not fit in a buffer. The
+/// streams are handed back so the caller can close them with a code.
+pub struct NotStarted {
+    /// The client connection.
+    pub client: Stream,
+    /// The backend connection.
+    pub backend: Stream,
+}
+
 /// A connection being relayed.
 pub struct Relay {
     client: Stream,
@@ -75,6 +86,9 @@ pub struct Relay {
     conn: Arc<ConnShared>,
     settings: RelaySettings,
     ping_token: [u8; 8],
+    /// A keepalive ping waits for a frame boundary towards the client (not yet on the wire).
+    ping_queued: bool,
+    /// When the last ping went on the wire and is still unanswered (0: none).
     awaiting_pong_ms: u64,
     last_ping_ms: u64,
     last_client_rx_ms: u64,
@@ -86,12 +100,15 @@ pub struct Relay {
     dirty: bool,
     seen_close_req: Option<u64>,
     first_close: Option<(u16, CloseOrigin)>,
+    /// The last close code the proxy sent and counted (0: none).
+    counted_sent: u16,
     totals: [u64; 4],
 }
 
 impl Relay {
     /// Prepares a relay; `client_early`/`backend_early` are bytes already read past the
-    /// handshake heads. Returns `None` when they do not fit in a buffer.
+    /// handshake heads. Fails when they do not fit in a buffer (more than [`MAX_EARLY_BYTES`];
+    /// callers check that before answering the 101).
     pub fn new(
         client: Stream,
         backend: Stream,
@@ -99,12 +116,12 @@ impl Relay {
         settings: RelaySettings,
         client_early: &[u8],
         backend_early: &[u8],
-    ) -> Option<Self> {
+    ) -> Result<Self, NotStarted> {
         let now = clock::now_ms();
         let mut c2b = Half::new(Scanner::new(Side::Client, settings.rsv_allowed, settings.max_message), true);
         let mut b2c = Half::new(Scanner::new(Side::Backend, settings.rsv_allowed, 0), false);
         if !c2b.preload(client_early) || !b2c.preload(backend_early) {
-            return None;
+            return Err(NotStarted { client, backend });
         }
         let token = rand::random::<u64>().to_be_bytes();
         let mut r = Relay {
@@ -116,6 +133,7 @@ impl Relay {
             conn,
             settings,
             ping_token: token,
+            ping_queued: false,
             awaiting_pong_ms: 0,
             last_ping_ms: now,
             last_client_rx_ms: now,
@@ -127,10 +145,11 @@ impl Relay {
             dirty: true,
             seen_close_req: None,
             first_close: None,
+            counted_sent: 0,
             totals: [0; 4],
         };
         r.rearm(now, true);
-        Some(r)
+        Ok(r)
     }
 
     /// Relays until both sides are closed (or the close grace ends).
@@ -166,6 +185,18 @@ impl Relay {
                         self.dirty = true; // the flush deadline may be the earliest now
                     }
                 }
+                if b.ping_sent {
+                    // Only a ping on the wire is awaited: one queued behind a long frame has
+                    // not been sent, and its client cannot answer it yet.
+                    let now = clock::now_ms();
+                    self.ping_queued = false;
+                    self.awaiting_pong_ms = now;
+                    self.last_ping_ms = now;
+                    self.dirty = true;
+                }
+                for code in [a.sent_close, b.sent_close].into_iter().flatten() {
+                    self.on_close_sent(code);
+                }
                 // A side whose peer already ended needs no shutdown(2) before the close.
                 self.c2b.peer_gone = self.b2c.src_done;
                 self.b2c.peer_gone = self.c2b.src_done;
@@ -176,6 +207,9 @@ impl Relay {
                 if let Some(ev) = b.event {
                     self.dirty = true;
                     self.on_backend_event(ev);
+                }
+                if self.stranded() {
+                    return Poll::Ready(self.finish());
                 }
                 if self.c2b.finished() && self.b2c.finished() {
                     return Poll::Ready(self.finish());
@@ -210,94 +244,6 @@ impl Relay {
         }
     }
 
-    fn on_client_event(&mut self, ev: HalfEvent) {
-        let now = clock::now_ms();
-        match ev {
-            HalfEvent::CloseFrame(code) => {
-                self.note_close(code, CloseOrigin::Client);
-                self.start_grace(now);
-            }
-            HalfEvent::Violation(code) => self.begin_close(code.code(), violation_reason(code), now),
-            HalfEvent::Eof if !self.c2b.close_seen && !self.closing => {
-                // The client vanished without a close: tell the backend.
-                self.note_close(1006, CloseOrigin::Client);
-                self.closing = true;
-                self.start_grace(now);
-                self.c2b.inject = Some(Inject::Close(CloseCode::GoingAway.code(), "client went away"));
-                note_sent(CloseCode::GoingAway.code());
-            }
-            HalfEvent::Eof => self.start_grace(now),
-            // The backend cannot be written: its read side will report the rest.
-            HalfEvent::DstDead => self.start_grace(now),
-        }
-    }
-
-    fn on_backend_event(&mut self, ev: HalfEvent) {
-        let now = clock::now_ms();
-        match ev {
-            HalfEvent::CloseFrame(code) => {
-                self.note_close(code, CloseOrigin::Backend);
-                self.start_grace(now);
-            }
-            HalfEvent::Eof | HalfEvent::Violation(_) if !self.b2c.close_seen && !self.closing => {
-                // The backend connection died mid-stream: 1011, not 1014, because common
-                // client libraries (tungstenite among them) reject 1014 as reserved and
-                // would report a protocol error instead (see README).
-                self.closing = true;
-                self.start_grace(now);
-                self.note_close(BACKEND_LOST.code(), CloseOrigin::Proxy);
-                self.b2c.inject = Some(Inject::Close(BACKEND_LOST.code(), "backend connection lost"));
-                note_sent(BACKEND_LOST.code());
-                self.c2b.discard = true;
-            }
-            HalfEvent::DstDead if !self.closing => {
-                // The client cannot be written: it is gone.
-                self.note_close(1006, CloseOrigin::Client);
-                self.closing = true;
-                self.start_grace(now);
-                if !self.c2b.close_seen {
-                    self.c2b.inject = Some(Inject::Close(CloseCode::GoingAway.code(), "client went away"));
-                    note_sent(CloseCode::GoingAway.code());
-                }
-            }
-            _ => self.start_grace(now),
-        }
-    }
-
-    /// The proxy closes both sides with `code` (violation, idle, ping timeout, drain, shutdown).
-    fn begin_close(&mut self, code: u16, reason: &'static str, now: u64) {
-        if self.closing {
-            return;
-        }
-        self.closing = true;
-        self.start_grace(now);
-        self.note_close(code, CloseOrigin::Proxy);
-        note_sent(code);
-        if !self.b2c.close_seen && !self.b2c.dst_dead {
-            self.b2c.inject = Some(Inject::Close(code, reason));
-        }
-        if !self.c2b.close_seen && !self.c2b.dst_dead && !self.c2b.src_done {
-            self.c2b.inject = Some(Inject::Close(code, reason));
-        }
-        self.injected = true;
-        self.c2b.discard |= self.c2b.inject.is_none();
-    }
-
-    fn start_grace(&mut self, now: u64) {
-        if self.closing_deadline_ms == 0 {
-            self.closing_deadline_ms = now + CLOSE_GRACE_MS;
-        }
-    }
-
-    fn note_close(&mut self, code: u16, origin: CloseOrigin) {
-        if origin != CloseOrigin::Proxy {
-            close_code(code, origin);
-        }
-        if self.first_close.is_none() {
-            self.first_close = Some((code, origin));
-        }
-    }
-
     /// Acts on whatever is due at `now`; true when the connection must end now.
     fn on_time(&mut self, now: u64) -> bool {
         if self.closing_deadline_ms != 0 && now >= self.closing_deadline_ms {
@@ -323,10 +269,10 @@ impl Relay {
                 if now >= self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
                     self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);
                 }
-            } else if !self.closing && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
+            } else if !self.closing && !self.ping_queued && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
+                // Awaited from the moment it is written (see `poll_relay`), not from now.
                 self.b2c.inject = Some(Inject::Ping(self.ping_token));
-                self.awaiting_pong_ms = now;
-                self.last_ping_ms = now;
+                self.ping_queued = true;
                 self.injected = true;
             }
         }
@@ -355,11 +301,11 @@ impl Relay {
                 d = d.min(self.last_data_ms + idle.as_millis() as u64);
             }
             if let Some(interval) = self.settings.ping_interval {
-                d = d.min(if self.awaiting_pong_ms != 0 {
-                    self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64
-                } else {
-                    self.ping_due(interval)
-                });
+                if self.awaiting_pong_ms != 0 {
+                    d = d.min(self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64);
+                } else if !self.ping_queued {
+                    d = d.min(self.ping_due(interval));
+                }
             }
         }
         if self.has_unflushed() {
@@ -417,18 +363,5 @@ impl Relay {
             msgs_c2b: self.totals[2],
             msgs_b2c: self.totals[3],
         }
-    }
-}
-
-/// Counts a close frame the proxy sent.
-fn note_sent(code: u16) {
-    close_code(code, CloseOrigin::Proxy);
-}
-
-fn violation_reason(code: CloseCode) -> &'static str {
-    match code {
-        CloseCode::MessageTooBig => "message too big",
-        CloseCode::InvalidPayload => "invalid close reason",
-        _ => "protocol error",
     }
 }

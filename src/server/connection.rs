@@ -19,7 +19,7 @@ use crate::config::Shedding;
 use crate::handshake::{accept_key, header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
 use crate::limits::{retry_reason, ShedReason, Slot};
 use crate::metrics::{self, CloseOrigin};
-use crate::relay::Relay;
+use crate::relay::{NotStarted, Relay, MAX_EARLY_BYTES};
 use crate::runtime::Runtime;
 use crate::stream::Stream;
 use crate::ws::frame::ControlFrame;
@@ -147,6 +147,11 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
             }
         };
     }
+    // RFC 6455 §4.1: a client waits for the 101 before sending frames. A little pipelining is
+    // tolerated, but only what the relay can hold: refused here, never after the 101.
+    if buf.len() - end > MAX_EARLY_BYTES {
+        return refuse(&mut stream, Refusal::BadRequest("too much data sent before the 101")).await;
+    }
     let key = header(req.headers, "sec-websocket-key")
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or("")
@@ -160,7 +165,30 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
     if stream.write_all(&head).await.is_err() {
         return None;
     }
-    upgrade::start(shared, &rt, listener, stream, prepared, &buf[end..], started).map(Fork::Relay)
+    match upgrade::start(shared, &rt, listener, stream, prepared, &buf[end..], started) {
+        Ok(ready) => Some(Fork::Relay(ready)),
+        Err(ns) => {
+            not_started(ns, peer).await;
+            None
+        }
+    }
+}
+
+/// After a 101, a relay that cannot start (checked before the 101, so this is a bug guard)
+/// still ends with a close frame on both sides, a log line and a metric.
+pub(super) async fn not_started(ns: NotStarted, peer: SocketAddr) {
+    let NotStarted { mut client, mut backend } = ns;
+    let code = crate::ws::CloseCode::InternalError.code();
+    tracing::warn!(client = %peer, "relay could not start after the 101: early data over {MAX_EARLY_BYTES} bytes");
+    metrics::handshake_failure("relay_start");
+    metrics::close_code(code, CloseOrigin::Proxy);
+    let reason = "relay could not start";
+    let _ = backend
+        .write_all(ControlFrame::close(code, reason, Some(rand::random())).as_bytes())
+        .await;
+    let _ = backend.shutdown().await;
+    let _ = client.write_all(ControlFrame::close(code, reason, None).as_bytes()).await;
+    linger(&mut client).await;
 }
 
 /// Answers with an HTTP error and closes (after letting the client read it).

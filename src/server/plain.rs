@@ -113,8 +113,9 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: Arc<str>, stream: Strea
         Some(PendingUpgrade::Relay(on, prepared, started)) => {
             let Some((stream, early)) = upgraded(on).await else { return };
             let rt = shared.runtime.load_full();
-            if let Some(ready) = upgrade::start(&shared, &rt, &listener, stream, *prepared, &early, started) {
-                connection::relay(ready, peer, &listener).await;
+            match upgrade::start(&shared, &rt, &listener, stream, *prepared, &early, started) {
+                Ok(ready) => connection::relay(ready, peer, &listener).await,
+                Err(ns) => connection::not_started(ns, peer).await,
             }
         }
     }

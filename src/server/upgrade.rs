@@ -105,6 +105,11 @@ pub(super) async fn prepare(
         Err(UpstreamError::Exhausted(reason)) => return Err(Answer::Shed(reason)),
         Err(UpstreamError::BadGateway(why)) => return Err(Answer::Refuse(Refusal::BadGateway(why))),
     };
+    if upstream.response.len() - upstream.head_len > crate::relay::MAX_EARLY_BYTES {
+        return Err(Answer::Refuse(Refusal::BadGateway(
+            "backend sent too much data right after its 101",
+        )));
+    }
     if let Some(r) = upstream.sticky {
         crate::metrics::sticky(&pool.name, r.label());
     }
@@ -118,7 +123,8 @@ pub(super) async fn prepare(
 }
 
 /// After the 101 reached the client: records the handshake, registers the connection and
-/// builds its relay. `client_early` holds frames the client sent behind its request.
+/// builds its relay. `client_early` holds frames the client sent behind its request. When
+/// the relay cannot start, the sockets come back to be closed with a code.
 pub(super) fn start(
     shared: &Arc<Shared>,
     rt: &Runtime,
@@ -127,7 +133,7 @@ pub(super) fn start(
     prepared: Prepared,
     client_early: &[u8],
     started: Instant,
-) -> Option<Ready> {
+) -> Result<Ready, crate::relay::NotStarted> {
     let Prepared { upstream, slot, pool, .. } = prepared;
     let limits = &rt.config.limits;
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
@@ -151,7 +157,7 @@ pub(super) fn start(
         client_early,
         &upstream.response[upstream.head_len..],
     )?;
-    Some(Ready {
+    Ok(Ready {
         relay,
         reg,
         _slot: slot,

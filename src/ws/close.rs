@@ -7,13 +7,13 @@ pub enum CloseCode {
     Normal,
     /// 1001: shutdown, idle timeout, ping timeout, client gone (to the backend).
     GoingAway,
-    /// 1002: the client broke RFC 6455.
+    /// 1002: a peer broke RFC 6455 (sent to that peer).
     ProtocolError,
     /// 1007: a close reason that is not UTF-8.
     InvalidPayload,
     /// 1009: a message over `max_message_bytes`.
     MessageTooBig,
-    /// 1011: unexpected condition.
+    /// 1011: unexpected condition: the backend was lost or broke RFC 6455 (to the client).
     InternalError,
     /// 1012: backend drained, removed or rebalanced.
     ServiceRestart,

@@ -1,17 +1,21 @@
 //! Per-direction frame scanner: walks the bytes of one direction of a WebSocket stream,
 //! frame header by frame header, without copying or unmasking payloads. It decides how
-//! many bytes may be forwarded, keeps control frames whole, validates client frames
-//! (RFC 6455 §5), enforces the message size limit, counts messages and spots close frames.
+//! many bytes may be forwarded, keeps control frames whole, validates the frames of both
+//! sides (RFC 6455 §5, RFC 7692 §6), enforces the client's message size limit, counts
+//! messages and spots close frames.
 
 use super::close::{check_close_payload, CloseCode};
 use super::frame::{apply_mask, parse_header, FrameHeader, Opcode};
+
+/// RSV1 as the scanner sees it (the three RSV bits are the low bits, RSV1 the highest).
+const RSV1: u8 = 0b100;
 
 /// Whose frames a scanner reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Frames from the client: masked, validated strictly.
     Client,
-    /// Frames from the backend: trusted, only framed and counted.
+    /// Frames from the backend: unmasked, validated by the same rules.
     Backend,
 }
 
@@ -34,7 +38,7 @@ pub struct Scanned {
     pub event: Option<Event>,
     /// A pong answering the proxy's own ping was found and cut out of the buffer.
     pub own_pong: bool,
-    /// A data frame header was seen (activity for the idle timer).
+    /// Data frame bytes (a header or payload) passed: activity for the idle timer.
     pub data_seen: bool,
 }
 
@@ -101,6 +105,7 @@ impl Scanner {
                 }
                 let k = (self.remaining.min(avail as u64)) as usize;
                 pos += k;
+                out.data_seen = true; // payload bytes are activity too, not only headers
                 self.remaining -= k as u64;
                 if stop_at_boundary && self.remaining == 0 {
                     break;
@@ -137,15 +142,15 @@ impl Scanner {
                 }
                 match h.opcode {
                     Opcode::Close => {
+                        // §5.5.1, §7.4: from either side; a backend's invalid close is stopped
+                        // here, not passed on for the client to fail on.
                         let code = match check_close_payload(p) {
                             Ok(c) => c,
-                            Err(c) if self.side == Side::Client => {
+                            Err(c) => {
                                 out.forward = pos;
                                 out.event = Some(Event::Violation(c));
                                 return out;
                             }
-                            // a backend's odd close is passed on as it is
-                            Err(_) => 1005,
                         };
                         out.forward = pos + total;
                         out.event = Some(Event::Close(code));
@@ -181,22 +186,19 @@ impl Scanner {
         out
     }
 
-    /// RFC 6455 rules for one header. Backends are trusted with everything but the size of
-    /// control frames (§5.5), which the scanner must hold whole.
+    /// RFC 6455 rules for one header, the same for both sides but for masking; only
+    /// client messages have a size limit.
     fn check(&self, h: &FrameHeader) -> Result<(), CloseCode> {
-        if self.side == Side::Backend {
-            return if h.opcode.is_control() && h.len > 125 {
-                Err(CloseCode::ProtocolError)
-            } else {
-                Ok(())
-            };
-        }
-        // §5.1: a client must mask every frame.
-        if h.mask.is_none() {
+        // §5.1: a client masks every frame, a server none.
+        if h.mask.is_some() != (self.side == Side::Client) {
             return Err(CloseCode::ProtocolError);
         }
         // §5.2: RSV bits only as negotiated by an extension.
         if h.rsv & !self.rsv_allowed != 0 {
+            return Err(CloseCode::ProtocolError);
+        }
+        // RFC 7692 §6: permessage-deflate sets RSV1 only on the first frame of a message.
+        if self.rsv_allowed == RSV1 && h.rsv & RSV1 != 0 && (h.opcode.is_control() || h.opcode == Opcode::Continuation) {
             return Err(CloseCode::ProtocolError);
         }
         match h.opcode {
@@ -328,6 +330,89 @@ mod tests {
         let mut v = frame(true, Opcode::Text, b"x", M);
         v[0] |= 0x40;
         assert_eq!(scan_all(&mut s, &v).0.event, None);
+    }
+
+    #[test]
+    fn rfc_violations_from_backends() {
+        let close = |code: u16, reason: &[u8]| {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(reason);
+            frame(true, Opcode::Close, &p, None)
+        };
+        let cases: Vec<(&str, Vec<u8>, CloseCode)> = vec![
+            ("masked", frame(true, Opcode::Text, b"x", M), CloseCode::ProtocolError),
+            ("1-byte close", frame(true, Opcode::Close, &[3], None), CloseCode::ProtocolError),
+            ("close 1005", close(1005, b""), CloseCode::ProtocolError),
+            ("close 1006", close(1006, b""), CloseCode::ProtocolError),
+            ("close 1015", close(1015, b""), CloseCode::ProtocolError),
+            ("reason not UTF-8", close(1000, &[0xff]), CloseCode::InvalidPayload),
+            (
+                "reserved opcode",
+                frame(true, Opcode::Reserved(3), b"x", None),
+                CloseCode::ProtocolError,
+            ),
+            (
+                "stray continuation",
+                frame(true, Opcode::Continuation, b"x", None),
+                CloseCode::ProtocolError,
+            ),
+        ];
+        for (what, bytes, code) in cases {
+            let mut s = Scanner::new(Side::Backend, 0, 0);
+            let mut all = frame(true, Opcode::Text, b"ok", None);
+            let first = all.len();
+            all.extend(bytes);
+            let (r, _) = scan_all(&mut s, &all);
+            assert_eq!(r.event, Some(Event::Violation(code)), "{what}");
+            assert_eq!(r.forward, first, "{what}: bytes before the bad frame still go");
+        }
+        let mut s = Scanner::new(Side::Backend, 0, 0);
+        assert_eq!(scan_all(&mut s, &close(1000, b"bye")).0.event, Some(Event::Close(1000)));
+    }
+
+    #[test]
+    fn rsv1_only_on_the_first_frame_of_a_deflated_message() {
+        for (side, mask) in [(Side::Client, M), (Side::Backend, None)] {
+            let rsv1 = |fin: bool, op: Opcode| {
+                let mut f = frame(fin, op, b"z", mask);
+                f[0] |= 0x40;
+                f
+            };
+            let mut ok = rsv1(false, Opcode::Binary);
+            ok.extend(frame(true, Opcode::Continuation, b"z", mask));
+            ok.extend(rsv1(true, Opcode::Text));
+            let mut s = Scanner::new(side, 0b100, 0);
+            assert_eq!(
+                scan_all(&mut s, &ok).0,
+                Scanned {
+                    forward: ok.len(),
+                    event: None,
+                    own_pong: false,
+                    data_seen: true
+                }
+            );
+            for bad in [
+                rsv1(true, Opcode::Continuation),
+                rsv1(true, Opcode::Ping),
+                rsv1(true, Opcode::Close),
+            ] {
+                let mut all = frame(false, Opcode::Text, b"a", mask);
+                let first = all.len();
+                all.extend(bad);
+                let mut s = Scanner::new(side, 0b100, 0);
+                let (r, _) = scan_all(&mut s, &all);
+                assert_eq!(
+                    (r.forward, r.event),
+                    (first, Some(Event::Violation(CloseCode::ProtocolError))),
+                    "{side:?}"
+                );
+            }
+            // An unknown extension may use the RSV bits as it likes: not checked.
+            let mut s = Scanner::new(side, 0b111, 0);
+            let mut all = frame(false, Opcode::Text, b"a", mask);
+            all.extend(rsv1(true, Opcode::Continuation));
+            assert_eq!(scan_all(&mut s, &all).0.event, None);
+        }
     }
 
     #[test]

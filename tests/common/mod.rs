@@ -95,6 +95,8 @@ pub fn config(algorithm: &str, backends: &[SocketAddr], extra: &str) -> String {
 
 /// A test backend: a real WebSocket echo server that can be told what to do by text
 /// messages (`close:CODE:REASON`, `die`, `stream:N`, `whoami`), and counts connections.
+/// An upgrade request for `/status/NNN` is refused with that HTTP status (an auth or
+/// validation failure the client provoked).
 pub struct Backend {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
@@ -141,6 +143,8 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
         while let Ok((s, _)) = l.accept().await {
             let (a, lv, h) = (a.clone(), lv.clone(), h.clone());
             let t = tokio::spawn(async move {
+                // The callback's error type is tungstenite's (a whole HTTP response).
+                #[allow(clippy::result_large_err)]
                 let cb = |req: &Request, mut resp: Response| {
                     let hs: Vec<(String, String)> = req
                         .headers()
@@ -152,6 +156,13 @@ pub fn backend_on(l: TcpListener, name: &'static str) -> Backend {
                         resp.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
                     }
                     *h.lock().unwrap() = hs;
+                    if let Some(code) = req.uri().path().strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+                        let refusal = tokio_tungstenite::tungstenite::http::Response::builder()
+                            .status(code)
+                            .body(None)
+                            .unwrap();
+                        return Err(refusal);
+                    }
                     Ok(resp)
                 };
                 let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
@@ -396,7 +407,7 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
 }
 
 /// Reads frames until a close; returns its code (1005 if empty).
-pub async fn raw_close_code(s: &mut TcpStream, pending: &mut Vec<u8>) -> u16 {
+pub async fn raw_close_code<S: tokio::io::AsyncRead + Unpin>(s: &mut S, pending: &mut Vec<u8>) -> u16 {
     use switchyard::ws::frame::Opcode;
     loop {
         let f = tokio::time::timeout(T, switchyard::ws::peer::read_frame(s, pending))
