@@ -49,6 +49,9 @@ pub struct BackendMetrics {
     pub msgs_b2c: Counter,
     /// `switchyard_backend_up{pool,backend}`
     pub up: Gauge,
+    /// `switchyard_http_requests_total{pool,backend,status}` by status class (1xx…5xx),
+    /// registered on first use so WebSocket-only backends get no such series.
+    http: [std::sync::OnceLock<Counter>; 5],
 }
 
 impl BackendMetrics {
@@ -64,7 +67,20 @@ impl BackendMetrics {
             msgs_c2b: dir("switchyard_messages_total", "client_to_backend"),
             msgs_b2c: dir("switchyard_messages_total", "backend_to_client"),
             up: gauge!("switchyard_backend_up", "pool" => p.clone(), "backend" => b.clone()),
+            http: Default::default(),
         }
+    }
+
+    /// Counts one plain HTTP answer with `status` from this backend (a label lookup only the
+    /// first time each class is seen).
+    pub fn http_request(&self, pool: &str, backend: &str, status: u16) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.http[i]
+            .get_or_init(|| {
+                counter!("switchyard_http_requests_total", "pool" => pool.to_string(), "backend" => backend.to_string(), "status" => CLASSES[i])
+            })
+            .increment(1);
     }
 }
 
@@ -113,19 +129,6 @@ pub fn handshake_histogram(pool: &str) -> metrics::Histogram {
 /// `switchyard_http_request_duration_seconds{pool}` handle (request received → response head).
 pub fn request_histogram(pool: &str) -> metrics::Histogram {
     histogram!("switchyard_http_request_duration_seconds", "pool" => pool.to_string())
-}
-
-/// `switchyard_http_requests_total{pool,backend,status}` (status class `2xx`…`5xx`).
-pub fn http_request(pool: &str, backend: &str, status: u16) {
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    counter!("switchyard_http_requests_total", "pool" => pool.to_string(), "backend" => backend.to_string(), "status" => class)
-        .increment(1);
 }
 
 /// `switchyard_sticky_total{pool,result}`.

@@ -311,7 +311,7 @@ async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'
         clients.give_back(backend.address.clone(), conn.sender);
         backend.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         pool.request_duration.record(started.elapsed().as_secs_f64());
-        crate::metrics::http_request(&pool.name, &backend.address, status.as_u16());
+        backend.metrics.http_request(&pool.name, &backend.address, status.as_u16());
         if let Some(r) = sticky {
             crate::metrics::sticky(&pool.name, r.label());
         }
