@@ -246,3 +246,35 @@ async fn certificates_are_read_again_on_reload() {
     })
     .await
 }
+
+#[tokio::test]
+async fn plain_https_requests_are_forwarded_with_a_secure_sticky_cookie() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let (crt, key) = pki.leaf("a", &["a.test"], false);
+        let b = common::http::http_backend("b1").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    sticky: {{ cookie: SYID }}\n    backends:\n      - address: \"{}\"\n",
+            crt.display(),
+            key.display(),
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let tcp = TcpStream::connect(p.addr).await.unwrap();
+        let mut tls = pki
+            .connector()
+            .connect(ServerName::try_from("a.test".to_string()).unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        tls.write_all(b"GET /headers HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut resp = String::new();
+        let _ = tokio::time::timeout(T, tls.read_to_string(&mut resp)).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains("x-forwarded-proto: https\n"), "{resp}");
+        let cookie = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
+        assert!(cookie.contains("SYID=") && cookie.contains("; Secure"), "{cookie}");
+    })
+    .await
+}

@@ -176,12 +176,12 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     if declared.is_some_and(|n| n > limits.max_request_body_bytes) {
         return refusal(Refusal::BodyTooLarge);
     }
-    let mut out = Request::builder()
+    let out = Request::builder()
         .method(parts.method.clone())
         .uri(target)
         .body(())
         .map(|r| r.into_parts().0);
-    let Ok(out) = out.as_mut() else {
+    let Ok(mut out) = out else {
         return refusal(Refusal::BadRequest("malformed request target"));
     };
     out.headers = parts.headers.clone();
@@ -201,19 +201,16 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
         }
     }
     let req = Forward {
-        parts: out,
         method: &parts.method,
         target,
         headers: &hs,
         tally,
     };
-    forward(&cx, &rt, pool, req, body, started).await
+    forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
 }
 
-/// A request on its way to a backend.
+/// What the balancer knows of a request on its way to a backend.
 struct Forward<'a> {
-    /// Head to send (hop-by-hop fields removed, forwarding fields added).
-    parts: &'a hyper::http::request::Parts,
     method: &'a Method,
     target: &'a str,
     /// The client's headers, for picking (sticky cookie, hash keys).
@@ -221,12 +218,14 @@ struct Forward<'a> {
     tally: Arc<RequestTally>,
 }
 
-/// Picks, connects (next backend on a connect failure), sends, and returns the response.
-async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'_>, body: Body, started: Instant) -> Response<Body> {
+/// Picks, connects (next backend on a connect failure), sends `out` (hop-by-hop fields
+/// removed, forwarding fields added), and returns the response.
+async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'_>, out: Request<Body>, started: Instant) -> Response<Body> {
     let limits = &rt.config.limits;
     let clients = &cx.shared.http_clients;
-    let retryable = body.is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut body = Some(body);
+    let retryable = out.body().is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // The request while it has not gone out (a refused send hands it back).
+    let mut pending = Some(out);
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..pool.config.max_attempts.max(1) {
         let now = clock::now_ms();
@@ -259,10 +258,18 @@ async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'
         // request went out (or, for a bodiless idempotent request, at any point).
         let mut may_retry = true;
         let sent = loop {
-            let Some(b) = body.take() else {
+            let Some(out) = pending.take() else {
                 return refusal(Refusal::BadGateway("request body already sent"));
             };
-            let out = Request::from_parts(req.parts.clone(), b);
+            // A bodiless idempotent request may be sent again after a reused connection
+            // failed under it: keep its head (only then is it copied).
+            let spare = (conn.reused && may_retry && retryable).then(|| {
+                let mut r = Request::new(empty());
+                *r.method_mut() = out.method().clone();
+                *r.uri_mut() = out.uri().clone();
+                *r.headers_mut() = out.headers().clone();
+                r
+            });
             let deadline = tokio::time::Instant::now() + limits.request_timeout;
             match tokio::time::timeout_at(deadline, conn.sender.try_send_request(out)).await {
                 Err(_) => {
@@ -273,18 +280,16 @@ async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'
                 Ok(Ok(resp)) => break Ok(resp),
                 Ok(Err(mut e)) => {
                     let unsent = e.take_message();
-                    if conn.reused && may_retry && (unsent.is_some() || retryable) {
+                    if conn.reused && may_retry && (unsent.is_some() || spare.is_some()) {
                         may_retry = false;
-                        body = Some(unsent.map_or_else(|| Empty::new().map_err(|e| match e {}).boxed_unsync(), |r| r.into_body()));
+                        pending = unsent.or(spare);
                         match open(cx, pool, i).await {
                             Some(c) => conn = c,
                             None => break Err(None),
                         }
                         continue;
                     }
-                    if let Some(r) = unsent {
-                        body = Some(r.into_body());
-                    }
+                    pending = unsent;
                     break Err(Some(e.into_error()));
                 }
             }
@@ -292,7 +297,7 @@ async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'
         let resp = match sent {
             Ok(r) => r,
             // A fresh connection could not be opened: the next backend, if the body is still here.
-            Err(None) if body.is_some() => continue,
+            Err(None) if pending.is_some() => continue,
             Err(e) => {
                 if req.tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) {
                     return refusal(Refusal::BodyTooLarge);
@@ -322,7 +327,7 @@ async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'
         }
         let end = Finished {
             _guard: guard,
-            log: rt.config.process.access_log.then(|| AccessLine {
+            log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| AccessLine {
                 client: cx.peer,
                 method: req.method.clone(),
                 path: req.target.split('?').next().unwrap_or("/").to_string(),
