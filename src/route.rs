@@ -7,16 +7,14 @@ use crate::handshake::header;
 pub fn route<'r>(routes: &'r [Route], target: &str, host: &str, headers: &[httparse::Header<'_>]) -> Option<&'r Route> {
     let path = target.split('?').next().unwrap_or(target);
     let host = strip_port(host);
-    routes
-        .iter()
-        .find(|r| {
-            let m = &r.matcher;
-            m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-                && m.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host))
-                && m.header
-                    .as_ref()
-                    .is_none_or(|hm| header(headers, &hm.name).is_some_and(|v| v == hm.value.as_bytes()))
-        })
+    routes.iter().find(|r| {
+        let m = &r.matcher;
+        m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            && m.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host))
+            && m.header
+                .as_ref()
+                .is_none_or(|hm| header(headers, &hm.name).is_some_and(|v| v == hm.value.as_bytes()))
+    })
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.

@@ -25,7 +25,9 @@ async fn requests_are_forwarded_with_keep_alive_on_both_sides() {
         let p = Proxy::start(&config("round_robin", &[b.addr], ""));
         let (mut s, mut buf) = conn(&p).await;
         for i in 0..20 {
-            let r = roundtrip(&mut s, &mut buf, &get(&format!("/page/{i}"), "")).await.expect("a response");
+            let r = roundtrip(&mut s, &mut buf, &get(&format!("/page/{i}"), ""))
+                .await
+                .expect("a response");
             assert_eq!((r.status, r.body.as_str()), (200, "b1"), "request {i}");
         }
         assert_eq!(b.seen.requests.load(SeqCst), 20);
@@ -35,13 +37,24 @@ async fn requests_are_forwarded_with_keep_alive_on_both_sides() {
         assert_eq!(roundtrip(&mut s2, &mut buf2, &get("/x", "")).await.unwrap().body, "b1");
         assert_eq!(b.seen.conns.load(SeqCst), 1);
         // Forwarding fields added, hop-by-hop fields gone.
-        let r = roundtrip(&mut s, &mut buf, &get("/headers", "Connection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-Proto: spoofed\r\n"))
-            .await
-            .unwrap();
+        let r = roundtrip(
+            &mut s,
+            &mut buf,
+            &get(
+                "/headers",
+                "Connection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-Proto: spoofed\r\n",
+            ),
+        )
+        .await
+        .unwrap();
         assert!(r.body.contains("x-forwarded-for: 127.0.0.1\n"), "{}", r.body);
         assert!(r.body.contains("x-forwarded-proto: http\n"), "{}", r.body);
         assert!(r.body.contains("forwarded: for=127.0.0.1;proto=http;host=\"test\"\n"), "{}", r.body);
-        assert!(!r.body.contains("x-private") && !r.body.contains("keep-alive: timeout"), "{}", r.body);
+        assert!(
+            !r.body.contains("x-private") && !r.body.contains("keep-alive: timeout"),
+            "{}",
+            r.body
+        );
     })
     .await
 }
@@ -113,14 +126,22 @@ async fn ambiguous_framing_is_refused_and_reaches_no_backend() {
             let mut s = TcpStream::connect(p.addr).await.unwrap();
             s.write_all(v.as_bytes()).await.unwrap();
             let mut buf = Vec::new();
-            let r = read_response(&mut s, &mut buf).await.unwrap_or_else(|| panic!("an answer to {v:?}"));
+            let r = read_response(&mut s, &mut buf)
+                .await
+                .unwrap_or_else(|| panic!("an answer to {v:?}"));
             assert_eq!(r.status, 400, "{v:?}: {r:?}");
             assert!(closed_soon(&mut s).await, "connection closed after {v:?}");
         }
         // The same after a good request on a keep-alive connection (hyper parses it).
         let (mut s, mut buf) = conn(&p).await;
         assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().status, 200);
-        let r = roundtrip(&mut s, &mut buf, "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n").await.unwrap();
+        let r = roundtrip(
+            &mut s,
+            &mut buf,
+            "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 400, "{r:?}");
         assert_eq!(b.seen.requests.load(SeqCst), 1, "only the good request reached the backend");
         assert_eq!(http_get(p.addr, "/").await, (200, "b1".to_string()), "still serves");
@@ -231,12 +252,17 @@ async fn sticky_cookie_pins_a_client_and_is_reissued_when_its_backend_goes() {
         let (mut s, mut buf) = conn(&p).await;
         let first = roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap();
         let cookie = first.header("set-cookie").expect("a cookie").to_string();
-        assert!(cookie.starts_with("SYID=") && cookie.contains("Path=/") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+        assert!(
+            cookie.starts_with("SYID=") && cookie.contains("Path=/") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
         assert!(!cookie.contains("127.0.0.1"), "opaque: {cookie}");
         let pair = cookie.split(';').next().unwrap().to_string();
         for _ in 0..12 {
             let (mut s, mut buf) = conn(&p).await;
-            let r = roundtrip(&mut s, &mut buf, &get("/", &format!("Cookie: a=1; {pair}\r\n"))).await.unwrap();
+            let r = roundtrip(&mut s, &mut buf, &get("/", &format!("Cookie: a=1; {pair}\r\n")))
+                .await
+                .unwrap();
             assert_eq!(r.body, first.body, "pinned");
             assert!(r.header("set-cookie").is_none(), "no new cookie on a hit");
         }
@@ -251,17 +277,28 @@ async fn sticky_cookie_pins_a_client_and_is_reissued_when_its_backend_goes() {
         // Its backend drained: another one answers and the cookie is re-issued.
         let idx = ["b1", "b2", "b3"].iter().position(|n| *n == first.body).unwrap();
         let addr = [b1.addr, b2.addr, b3.addr][idx];
-        assert_eq!(http(p.admin(), "POST", &format!("/api/pools/p/backends/{addr}/drain"), "").await.0, 200);
-        let r = roundtrip(&mut s, &mut buf, &get("/", &format!("Cookie: {pair}\r\n"))).await.unwrap();
+        assert_eq!(
+            http(p.admin(), "POST", &format!("/api/pools/p/backends/{addr}/drain"), "").await.0,
+            200
+        );
+        let r = roundtrip(&mut s, &mut buf, &get("/", &format!("Cookie: {pair}\r\n")))
+            .await
+            .unwrap();
         assert_ne!(r.body, first.body);
         let again = r.header("set-cookie").expect("re-issued");
         assert_ne!(again.split(';').next().unwrap(), pair);
         let metrics = http_get(p.admin(), "/metrics").await.1;
         for result in ["hit", "assigned", "reassigned"] {
-            assert!(metrics.contains(&format!("switchyard_sticky_total{{pool=\"p\",result=\"{result}\"}}")), "{result}:\n{metrics}");
+            assert!(
+                metrics.contains(&format!("switchyard_sticky_total{{pool=\"p\",result=\"{result}\"}}")),
+                "{result}:\n{metrics}"
+            );
         }
         assert!(metrics.contains("switchyard_http_requests_total{pool=\"p\",backend="), "{metrics}");
-        assert!(metrics.contains("switchyard_http_request_duration_seconds_bucket{pool=\"p\""), "{metrics}");
+        assert!(
+            metrics.contains("switchyard_http_request_duration_seconds_bucket{pool=\"p\""),
+            "{metrics}"
+        );
     })
     .await
 }

@@ -100,7 +100,10 @@ async fn socket_io_polling_only_stays_up_past_two_ping_intervals() {
         return;
     }
     // Ping every 1 s: a session held 3.5 s on polling sees three pings through the balancer.
-    let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sio_server.js", &[n, "1000"])).collect();
+    let servers: Vec<_> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|n| node_server("sio_server.js", &[n, "1000"]))
+        .collect();
     let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
     let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n");
     let url = format!("http://{}", p.addr);

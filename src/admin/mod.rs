@@ -128,7 +128,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
         Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "unreadable request body\n"),
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"),
     }
-    route(admin, &parts.method, parts.uri.path())
+    route(admin, &parts.method, parts.uri.path()).await
 }
 
 /// A browser page of another origin must not drive the API (CSRF): when the request
@@ -141,7 +141,7 @@ fn cross_origin(parts: &hyper::http::request::Parts) -> Option<Resp> {
 }
 
 /// Every endpoint: path shape → allowed methods → handler.
-fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
+async fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, get): (&str, bool) = match segments.as_slice() {
         [""] | ["healthz"] | ["metrics"] | ["api", "pools"] | ["api", "status"] => ("GET, HEAD", true),
@@ -165,7 +165,7 @@ fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
         ["metrics"] => with_type(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
         ["api", "pools"] => json(StatusCode::OK, &api::pools(&admin.shared)),
         ["api", "status"] => json(StatusCode::OK, &api::status(admin)),
-        ["api", "reload"] => api::reload(admin),
+        ["api", "reload"] => api::reload(admin).await,
         ["api", "pools", pool, "backends", address, action] => match (percent_decode(pool), percent_decode(address)) {
             (Some(pool), Some(address)) => api::set_drain(&admin.shared, &pool, &address, *action == "drain"),
             _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding in path\n"),

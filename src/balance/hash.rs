@@ -179,7 +179,11 @@ fn query<'a>(target: &'a str, name: &str) -> Option<&'a [u8]> {
 
 /// The `n`-th segment of the path (from 1): `/sockjs/123/abcd/xhr`, 3 → `abcd`.
 fn path_segment(target: &str, n: usize) -> Option<&[u8]> {
-    path(target).split('/').filter(|s| !s.is_empty()).nth(n.checked_sub(1)?).map(str::as_bytes)
+    path(target)
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .nth(n.checked_sub(1)?)
+        .map(str::as_bytes)
 }
 
 /// The request target without query or fragment.

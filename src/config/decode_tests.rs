@@ -370,7 +370,10 @@ fn plain_http_and_stickiness_settings() {
     assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.max_request_body_bytes, 1024 * 1024);
     assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(30));
-    let bad = yaml.replace("http: reject", "http: rejekt").replace("path_segment:3", "path_segment:0").replace("cookie: SYID", "cookie: \"a b\"");
+    let bad = yaml
+        .replace("http: reject", "http: rejekt")
+        .replace("path_segment:3", "path_segment:0")
+        .replace("cookie: SYID", "cookie: \"a b\"");
     let errs = parse(&bad, &PathBuf::from(".")).unwrap_err();
     let text: Vec<String> = errs.iter().map(|e| e.render("f")).collect();
     assert_eq!(errs.len(), 3, "{text:?}");

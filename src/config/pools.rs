@@ -186,7 +186,10 @@ fn decode_sticky(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<StickyConfig>
             if c.bytes().all(token) {
                 Some(c)
             } else {
-                ctx.error(n, format!("{what}.cookie `{c}` is not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"));
+                ctx.error(
+                    n,
+                    format!("{what}.cookie `{c}` is not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"),
+                );
                 None
             }
         });
@@ -205,7 +208,10 @@ fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
     if let Some(n) = text.strip_prefix("path_segment:") {
         return match n.trim().parse::<usize>() {
             Ok(n) if n >= 1 => Ok(HashKey::PathSegment(n)),
-            _ => Err((format!("hash key `{text}` needs a segment number from 1 (e.g. `path_segment:3`)"), None)),
+            _ => Err((
+                format!("hash key `{text}` needs a segment number from 1 (e.g. `path_segment:3`)"),
+                None,
+            )),
         };
     }
     if let Some((source, name)) = text.split_once(':') {

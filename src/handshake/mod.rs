@@ -237,7 +237,10 @@ mod tests {
 
     #[test]
     fn header_lists_span_lines() {
-        let two_lines = GOOD.replace("Connection: keep-alive, Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
+        let two_lines = GOOD.replace(
+            "Connection: keep-alive, Upgrade\r\n",
+            "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+        );
         assert_eq!(check(&two_lines).unwrap(), "/chat?x=1");
         let split_upgrade = GOOD.replace("Upgrade: WebSocket\r\n", "Upgrade: h2c\r\nUpgrade: websocket\r\n");
         assert_eq!(check(&split_upgrade).unwrap(), "/chat?x=1");

@@ -135,7 +135,10 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
         if let Err(s) = crate::http::headers::check_framing(req.headers) {
             return refuse(&mut stream, Refusal::BadRequest(s.reason())).await;
         }
-        return match shared.admission.admit(pending, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms()) {
+        return match shared
+            .admission
+            .admit(pending, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
+        {
             Ok(slot) => Some(Fork::Plain { stream, read: buf, slot }),
             Err(reason) => {
                 metrics::shed(reason.label());
@@ -144,7 +147,10 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
             }
         };
     }
-    let key = header(req.headers, "sec-websocket-key").and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("").trim();
+    let key = header(req.headers, "sec-websocket-key")
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or("")
+        .trim();
     let prepared = match upgrade::prepare(shared, &rt, lcfg, &req, peer, stream.is_tls(), Admit::Pending(pending)).await {
         Ok(p) => p,
         Err(Answer::Refuse(r)) => return refuse(&mut stream, r).await,

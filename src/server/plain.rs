@@ -160,7 +160,9 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
         return refusal(Refusal::NoRoute);
     };
     if route.http == HttpMode::Reject {
-        return refusal(Refusal::BadRequest("plain HTTP is not served on this route (WebSocket upgrades only)"));
+        return refusal(Refusal::BadRequest(
+            "plain HTTP is not served on this route (WebSocket upgrades only)",
+        ));
     }
     let Some(pool) = rt.pools.get(&route.pool) else {
         return refusal(Refusal::NoRoute);
@@ -173,7 +175,11 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     if declared.is_some_and(|n| n > limits.max_request_body_bytes) {
         return refusal(Refusal::BodyTooLarge);
     }
-    let mut out = Request::builder().method(parts.method.clone()).uri(target).body(()).map(|r| r.into_parts().0);
+    let mut out = Request::builder()
+        .method(parts.method.clone())
+        .uri(target)
+        .body(())
+        .map(|r| r.into_parts().0);
     let Ok(out) = out.as_mut() else {
         return refusal(Refusal::BadRequest("malformed request target"));
     };
@@ -188,9 +194,7 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
         match tokio::time::timeout(limits.request_timeout, body.frame()).await {
             Ok(Some(Ok(first))) => body = http_body_util::StreamBody::new(PrependFrame(Some(first), body)).boxed_unsync(),
             Ok(None) => body = empty(),
-            Ok(Some(Err(_))) if tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) => {
-                return refusal(Refusal::BodyTooLarge)
-            }
+            Ok(Some(Err(_))) if tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTooLarge),
             Ok(Some(Err(_))) => return refusal(Refusal::BadRequest("malformed chunked body")),
             Err(_) => return refusal(Refusal::Timeout),
         }
@@ -379,10 +383,7 @@ async fn upgrade_request<'h>(
     let (answer, pending) = match result {
         Ok(prepared) => {
             let raw = prepared.response_head();
-            (
-                switching(&raw),
-                PendingUpgrade::Relay(on, Box::new(prepared), started),
-            )
+            (switching(&raw), PendingUpgrade::Relay(on, Box::new(prepared), started))
         }
         Err(Answer::Refuse(r)) => return refusal(r),
         Err(Answer::Shed(reason)) => (
@@ -404,7 +405,10 @@ fn switching(raw: &[u8]) -> Response<Body> {
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     for h in parsed.headers.iter() {
-        if let (Ok(n), Ok(v)) = (hyper::header::HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
             resp.headers_mut().append(n, v);
         }
     }

@@ -87,7 +87,11 @@ async fn answer(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
     let path = req.uri().path().to_string();
     match path.as_str() {
         "/ws" => {
-            let key = req.headers().get("sec-websocket-key").cloned().unwrap_or(hyper::header::HeaderValue::from_static(""));
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .cloned()
+                .unwrap_or(hyper::header::HeaderValue::from_static(""));
             let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
@@ -166,7 +170,10 @@ pub struct Resp {
 impl Resp {
     /// First header by name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

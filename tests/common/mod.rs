@@ -2,6 +2,7 @@
 //! the balancer started in-process from YAML on port 0. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod control;
 pub mod http;
 
 use std::net::SocketAddr;
