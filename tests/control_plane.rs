@@ -234,3 +234,77 @@ async fn overlapping_reloads_end_with_the_files_config() {
     })
     .await
 }
+
+/// Fault 6: `/healthz` answers `200 ok` while 1,000 idle and 50 slow admin clients (all
+/// from the same address as the probe) are connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_a_thousand_idle_and_slow_admin_clients_are_connected() {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let a = backend("a").await;
+        let p = Proxy::start(&config("round_robin", &[a.addr], ADMIN));
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            held.push(tokio::net::TcpStream::connect(p.admin()).await.unwrap());
+        }
+        for _ in 0..50 {
+            let mut s = tokio::net::TcpStream::connect(p.admin()).await.unwrap();
+            s.write_all(b"GET /api/pools HTTP/1.1\r\nHo").await.unwrap();
+            held.push(s);
+        }
+        for _ in 0..5 {
+            assert_eq!(http_get(p.admin(), "/healthz").await, (200, "ok\n".to_string()));
+        }
+        // the capped API itself still answers once the crowd is gone
+        drop(held);
+        let mut served = false;
+        for _ in 0..100 {
+            if http_get(p.admin(), "/api/pools").await.0 == 200 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "the API answers again after the idle clients left");
+    })
+    .await
+}
+
+/// Fault 7: DNS rebinding. `Host: evil.example:PORT` with the matching `Origin` passed the
+/// cross-origin check; now such a request gets `421` for reads and for a drain, while IP
+/// literals, `localhost` and the names in `admin.hosts` are served.
+#[tokio::test]
+async fn a_rebinding_host_gets_421_and_listed_names_are_served() {
+    bounded(async {
+        let a = backend("a").await;
+        let admin = "admin:\n  bind: \"127.0.0.1:0\"\n  hosts: [\"switchyard.internal\"]\n";
+        let p = Proxy::start(&config("round_robin", &[a.addr], admin));
+        let port = p.admin().port();
+        let ask = |method: &str, path: &str, host: &str| {
+            let origin = format!("http://{host}");
+            let req =
+                format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let addr = p.admin();
+            async move { status(&raw_exchange(addr, req.as_bytes()).await) }
+        };
+        let evil = format!("evil.example:{port}");
+        assert_eq!(ask("GET", "/api/pools", &evil).await, 421);
+        assert_eq!(ask("GET", "/metrics", &evil).await, 421);
+        let drain = format!("/api/pools/p/backends/{}/drain", a.addr);
+        assert_eq!(ask("POST", &drain, &evil).await, 421);
+        assert_eq!(p.backend(0).state().name(), "up", "the rebinding drain changed nothing");
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("switchyard.internal:{port}"),
+        ] {
+            assert_eq!(ask("GET", "/api/pools", &host).await, 200, "{host}");
+        }
+        // an Origin of another host is still refused (CSRF)
+        let req = format!("GET /api/pools HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n");
+        assert_eq!(status(&raw_exchange(p.admin(), req.as_bytes()).await), 403);
+        // the liveness probe needs no particular Host
+        assert_eq!(ask("GET", "/healthz", &evil).await, 200);
+    })
+    .await
+}

@@ -192,6 +192,9 @@ pub struct HeaderMatch {
 pub struct AdminConfig {
     /// Address to bind.
     pub bind: SocketAddr,
+    /// Host names (lower case, optionally `name:port`) accepted in `Host` besides IP
+    /// literals and `localhost`: the defence against DNS rebinding.
+    pub hosts: Vec<String>,
 }
 
 /// The balancing algorithms of the contract.
