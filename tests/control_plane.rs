@@ -308,3 +308,71 @@ async fn a_rebinding_host_gets_421_and_listed_names_are_served() {
     })
     .await
 }
+
+/// Fault 8: `--watch` never applies a half-written file. A writer truncates the config,
+/// writes the part that lists only backend `a`, pauses 1.5 s holding the file open, then
+/// writes the rest (backend `b`): `b` is never removed and its client is never closed. A
+/// FIFO at the config path neither blocks the control thread (admin answers) nor applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_never_applies_a_half_written_file_and_a_fifo_blocks_nothing() {
+    use std::io::Write;
+    bounded(async {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = config("round_robin", &[a.addr, b.addr], "");
+        let (p, path) = Proxy::start_file(dir.path(), &format!("{yaml}{ADMIN}"));
+        let full = format!("{}{ADMIN}# rewritten\n", yaml.replacen("127.0.0.1:0", &p.addr.to_string(), 1));
+        switchyard::reload::watch_file(&p.server, std::fs::read(&path).unwrap());
+        let mut others = Vec::new();
+        let mut on_b = loop {
+            let mut ws = connect(&p.url("/")).await;
+            if ask(&mut ws, "whoami").await == "b" {
+                break ws;
+            }
+            others.push(ws);
+            assert!(others.len() < 4, "round robin reaches b");
+        };
+        // The first part alone is a valid config without `b`.
+        let cut = full.find(&format!("      - address: \"{}\"", b.addr)).unwrap();
+        let (head, tail) = (full[..cut].to_string(), full[cut..].to_string());
+        assert!(switchyard::config::parse(&head, std::path::Path::new(".")).is_ok(), "{head}");
+        let writer_path = path.clone();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::create(&writer_path).unwrap();
+            f.write_all(head.as_bytes()).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            f.write_all(tail.as_bytes()).unwrap();
+        });
+        let backends = || p.server.shared.runtime.load().pools["p"].backends.len();
+        while !writer.is_finished() {
+            assert_eq!(backends(), 2, "a half-written file was applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        writer.join().unwrap();
+        // The finished file (same backends) is applied; nothing was ever removed.
+        let applied = eventually(T, || {
+            p.server.shared.runtime.load().config == switchyard::config::load(&path).unwrap()
+        })
+        .await;
+        assert!(applied.is_some(), "the settled file is applied");
+        assert_eq!(backends(), 2);
+        assert_eq!(ask(&mut on_b, "whoami").await, "b", "b's client was never closed");
+
+        // A FIFO swapped in at the config path.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::rename(&fifo, &path).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await; // a few watch rounds
+        assert_eq!(http_get(p.admin(), "/healthz").await, (200, "ok\n".to_string()));
+        let (code, body) = http(p.admin(), "POST", "/api/reload", "").await;
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains("not a regular file"), "{body}");
+        assert_eq!(backends(), 2);
+        assert_eq!(ask(&mut on_b, "whoami").await, "b");
+    })
+    .await
+}
