@@ -170,7 +170,7 @@ impl Signals {
                     _ = int.recv() => break,
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading");
-                        let _ = switchyard::reload::reload(&shared);
+                        switchyard::reload::request(&shared);
                     }
                 }
             }

@@ -3,14 +3,14 @@
 //! backend that stays) → swap it in atomically → apply the difference (drain what went
 //! away). Anything that fails rejects the reload whole; the old config keeps serving.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::server::conns::ConnTable;
-use crate::server::{Server, Shared};
+use crate::server::Shared;
 
 /// Problems only visible by opening files the config names (TLS certificates and keys),
 /// positioned at the first mention of the file name in the config text.
@@ -60,25 +60,146 @@ fn file_problems(cfg: &Config, text: &str) -> Vec<crate::config::ConfigError> {
 /// Reads a config file once and validates it whole, including the files it names: what
 /// `check`, start-up and every reload accept. Returns the config and the text it came from.
 pub fn load_checked(path: &std::path::Path) -> Result<(Config, String), Vec<crate::config::ConfigError>> {
-    let (text, cfg) = crate::config::read(path)?;
-    let problems = file_problems(&cfg, &text);
-    if problems.is_empty() {
-        Ok((cfg, text))
-    } else {
-        Err(problems)
+    let (text, _) = crate::config::read(path)?;
+    check_text(path, &text).map(|cfg| (cfg, text))
+}
+
+/// The outcome of one reload: `Ok`, or every error (one per line in the API's answer).
+pub type Outcome = Result<(), Vec<String>>;
+
+/// What a reload reads its config from.
+enum Source {
+    /// The config file, read when the reload's turn comes.
+    File,
+    /// This text of the config file (what `--watch` saw settle).
+    Text(String),
+}
+
+/// Where a reload's outcome goes.
+enum Reply {
+    /// Nobody waits (SIGHUP: the outcome is logged and shown in `/api/status`).
+    None,
+    /// A thread waits (the blocking [`reload`]).
+    Blocking(std::sync::mpsc::Sender<Outcome>),
+    /// A task waits (`POST /api/reload`, `--watch`).
+    Task(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+struct Job {
+    source: Source,
+    reply: Reply,
+}
+
+/// The single queue every reload goes through: one task on the control runtime takes
+/// the requests in the order they were made and runs them one at a time (each on the
+/// blocking pool, so file reads and binds never stall admin or health checks). Two
+/// overlapping reloads therefore end with the later one's config, whatever started them.
+pub struct Queue {
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
+    rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Queue {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
     }
 }
 
-/// Reloads the config file: read → validate → bind new listeners → build (reusing live
-/// backend state) → swap → apply the difference. Rejected whole on any error, with the old
-/// config still serving; counted in `switchyard_config_reloads_total`.
-pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reload::Queue")
+    }
+}
+
+impl Queue {
+    fn push(&self, source: Source, reply: Reply) -> bool {
+        self.tx.send(Job { source, reply }).is_ok()
+    }
+}
+
+/// Starts the task that runs queued reloads (on the current runtime: the control one). It
+/// holds the shared state weakly, so a stopped server is not kept alive by its queue.
+pub(crate) fn spawn_queue(shared: &Arc<Shared>) {
+    let Some(mut rx) = shared.reloads.rx.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            let Some(shared) = weak.upgrade() else { break };
+            let Job { source, reply } = job;
+            let outcome = tokio::task::spawn_blocking(move || run(&shared, source))
+                .await
+                .unwrap_or_else(|e| Err(vec![format!("reload failed: {e}")]));
+            match reply {
+                Reply::None => {}
+                Reply::Blocking(tx) => {
+                    let _ = tx.send(outcome);
+                }
+                Reply::Task(tx) => {
+                    let _ = tx.send(outcome);
+                }
+            }
+        }
+    });
+}
+
+/// Reloads the config file and waits for the outcome (blocking: never call it on the
+/// control thread). Queued behind any reload already asked for.
+pub fn reload(shared: &Arc<Shared>) -> Outcome {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if !shared.reloads.push(Source::File, Reply::Blocking(tx)) {
+        return Err(vec!["the server is stopping".into()]);
+    }
+    rx.recv().unwrap_or_else(|_| Err(vec!["the server is stopping".into()]))
+}
+
+/// Reloads the config file and waits for the outcome without blocking the runtime.
+pub async fn reload_async(shared: &Arc<Shared>) -> Outcome {
+    queued(shared, Source::File).await
+}
+
+/// Asks for a reload of the config file without waiting (SIGHUP).
+pub fn request(shared: &Arc<Shared>) {
+    let _ = shared.reloads.push(Source::File, Reply::None);
+}
+
+async fn queued(shared: &Arc<Shared>, source: Source) -> Outcome {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if !shared.reloads.push(source, Reply::Task(tx)) {
+        return Err(vec!["the server is stopping".into()]);
+    }
+    rx.await.unwrap_or_else(|_| Err(vec!["the server is stopping".into()]))
+}
+
+/// One reload, on the queue's turn: read → validate → bind new listeners → commit → swap →
+/// apply the difference. Rejected whole on any error, with the old config still serving;
+/// counted in `switchyard_config_reloads_total`, recorded for `/api/status`.
+fn run(shared: &Arc<Shared>, source: Source) -> Outcome {
     let started = std::time::Instant::now();
     let result = match shared.config_path.clone() {
         None => Err(vec!["no config file to reload (demo mode)".into()]),
-        Some(path) => load_checked(&path)
-            .map_err(|e| e.iter().map(|e| e.render(&path.display().to_string())).collect::<Vec<_>>())
-            .and_then(|(cfg, _)| apply(shared, cfg)),
+        Some(path) => {
+            let name = path.display().to_string();
+            let text = match source {
+                Source::Text(t) => Ok(t),
+                Source::File => crate::config::read_text(&path).map_err(|e| {
+                    vec![crate::config::ConfigError {
+                        line: 1,
+                        col: 1,
+                        message: format!("cannot read {name}: {e}"),
+                        hint: None,
+                    }]
+                }),
+            };
+            text.and_then(|text| check_text(&path, &text))
+                .map_err(|e| e.iter().map(|e| e.render(&name)).collect())
+                .and_then(|cfg| apply(shared, cfg))
+        }
     };
     crate::metrics::reload(result.is_ok());
     match &result {
@@ -97,53 +218,77 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
     result
 }
 
-/// Applies a validated config to the running server (also used by tests).
-pub fn apply(shared: &Arc<Shared>, cfg: Config) -> Result<(), Vec<String>> {
-    let old = shared.runtime.load_full();
-    let rt = Runtime::build(cfg, Some(&old)).map_err(|e| vec![e])?;
-    let mut bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
-    // Listeners to open: new names, or a changed bind address. All or nothing.
-    let mut opened = Vec::new();
-    for l in &rt.config.listeners {
-        let same = bound
-            .iter()
-            .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind));
-        if !same {
-            match shared.open_listener(&l.name, l.bind) {
-                Ok(b) => opened.push(b),
-                Err(e) => {
-                    for b in opened {
-                        let _ = b.stop.send(true);
-                    }
-                    return Err(vec![e]);
-                }
-            }
-        }
+/// Validates the text of the config file at `path` whole, including the files it names.
+fn check_text(path: &std::path::Path, text: &str) -> Result<Config, Vec<crate::config::ConfigError>> {
+    let cfg = crate::config::parse_file(path, text)?;
+    let problems = file_problems(&cfg, text);
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems)
     }
+}
+
+/// Applies a validated config to the running server. All or nothing: the runtime is
+/// prepared aside and new listeners are bound before anything live is touched; only then
+/// are the kept backends' settings written, the runtime swapped and the difference applied.
+fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
+    let old = shared.runtime.load_full();
+    let prepared = Runtime::prepare(cfg, Some(&old)).map_err(|e| vec![e])?;
+    // Listeners to open: new names, or a changed bind address.
+    let to_open: Vec<(String, std::net::SocketAddr)> = {
+        let bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        prepared
+            .config()
+            .listeners
+            .iter()
+            .filter(|l| {
+                !bound
+                    .iter()
+                    .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind))
+            })
+            .map(|l| (l.name.clone(), l.bind))
+            .collect()
+    };
+    let mut opened = Vec::with_capacity(to_open.len());
+    for (name, bind) in to_open {
+        // On failure `opened` is dropped: its sockets close, none ever accepted.
+        opened.push(Shared::bind_listener(&name, bind, shared.workers()).map_err(|e| vec![e])?);
+    }
+    // Nothing below can fail: commit.
+    let rt = Arc::new(prepared.commit());
     let drain_ms = rt.config.limits.drain_timeout.as_millis() as u64;
-    shared.runtime.store(Arc::new(rt));
-    let rt = shared.runtime.load_full();
+    shared.runtime.store(rt.clone());
     let now = clock::now_ms();
-    // Listeners gone (or moved): stop accepting, drain their connections with 1001.
+    let mut bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
     let (keep, gone): (Vec<_>, Vec<_>) = bound.drain(..).partition(|b| {
         rt.config
             .listeners
             .iter()
             .any(|l| l.name == b.name && (l.bind == b.configured || l.bind == b.actual))
-            && !opened.iter().any(|o| o.name == b.name)
+            && !opened.iter().any(|o| o.name() == b.name)
     });
+    *bound = keep;
+    for o in opened {
+        let l = shared.start_listener(o);
+        bound.push(l);
+    }
+    // Removed from the list (under its lock) before the connections are selected: one that
+    // registers later sees its listener gone and closes itself (`upgrade::start`).
+    let open_names: Vec<String> = bound.iter().map(|b| b.name.clone()).collect();
+    drop(bound);
+    // Listeners gone (or moved): stop accepting; a name gone for good drains with 1001.
     for b in gone {
         let _ = b.stop.send(true);
-        if !opened.iter().any(|o| o.name == b.name) {
+        if !open_names.contains(&b.name) {
             let conns = shared.conns.select(|c| *c.listener == *b.name);
             ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::GoingAway.code());
         }
         tracing::info!(listener = %b.name, addr = %b.actual, "listener closed by reload");
     }
-    *bound = keep;
-    bound.extend(opened);
-    drop(bound);
     // Backends gone: no new connections, live ones closed with 1012 spread over drain_timeout.
+    // The state is set before the connections are selected: one that registers later sees
+    // it and closes itself (`upgrade::start`).
     for pool in old.pools.values() {
         for b in &pool.backends {
             let kept = rt
@@ -161,26 +306,114 @@ pub fn apply(shared: &Arc<Shared>, cfg: Config) -> Result<(), Vec<String>> {
     Ok(())
 }
 
+/// How often `--watch` looks at the file.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+/// How long a changed file must stay the same (content, size, modification time and inode)
+/// before `--watch` applies it.
+const WATCH_SETTLE: Duration = Duration::from_millis(500);
+/// A look at the file that takes longer than this is abandoned (and retried next round).
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One look at the config file by `--watch`: its text and the identity of what was read.
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    text: String,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+    /// Another process has the file open for writing (a writer pausing mid-file).
+    being_written: bool,
+}
+
+/// Reads the file with [`crate::config::read_text`] (regular files only, non-blocking,
+/// bounded), then checks nothing changed underneath: size, mtime and inode before and
+/// after the read agree, and the size matches what was read.
+fn snapshot(path: &std::path::Path) -> std::io::Result<Snapshot> {
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(path)?;
+    let text = crate::config::read_text(path)?;
+    let after = std::fs::metadata(path)?;
+    let being_written = open_for_writing(path);
+    let (len, modified, inode) = (after.len(), after.modified().ok(), after.ino());
+    if before.len() != len || before.modified().ok() != modified || before.ino() != inode || text.len() as u64 != len {
+        return Err(std::io::Error::other("changed while read"));
+    }
+    Ok(Snapshot {
+        text,
+        len,
+        modified,
+        inode,
+        being_written,
+    })
+}
+
+/// Is the file open for writing by any process? Asked with a read lease (Linux: granted
+/// only when nobody has the file open for writing). When leases are not available to us
+/// (another owner, leases disabled), assume not: the settle time still applies.
+fn open_for_writing(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) else {
+        return false;
+    };
+    // SAFETY: fcntl on a descriptor we own; the lease is released before it is closed.
+    unsafe {
+        if libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK);
+            return false;
+        }
+    }
+    matches!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::EBUSY)
+    )
+}
+
+/// Looks at the file off the control thread, with a time limit.
+async fn look(path: &std::path::Path) -> Option<Snapshot> {
+    let p = path.to_path_buf();
+    match tokio::time::timeout(WATCH_READ_TIMEOUT, tokio::task::spawn_blocking(move || snapshot(&p))).await {
+        Ok(Ok(Ok(s))) => Some(s),
+        _ => None,
+    }
+}
+
 /// Polls the config file (every 0.5 s) and reloads when its content differs from what was
-/// last loaded, after it has stayed the same for 0.3 s (debounce). Comparing content, not
-/// modification times, cannot miss a change made in the same clock tick as the last one.
-pub fn watch_file(server: &Server, loaded: Vec<u8>) {
+/// last loaded. A change is applied only once the file has settled: the same content,
+/// size, mtime and inode over [`WATCH_SETTLE`], not open for writing by anyone, and not
+/// shorter than at any look in between (a file truncated to be rewritten in place is
+/// waited out). The text that settled is what is validated and applied, through the same
+/// queue as every other reload. Reads never block the control thread: regular files only,
+/// non-blocking, bounded, on the blocking pool with a timeout.
+pub fn watch_file(server: &crate::server::Server, loaded: Vec<u8>) {
     let shared = server.shared.clone();
     server.control().spawn(async move {
         let Some(path) = shared.config_path.clone() else { return };
         let mut last = loaded;
+        let mut complained = false;
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let Ok(now) = std::fs::read(&path) else { continue };
-            if now != last {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let Ok(settled) = std::fs::read(&path) else { continue };
-                if settled != now {
-                    continue; // still being written: look again next round
+            tokio::time::sleep(WATCH_POLL).await;
+            let Some(first) = look(&path).await else {
+                if !complained {
+                    tracing::warn!(config = %path.display(), "--watch: cannot read the config file as a regular file; waiting");
+                    complained = true;
                 }
-                last = settled;
-                let _ = reload(&shared);
+                continue;
+            };
+            complained = false;
+            if first.text.as_bytes() == last.as_slice() {
+                continue;
             }
+            // Changed: wait until it settles. Any difference, a shrink or a writer still
+            // holding it open sends it back to the next round.
+            tokio::time::sleep(WATCH_SETTLE).await;
+            let Some(settled) = look(&path).await else { continue };
+            if settled != first || settled.being_written || first.being_written {
+                tracing::debug!(config = %path.display(), "--watch: the config file is still changing");
+                continue;
+            }
+            last = settled.text.clone().into_bytes();
+            let _ = queued(&shared, Source::Text(settled.text)).await;
         }
     });
 }

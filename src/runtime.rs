@@ -102,12 +102,76 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-impl Runtime {
-    /// Builds the runtime; backends of `previous` with the same pool, address and TLS
-    /// settings are kept (with their live state), new ones start their slow-start ramp.
-    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
-        let now = clock::now_ms();
+/// A runtime built aside, not yet live: backends that stay are shared with the running
+/// runtime but nothing of theirs has been written yet. A reload prepares one, binds its new
+/// listeners, and only then commits it, so a reload rejected at any step changes nothing.
+pub struct Prepared {
+    config: Config,
+    pools: Vec<PreparedPool>,
+    tls: HashMap<String, tokio_rustls::TlsAcceptor>,
+}
+
+struct PreparedPool {
+    name: Arc<str>,
+    config: PoolConfig,
+    backends: Vec<Arc<Backend>>,
+    tls: HashMap<String, BackendTlsConnector>,
+}
+
+impl Prepared {
+    /// The config it was prepared from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Writes the new weight, `max_connections` and slow start into every backend (the kept
+    /// ones are live) and builds the balancers from them: the point of no return.
+    pub fn commit(self) -> Runtime {
         let mut pools = HashMap::new();
+        for p in self.pools {
+            let slow_ms = p.config.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
+            for (b, bc) in p.backends.iter().zip(&p.config.backends) {
+                b.set_weight(bc.weight);
+                b.set_max_connections(bc.max_connections);
+                b.slow_start_ms.store(slow_ms, Relaxed);
+            }
+            let balancer = balance::build(&p.config, &p.backends);
+            let sticky = p.config.sticky.as_ref().map(|s| Sticky::new(s, &p.backends));
+            pools.insert(
+                p.name.to_string(),
+                Arc::new(Pool {
+                    handshake_duration: crate::metrics::handshake_histogram(&p.name),
+                    request_duration: crate::metrics::request_histogram(&p.name),
+                    sticky,
+                    name: p.name,
+                    config: p.config,
+                    backends: p.backends,
+                    balancer,
+                    tls: p.tls,
+                }),
+            );
+        }
+        Runtime {
+            config: self.config,
+            pools,
+            tls: self.tls,
+        }
+    }
+}
+
+impl Runtime {
+    /// Builds the runtime at once ([`Runtime::prepare`] then [`Prepared::commit`]).
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
+        Ok(Runtime::prepare(config, previous)?.commit())
+    }
+
+    /// Builds everything that can fail, aside: backends of `previous` with the same pool,
+    /// address and TLS settings are kept with all their live state (a drain in progress,
+    /// health, ejection, counters) and are not written to; new ones start their slow-start
+    /// ramp.
+    pub fn prepare(config: Config, previous: Option<&Runtime>) -> Result<Prepared, String> {
+        let now = clock::now_ms();
+        let mut pools = Vec::with_capacity(config.pools.len());
         for (name, pc) in &config.pools {
             let pname: Arc<str> = Arc::from(name.as_str());
             let old = previous.and_then(|p| p.pools.get(name));
@@ -115,15 +179,9 @@ impl Runtime {
             let mut tls = HashMap::new();
             let slow_ms = pc.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
             for bc in &pc.backends {
-                let kept = old
-                    .and_then(|o| o.backend(&bc.address))
-                    .filter(|b| b.config.tls == bc.tls && b.state() != BackendState::Draining);
+                let kept = old.and_then(|o| o.backend(&bc.address)).filter(|b| b.config.tls == bc.tls);
                 let b = match kept {
-                    Some(b) => {
-                        b.set_weight(bc.weight);
-                        b.set_max_connections(bc.max_connections);
-                        b.clone()
-                    }
+                    Some(b) => b.clone(),
                     None => {
                         let b = Arc::new(Backend::new(pname.clone(), bc.clone()));
                         b.slow_start_ms.store(slow_ms, Relaxed);
@@ -133,7 +191,6 @@ impl Runtime {
                         b
                     }
                 };
-                b.slow_start_ms.store(slow_ms, Relaxed);
                 if let Some(t) = &bc.tls {
                     let c =
                         crate::tls::client_connector(t, &bc.address).map_err(|e| format!("pool {name}, backend {}: {e}", bc.address))?;
@@ -141,21 +198,12 @@ impl Runtime {
                 }
                 backends.push(b);
             }
-            let balancer = balance::build(pc, &backends);
-            let sticky = pc.sticky.as_ref().map(|s| Sticky::new(s, &backends));
-            pools.insert(
-                name.clone(),
-                Arc::new(Pool {
-                    handshake_duration: crate::metrics::handshake_histogram(&pname),
-                    request_duration: crate::metrics::request_histogram(&pname),
-                    sticky,
-                    name: pname,
-                    config: pc.clone(),
-                    backends,
-                    balancer,
-                    tls,
-                }),
-            );
+            pools.push(PreparedPool {
+                name: pname,
+                config: pc.clone(),
+                backends,
+                tls,
+            });
         }
         let mut tls_acceptors = HashMap::new();
         for l in &config.listeners {
@@ -164,11 +212,23 @@ impl Runtime {
                 tls_acceptors.insert(l.name.clone(), tokio_rustls::TlsAcceptor::from(sc));
             }
         }
-        Ok(Runtime {
+        Ok(Prepared {
             config,
             pools,
             tls: tls_acceptors,
         })
+    }
+
+    /// Is `b` a backend of this runtime (the same object, not just the same address), and
+    /// not draining? A connection that registered on a backend for which this is false was
+    /// missed by the drain or reload that took the backend away.
+    pub fn serves(&self, b: &Arc<Backend>) -> bool {
+        b.state() != BackendState::Draining
+            && self
+                .pools
+                .get(&*b.pool)
+                .and_then(|p| p.backend(&b.address))
+                .is_some_and(|cur| Arc::ptr_eq(cur, b))
     }
 
     /// The TLS acceptor of a listener, if it terminates TLS.

@@ -112,7 +112,7 @@ async fn metrics_has_every_contract_name_and_counts_messages_exactly() {
         drop(ws);
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
-        let raw = raw_exchange(p.admin(), b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let raw = raw_exchange(p.admin(), b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
         assert!(raw.contains("content-type: text/plain; version=0.0.4"), "{raw}");
         let (code, after) = http_get(p.admin(), "/metrics").await;
         assert_eq!(code, 200);
@@ -210,7 +210,7 @@ async fn unknown_paths_methods_and_garbage_get_4xx_and_admin_keeps_serving() {
         assert_eq!(http_get(a, "/api/pools/p/backends").await.0, 404);
         assert_eq!(http(a, "DELETE", "/healthz", "").await.0, 405);
 
-        let req = format!("GET {drain} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {drain} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let resp = raw_exchange(a, req.as_bytes()).await;
         assert_eq!(status(&resp), 405, "{resp}");
         assert!(resp.to_ascii_lowercase().contains("\r\nallow: post\r\n"), "{resp}");

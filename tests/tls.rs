@@ -278,3 +278,41 @@ async fn plain_https_requests_are_forwarded_with_a_secure_sticky_cookie() {
     })
     .await
 }
+
+/// Issue 17, fault 9: past the hard ceiling a TLS listener closes the connection without
+/// a word (it used to write a clear-text `503` a TLS client cannot read).
+#[tokio::test]
+async fn past_the_hard_ceiling_a_tls_listener_closes_without_clear_text() {
+    bounded(async {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let (crt, key) = pki.leaf("a", &["a.test"], false);
+        let b = backend("b").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\nlimits:\n  max_connections: 1\n",
+            crt.display(),
+            key.display(),
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let (mut held, _) = wss(p.addr, &pki, "a.test").await;
+        held.send(Message::text("x")).await.unwrap();
+        assert_eq!(held.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "x");
+        // Silent TCP connections stay pending in their TLS handshake.
+        let mut silent = Vec::new();
+        let mut answer = None;
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(p.addr).await.unwrap();
+            let mut buf = vec![0u8; 512];
+            if let Ok(r) = tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut buf)).await {
+                answer = Some(r.map(|n| buf[..n].to_vec()).unwrap_or_default());
+                break;
+            }
+            silent.push(s);
+        }
+        assert_eq!(silent.len(), 1, "the second silent connection hits the ceiling");
+        assert_eq!(answer, Some(Vec::new()), "closed without any clear-text answer");
+    })
+    .await
+}

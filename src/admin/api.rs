@@ -93,9 +93,10 @@ pub(crate) fn status(admin: &Admin) -> Value {
 }
 
 /// `POST /api/reload`: same as SIGHUP; `200 ok` or `422` with one error per line.
-pub(crate) fn reload(admin: &Admin) -> Resp {
-    // `reload` logs the outcome and records it for `/api/status`.
-    match crate::reload::reload(&admin.shared) {
+pub(crate) async fn reload(admin: &Admin) -> Resp {
+    // Queued behind any reload already asked for; the queue logs the outcome and records
+    // it for `/api/status`.
+    match crate::reload::reload_async(&admin.shared).await {
         Ok(()) => text(StatusCode::OK, "ok\n"),
         Err(errors) => {
             let mut body = errors.join("\n");

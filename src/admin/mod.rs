@@ -2,11 +2,15 @@
 //!
 //! One task per admin connection on the control runtime. A slow or idle admin client
 //! cannot hold a connection for ever (header read timeout, body timeout, a cap on a
-//! connection's lifetime and on the number of admin connections), and request bodies are
-//! bounded. Routing is one `match` in [`route`], so the endpoint table reads off the code.
+//! connection's lifetime, on the number of admin connections and on those of one client
+//! address), and request bodies are bounded. Connections over the caps go to a small
+//! reserve ([`reserve`]) that answers only `/healthz`, so a liveness probe is answered
+//! whatever the admin load. `Host` is checked ([`host_allowed`]) against DNS rebinding.
+//! Routing is one `match` in [`route`], so the endpoint table reads off the code.
 
 mod api;
 mod dashboard;
+mod reserve;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,8 +41,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_BUF_BYTES: usize = 64 * 1024;
 /// A keep-alive connection is asked to close (gracefully) after this long.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
-/// Admin connections served at once; more are closed at accept.
+/// Admin connections served at once; more go to the reserve.
 const MAX_CONNECTIONS: usize = 256;
+/// Admin connections served at once for one client address; more go to the reserve.
+const MAX_CONNECTIONS_PER_PEER: usize = 32;
 
 /// The response type of every handler.
 pub(crate) type Resp = Response<Full<Bytes>>;
@@ -67,18 +73,27 @@ pub fn spawn(shared: Arc<Shared>, listener: std::net::TcpListener) {
 
 async fn accept_loop(admin: Arc<Admin>, listener: tokio::net::TcpListener) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = reserve::PeerCount::default();
+    let spare = Arc::new(reserve::Reserve::default());
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "admin: too many connections, closing a new one");
-                    continue;
-                };
+                let admitted = peers
+                    .enter(peer.ip(), MAX_CONNECTIONS_PER_PEER)
+                    .and_then(|p| Some((p, permits.clone().try_acquire_owned().ok()?)));
                 let admin = admin.clone();
-                tokio::spawn(async move {
-                    serve_connection(admin, sock).await;
-                    drop(permit);
-                });
+                match admitted {
+                    Some(held) => {
+                        tokio::spawn(async move {
+                            serve_connection(admin, sock).await;
+                            drop(held);
+                        });
+                    }
+                    None => {
+                        tracing::debug!(%peer, "admin: connection caps reached, serving /healthz only");
+                        tokio::spawn(reserve::serve(admin, spare.clone(), sock));
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!("admin: accept failed: {e}");
@@ -116,6 +131,17 @@ async fn serve_connection(admin: Arc<Admin>, sock: tokio::net::TcpStream) {
 /// Reads (bounded in size and time) the body, then routes the request.
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
     let (parts, body) = req.into_parts();
+    if parts.uri.path() != "/healthz" {
+        let host = parts.headers.get(hyper::header::HOST).map(|h| h.to_str().unwrap_or("\u{0}"));
+        let rt = admin.shared.runtime.load();
+        let extra = rt.config.admin.as_ref().map(|a| a.hosts.as_slice()).unwrap_or(&[]);
+        if !host_allowed(host, extra) {
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Host not served here (use an IP address, localhost, or a name in admin.hosts)\n",
+            );
+        }
+    }
     if let Some(r) = cross_origin(&parts) {
         return r;
     }
@@ -128,7 +154,28 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
         Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "unreadable request body\n"),
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"),
     }
-    route(admin, &parts.method, parts.uri.path())
+    route(admin, &parts.method, parts.uri.path()).await
+}
+
+/// DNS rebinding: a page of `evil.example`, whose name then resolves to this host, reaches
+/// the API as a same-origin page with `Host: evil.example`. Only names an attacker cannot
+/// rebind are served: IP literals, `localhost`, and the names listed in `admin.hosts` (an
+/// entry with a port matches only that port). No `Host` at all is not a browser: allowed.
+/// `/healthz` is exempt: it reveals nothing, and orchestrators probe it by pod IP or name.
+fn host_allowed(host: Option<&str>, extra: &[String]) -> bool {
+    let Some(host) = host else { return true };
+    let host = host.trim().to_ascii_lowercase();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok() || extra.contains(&host),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host.as_str(),
+        },
+    };
+    name == "localhost" || name.parse::<std::net::Ipv4Addr>().is_ok() || extra.iter().any(|h| *h == host || h == name)
 }
 
 /// A browser page of another origin must not drive the API (CSRF): when the request
@@ -141,7 +188,7 @@ fn cross_origin(parts: &hyper::http::request::Parts) -> Option<Resp> {
 }
 
 /// Every endpoint: path shape → allowed methods → handler.
-fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
+async fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, get): (&str, bool) = match segments.as_slice() {
         [""] | ["healthz"] | ["metrics"] | ["api", "pools"] | ["api", "status"] => ("GET, HEAD", true),
@@ -165,7 +212,7 @@ fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
         ["metrics"] => with_type(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
         ["api", "pools"] => json(StatusCode::OK, &api::pools(&admin.shared)),
         ["api", "status"] => json(StatusCode::OK, &api::status(admin)),
-        ["api", "reload"] => api::reload(admin),
+        ["api", "reload"] => api::reload(admin).await,
         ["api", "pools", pool, "backends", address, action] => match (percent_decode(pool), percent_decode(address)) {
             (Some(pool), Some(address)) => api::set_drain(&admin.shared, &pool, &address, *action == "drain"),
             _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding in path\n"),
@@ -217,6 +264,36 @@ pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
 #[cfg(test)]
 mod tests {
     use super::percent_decode;
+
+    #[test]
+    fn hosts_that_cannot_be_rebound_are_allowed() {
+        use super::host_allowed;
+        let extra = vec!["admin.internal".to_string(), "lb.example:9090".to_string()];
+        for ok in [
+            None,
+            Some("127.0.0.1:9090"),
+            Some("10.1.2.3"),
+            Some("[::1]:9090"),
+            Some("LOCALHOST:9090"),
+            Some("localhost"),
+            Some("admin.internal:1234"),
+            Some("lb.example:9090"),
+        ] {
+            assert!(host_allowed(ok, &extra), "{ok:?}");
+        }
+        for bad in [
+            Some("evil.example:9090"),
+            Some("evil.example"),
+            Some("lb.example:80"),
+            Some("localhost.evil.example"),
+            Some("127.0.0.1.evil.example:9090"),
+            Some("[::1"),
+            Some("\u{0}"),
+            Some(""),
+        ] {
+            assert!(!host_allowed(bad, &extra), "{bad:?}");
+        }
+    }
 
     #[test]
     fn percent_decoding() {

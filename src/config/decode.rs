@@ -142,11 +142,20 @@ fn bind<'a>(ctx: &mut Ctx, node: &'a Node, what: &str, binds: &mut Vec<(SocketAd
 }
 
 fn decode_admin<'a>(ctx: &mut Ctx, node: &'a Node, binds: &mut Vec<(SocketAddr, &'a Node)>) -> Option<AdminConfig> {
-    let f = ctx.fields(node, "`admin`", &["bind"])?;
+    let f = ctx.fields(node, "`admin`", &["bind", "hosts"])?;
     let addr = ctx
         .required(&f, "bind", "`admin`")
-        .and_then(|n| bind(ctx, n, "`admin.bind`", binds))?;
-    Some(AdminConfig { bind: addr })
+        .and_then(|n| bind(ctx, n, "`admin.bind`", binds));
+    let hosts = match f.get("hosts") {
+        None => Some(Vec::new()),
+        Some(n) => ctx
+            .strings(n, "`admin.hosts`")
+            .map(|v| v.into_iter().map(|h| h.to_ascii_lowercase()).collect()),
+    };
+    Some(AdminConfig {
+        bind: addr?,
+        hosts: hosts?,
+    })
 }
 
 fn decode_listeners<'a>(

@@ -117,7 +117,8 @@ fn contract_example_parses() {
     assert_eq!(
         c.admin,
         Some(AdminConfig {
-            bind: "127.0.0.1:9090".parse().unwrap()
+            bind: "127.0.0.1:9090".parse().unwrap(),
+            hosts: Vec::new(),
         })
     );
 

@@ -48,7 +48,7 @@ pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
 
 /// Like [`load`], also returning the text that was parsed (read once).
 pub fn read(path: &std::path::Path) -> Result<(String, Config), Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_text(path).map_err(|e| {
         vec![ConfigError {
             line: 1,
             col: 1,
@@ -56,9 +56,44 @@ pub fn read(path: &std::path::Path) -> Result<(String, Config), Vec<ConfigError>
             hint: None,
         }]
     })?;
-    let base = path.parent().map(PathBuf::from).unwrap_or_default();
-    let cfg = parse(&text, &base)?;
+    let cfg = parse_file(path, &text)?;
     Ok((text, cfg))
+}
+
+/// Parses `text` as the contents of the config file at `path` (relative file names in it
+/// are resolved from the file's folder).
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    parse(text, &base)
+}
+
+/// Largest config file read (a 20,000-backend config is about 1 MiB).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a config file safely: only a regular file (a FIFO or device at the path would
+/// block the reader or never end), opened non-blocking, at most [`MAX_FILE_BYTES`].
+pub fn read_text(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    // O_NONBLOCK: if a FIFO is swapped in between the check and the open, the open (and
+    // the reads) return at once instead of waiting for a writer.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// The whole configuration of a running balancer.
@@ -157,6 +192,9 @@ pub struct HeaderMatch {
 pub struct AdminConfig {
     /// Address to bind.
     pub bind: SocketAddr,
+    /// Host names (lower case, optionally `name:port`) accepted in `Host` besides IP
+    /// literals and `localhost`: the defence against DNS rebinding.
+    pub hosts: Vec<String>,
 }
 
 /// The balancing algorithms of the contract.

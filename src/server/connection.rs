@@ -92,6 +92,11 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
     let Some(pending) = shared.admission.accept(limits) else {
+        if rt.tls_acceptor(listener).is_some() {
+            // A TLS client cannot read a clear-text 503; close without a word.
+            metrics::handshake_failure("overloaded");
+            return None;
+        }
         let mut s = Stream::Tcp(sock);
         let retry_after_s = rt.config.shedding.retry_hint.as_secs().max(1);
         return refuse(&mut s, Refusal::Overloaded { retry_after_s }).await;

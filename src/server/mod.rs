@@ -55,6 +55,8 @@ pub struct Shared {
     workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
     /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.
     pub last_reload: std::sync::Mutex<Option<(u64, Result<(), Vec<String>>)>>,
+    /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order.
+    pub reloads: crate::reload::Queue,
 }
 
 /// A listener bound on every worker.
@@ -67,6 +69,23 @@ pub struct BoundListener {
     /// Address actually bound.
     pub actual: SocketAddr,
     pub(crate) stop: watch::Sender<bool>,
+}
+
+/// A listener bound but not yet accepting (a reload binds every new listener before it
+/// commits; dropping this closes the sockets).
+#[derive(Debug)]
+pub(crate) struct BoundSockets {
+    name: String,
+    configured: SocketAddr,
+    actual: SocketAddr,
+    socks: Vec<std::net::TcpListener>,
+}
+
+impl BoundSockets {
+    /// The name it will listen under.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// What a worker thread is told to do.
@@ -87,22 +106,49 @@ impl Shared {
         self.listeners.lock().ok()?.iter().find(|l| l.name == name).map(|l| l.actual)
     }
 
+    /// Is a listener of this name still open? A connection that registers after a reload
+    /// removed its listener was missed by the reload's close pass and must close itself
+    /// (a listener moved to a new address keeps its name, and its connections).
+    pub fn listener_open(&self, name: &str) -> bool {
+        self.listeners.lock().map(|l| l.iter().any(|b| b.name == name)).unwrap_or(true)
+    }
+
     /// Binds a listener on every worker (one `SO_REUSEPORT` socket each) and starts
     /// accepting. Nothing is left bound on failure.
     pub(crate) fn open_listener(self: &Arc<Self>, name: &str, addr: SocketAddr) -> Result<BoundListener, String> {
-        let (actual, socks) = bind_group(addr, self.workers.len()).map_err(|e| format!("listener {name}: cannot bind {addr}: {e}"))?;
-        let (stop, stop_rx) = watch::channel(false);
-        let n: Arc<str> = Arc::from(name);
-        for (w, sock) in self.workers.iter().zip(socks) {
-            let _ = w.send(WorkerCmd::Listen(self.clone(), n.clone(), sock, stop_rx.clone()));
-        }
-        tracing::info!(listener = name, addr = %actual, "listening");
-        Ok(BoundListener {
+        Ok(self.start_listener(Self::bind_listener(name, addr, self.workers.len())?))
+    }
+
+    /// Binds a listener's sockets without accepting yet.
+    pub(crate) fn bind_listener(name: &str, addr: SocketAddr, workers: usize) -> Result<BoundSockets, String> {
+        let (actual, socks) = bind_group(addr, workers).map_err(|e| format!("listener {name}: cannot bind {addr}: {e}"))?;
+        Ok(BoundSockets {
             name: name.to_string(),
             configured: addr,
             actual,
-            stop,
+            socks,
         })
+    }
+
+    /// Number of worker threads (sockets per listener).
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Starts accepting on bound sockets, one accept loop per worker.
+    pub(crate) fn start_listener(self: &Arc<Self>, b: BoundSockets) -> BoundListener {
+        let (stop, stop_rx) = watch::channel(false);
+        let n: Arc<str> = Arc::from(b.name.as_str());
+        for (w, sock) in self.workers.iter().zip(b.socks) {
+            let _ = w.send(WorkerCmd::Listen(self.clone(), n.clone(), sock, stop_rx.clone()));
+        }
+        tracing::info!(listener = %b.name, addr = %b.actual, "listening");
+        BoundListener {
+            name: b.name,
+            configured: b.configured,
+            actual: b.actual,
+            stop,
+        }
     }
 }
 
@@ -221,6 +267,7 @@ impl Server {
             listeners: std::sync::Mutex::new(Vec::new()),
             workers: senders,
             last_reload: std::sync::Mutex::new(None),
+            reloads: crate::reload::Queue::default(),
         });
         let mut addrs = Vec::new();
         for (name, bind) in listeners {
@@ -265,6 +312,7 @@ impl Server {
             crate::admin::spawn(self.shared.clone(), l);
         }
         crate::health::spawn_all(&self.shared);
+        crate::reload::spawn_queue(&self.shared);
         tokio::spawn(crate::rebalance::run(self.shared.clone()));
     }
 

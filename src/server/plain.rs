@@ -220,7 +220,14 @@ struct Forward<'a> {
 
 /// Picks, connects (next backend on a connect failure), sends `out` (hop-by-hop fields
 /// removed, forwarding fields added), and returns the response.
-async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'_>, out: Request<Body>, started: Instant) -> Response<Body> {
+async fn forward(
+    cx: &ClientConn,
+    rt: &Runtime,
+    pool: &Arc<Pool>,
+    req: Forward<'_>,
+    out: Request<Body>,
+    started: Instant,
+) -> Response<Body> {
     let limits = &rt.config.limits;
     let clients = &cx.shared.http_clients;
     let retryable = out.body().is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -327,15 +334,17 @@ async fn forward(cx: &ClientConn, rt: &Runtime, pool: &Arc<Pool>, req: Forward<'
         }
         let end = Finished {
             _guard: guard,
-            log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| AccessLine {
-                client: cx.peer,
-                method: req.method.clone(),
-                path: req.target.split('?').next().unwrap_or("/").to_string(),
-                status: status.as_u16(),
-                pool: pool.name.clone(),
-                backend: backend.address.clone(),
-                started,
-                tally: req.tally.clone(),
+            log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| {
+                AccessLine {
+                    client: cx.peer,
+                    method: req.method.clone(),
+                    path: req.target.split('?').next().unwrap_or("/").to_string(),
+                    status: status.as_u16(),
+                    pool: pool.name.clone(),
+                    backend: backend.address.clone(),
+                    started,
+                    tally: req.tally.clone(),
+                }
             }),
         };
         return Response::from_parts(parts, Relayed::new(rbody, limits.idle_timeout, end).boxed_unsync());

@@ -139,8 +139,12 @@ pub(super) fn start(
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
     let now = clock::now_ms();
     let reg = shared.conns.register(upstream.guard.backend().clone(), listener.clone(), now);
-    if shared.draining.load(Relaxed) {
+    // Registered first, checked second: a shutdown, reload or drain that ran between this
+    // connection's pick and its registration did not see it, so it closes itself.
+    if shared.draining.load(Relaxed) || !shared.listener_open(listener) {
         reg.shared.request_close(now, crate::ws::CloseCode::GoingAway.code());
+    } else if !shared.runtime.load().serves(&reg.shared.backend) {
+        reg.shared.request_close(now, crate::ws::CloseCode::ServiceRestart.code());
     }
     let settings = RelaySettings {
         idle_timeout: limits.idle_timeout,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod control;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -432,7 +433,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// A plain HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let resp = raw_exchange(addr, req.as_bytes()).await;
