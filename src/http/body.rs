@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
 use super::BoxError;
 
@@ -109,7 +109,9 @@ impl<E: OnEnd> Relayed<E> {
 
 impl<E: OnEnd> Drop for Relayed<E> {
     fn drop(&mut self) {
-        self.finish(false);
+        // A body hyper never polled because it was empty (HEAD, 204, 304) is complete too.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }
 

@@ -6,7 +6,7 @@
 //! connections themselves; Node's default is 5 s).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -20,6 +20,8 @@ use crate::runtime::Pool;
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
 /// An idle connection older than this is closed instead of reused.
 pub const IDLE_TTL: Duration = Duration::from_secs(4);
+/// How long a pooled connection whose response just completed may take to be ready.
+const READY_WAIT: Duration = Duration::from_millis(50);
 /// Largest response head (and read buffer) accepted from a backend.
 const MAX_BUF: usize = 64 * 1024;
 
@@ -46,16 +48,25 @@ impl std::fmt::Debug for ClientPool {
 }
 
 impl ClientPool {
-    /// An idle connection to `backend`, if one is still open and fresh.
-    pub fn take(&self, backend: &Backend) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(&backend.address)?;
-        while let Some((sender, since)) = list.pop() {
-            if since.elapsed() < IDLE_TTL && !sender.is_closed() && sender.is_ready() {
+    /// An idle connection to `backend`, if one is still open and fresh. A connection is
+    /// put back as soon as its response is complete, a moment before hyper's dispatcher is
+    /// ready for the next request: that moment is waited for (briefly).
+    pub async fn take(&self, backend: &Backend) -> Option<Conn> {
+        loop {
+            let (mut sender, since) = {
+                let mut idle = self.idle.lock().ok()?;
+                idle.get_mut(&backend.address)?.pop()?
+            };
+            if since.elapsed() >= IDLE_TTL || sender.is_closed() {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(Conn { sender, reused: true });
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(Conn { sender, reused: true });
             }
         }
-        None
     }
 
     /// Opens a new connection to `backend` (connect errors are the caller's to count).
@@ -75,26 +86,25 @@ impl ClientPool {
         Ok(Conn { sender, reused: false })
     }
 
-    /// Puts `sender` back once its current response is complete (it is dropped, closing the
-    /// connection, if the backend closes it or the idle list is full).
-    pub fn give_back(self: &Arc<Self>, address: String, mut sender: SendRequest<Body>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let Ok(mut idle) = pool.idle.lock() else { return };
-            let list = idle.entry(address).or_default();
-            if list.len() >= MAX_IDLE_PER_BACKEND {
-                // Stale entries are pruned only when the list is full: no clock read per
-                // entry on every request.
-                let now = Instant::now();
-                list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TTL);
-            }
-            if list.len() < MAX_IDLE_PER_BACKEND {
-                list.push((sender, Instant::now()));
-            }
-        });
+    /// Puts `sender` back; its last response is complete. Dropped (closing the connection)
+    /// when the backend's idle list is full.
+    pub fn put(&self, address: String, sender: SendRequest<Body>) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let list = idle.entry(address).or_default();
+        if list.len() >= MAX_IDLE_PER_BACKEND {
+            // Stale entries are pruned only when the list is full: no clock read per entry
+            // on every request.
+            let now = Instant::now();
+            list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TTL);
+        }
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    /// Idle connections kept now, over every backend.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map_or(0, |m| m.values().map(Vec::len).sum())
     }
 
     /// Backend connections opened since start.

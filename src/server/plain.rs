@@ -36,7 +36,8 @@ use crate::handshake::{header, wants_websocket, Refusal};
 use crate::http::body::{Limited, OnEnd, Relayed, RequestTally};
 use crate::http::client::Conn;
 use crate::http::headers::{add_forwarded, strip_hop_by_hop};
-use crate::http::{Body, ClientIo};
+use crate::http::{Body, ClientIo, ClientPool};
+use hyper::client::conn::http1::SendRequest;
 use crate::limits::{retry_after_secs, ShedReason, Slot};
 use crate::route::route;
 use crate::runtime::{Pool, Runtime};
@@ -254,7 +255,7 @@ async fn forward(
         tried.push(i);
         let backend = pool.backends[i].clone();
         let guard = ActiveGuard::request(backend.clone());
-        let mut conn = match clients.take(&backend) {
+        let mut conn = match clients.take(&backend).await {
             Some(c) => c,
             None => match open(cx, pool, i).await {
                 Some(c) => c,
@@ -320,7 +321,6 @@ async fn forward(
         } else {
             crate::health::passive_success(&backend);
         }
-        clients.give_back(backend.address.clone(), conn.sender);
         backend.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         pool.request_duration.record(started.elapsed().as_secs_f64());
         backend.metrics.http_request(&pool.name, &backend.address, status.as_u16());
@@ -334,6 +334,7 @@ async fn forward(
         }
         let end = Finished {
             _guard: guard,
+            sender: Some((clients.clone(), backend.address.clone(), conn.sender)),
             log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| {
                 AccessLine {
                     client: cx.peer,
@@ -505,11 +506,17 @@ struct AccessLine {
 /// Held until the response body ends: the request counts on its backend until then.
 struct Finished {
     _guard: ActiveGuard,
+    /// The backend connection, back to the idle pool once the response is complete (a
+    /// response cut short leaves the connection mid-message: it is closed instead).
+    sender: Option<(Arc<ClientPool>, String, SendRequest<Body>)>,
     log: Option<AccessLine>,
 }
 
 impl OnEnd for Finished {
     fn ended(&mut self, bytes: u64, complete: bool) {
+        if let (true, Some((pool, address, sender))) = (complete, self.sender.take()) {
+            pool.put(address, sender);
+        }
         let Some(l) = self.log.take() else { return };
         tracing::info!(
             target: "switchyard::access",
