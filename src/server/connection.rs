@@ -38,23 +38,33 @@ pub(super) struct Ready {
     pub access_log: bool,
 }
 
-/// What the first request of a connection turned out to be.
-enum Fork {
-    /// A WebSocket upgrade, ready to relay.
-    Relay(Ready),
-    /// Plain HTTP: hyper serves the connection from the first byte read.
-    Plain { stream: Stream, read: Vec<u8>, slot: Slot },
-}
-
 /// Serves one accepted TCP connection to its end.
 pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, peer: SocketAddr) {
     let _ = sock.set_nodelay(true);
     // The handshake future is boxed: its buffers and header table must not stay in the
     // long-lived task's allocation while the connection relays for hours.
-    match Box::pin(first_request(&shared, &listener, sock, peer)).await {
-        None => {}
-        Some(Fork::Relay(ready)) => relay(ready, peer, &listener).await,
-        Some(Fork::Plain { stream, read, slot }) => super::plain::serve(shared, listener, stream, read, slot, peer).await,
+    // The relay future is made inside a block: the values it is made from end with the
+    // block, so the long-lived task does not keep their storage beside it (an async fn keeps
+    // a moved-from local's slot until its scope ends).
+    let (run, reg, started, access_log, _held) = {
+        // Boxed in its own statement: a temporary in the awaiting statement would keep the
+        // unboxed future's size in this task's state for the connection's whole life. A
+        // plain HTTP connection is served to its end inside it.
+        let first = Box::pin(first_request(&shared, &listener, sock, peer));
+        let Some(ready) = first.await else { return };
+        let Ready {
+            relay,
+            reg,
+            started,
+            access_log,
+            _slot,
+            _guard,
+        } = ready;
+        (relay.run(), reg, started, access_log, (_slot, _guard))
+    };
+    let out = run.await;
+    if access_log {
+        access_line(&out, &reg, started, peer, &listener);
     }
 }
 
@@ -69,6 +79,13 @@ pub(super) async fn relay(ready: Ready, peer: SocketAddr, listener: &str) {
     } = ready;
     let out = relay.run().await;
     if access_log {
+        access_line(&out, &reg, started, peer, listener);
+    }
+}
+
+/// The access-log line of a finished WebSocket connection.
+fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant, peer: SocketAddr, listener: &str) {
+    {
         tracing::info!(
             target: "switchyard::access",
             client = %peer,
@@ -87,7 +104,7 @@ pub(super) async fn relay(ready: Ready, peer: SocketAddr, listener: &str) {
     }
 }
 
-async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, peer: SocketAddr) -> Option<Fork> {
+async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, peer: SocketAddr) -> Option<Ready> {
     let started = Instant::now();
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
@@ -144,7 +161,10 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
             .admission
             .admit(pending, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
         {
-            Ok(slot) => Some(Fork::Plain { stream, read: buf, slot }),
+            Ok(slot) => {
+                super::plain::serve(shared.clone(), listener.clone(), stream, buf, slot, peer).await;
+                None
+            }
             Err(reason) => {
                 metrics::shed(reason.label());
                 let retry_after_s = crate::limits::retry_after_secs(rt.config.shedding.retry_hint);
@@ -171,7 +191,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
         return None;
     }
     match upgrade::start(shared, &rt, listener, stream, prepared, &buf[end..], started) {
-        Ok(ready) => Some(Fork::Relay(ready)),
+        Ok(ready) => Some(ready),
         Err(ns) => {
             not_started(ns, peer).await;
             None

@@ -37,11 +37,11 @@ use crate::http::body::{Limited, OnEnd, Relayed, RequestTally};
 use crate::http::client::Conn;
 use crate::http::headers::{add_forwarded, strip_hop_by_hop};
 use crate::http::{Body, ClientIo, ClientPool};
-use hyper::client::conn::http1::SendRequest;
 use crate::limits::{retry_after_secs, ShedReason, Slot};
 use crate::route::route;
 use crate::runtime::{Pool, Runtime};
 use crate::stream::Stream;
+use hyper::client::conn::http1::SendRequest;
 
 /// One client connection on the plain path, as every request on it sees it.
 struct ClientConn {
