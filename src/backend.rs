@@ -230,6 +230,46 @@ impl Backend {
         }
     }
 
+    /// What the backend's health says its state should be when nothing else holds it out:
+    /// `down` while its last active check failed or its own load report says `down`.
+    pub fn health_says(&self) -> BackendState {
+        if self.reported_down.load(Relaxed) || self.last_check_ok.load(Relaxed) == CHECK_FAILED {
+            BackendState::Down
+        } else {
+            BackendState::Up
+        }
+    }
+
+    /// The one transition back into service, whatever brought the backend back (active
+    /// checks pass, checks turned off, a load report no longer says `down`, an admin
+    /// undrain): from `from` — compare-and-swap, so it never overwrites a drain or check
+    /// that raced it — to what [`Self::health_says`]: `up`, which starts the slow-start
+    /// ramp at `now_ms`, or `down` until the checks pass. Returns the new state, or `None`
+    /// when the backend was not in `from`. (The end of a passive ejection needs no call: it
+    /// ends by time, and [`Self::ramp_factor`] ramps from that moment.)
+    pub fn return_to_service(&self, from: BackendState, now_ms: u64) -> Option<BackendState> {
+        let to = self.health_says();
+        if to == from {
+            return (self.state() == from).then_some(to);
+        }
+        self.set_state_if(from, to, now_ms).then_some(to)
+    }
+
+    /// Folds an ended passive ejection into the ramp (the ramp starts when the ejection
+    /// ended, not when this noticed it) and clears it; `true` once per ended ejection. Until
+    /// it runs, [`Self::ramp_factor`] already ramps from the ejection's end.
+    pub fn end_ejection(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        if until == 0 || now_ms < until {
+            return false;
+        }
+        // Ramp first, clear second: a reader in between sees the same ramp start either way.
+        if self.slow_start_ms.load(Relaxed) > 0 {
+            self.ramp_start_ms.fetch_max(until, Relaxed);
+        }
+        self.ejected_until_ms.compare_exchange(until, 0, Relaxed, Relaxed).is_ok()
+    }
+
     /// Is it at its `max_connections`?
     pub fn is_full(&self) -> bool {
         let max = self.max_connections();
@@ -247,9 +287,15 @@ impl Backend {
     }
 
     /// Slow-start factor in (0, 1]: ramps linearly from 5 % to 100 % over the window.
+    /// The end of a passive ejection is a return to service too: the ramp runs from the
+    /// later of its start and the ejection's end, so a backend back from ejection is not
+    /// herded onto (one more atomic load, no write, on the pick path).
     pub fn ramp_factor(&self, now_ms: u64) -> f64 {
         let window = self.slow_start_ms.load(Relaxed);
-        let start = self.ramp_start_ms.load(Relaxed);
+        if window == 0 {
+            return 1.0;
+        }
+        let start = self.ramp_start_ms.load(Relaxed).max(self.ejected_until_ms.load(Relaxed));
         if window == 0 || start == 0 || now_ms >= start + window {
             return 1.0;
         }
@@ -331,5 +377,56 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
         self.0.metrics.active.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramped(slow_ms: u64) -> Arc<Backend> {
+        let b = Backend::for_test("a:1", 1);
+        b.slow_start_ms.store(slow_ms, Relaxed);
+        b
+    }
+
+    #[test]
+    fn the_end_of_an_ejection_starts_the_ramp_there() {
+        let b = ramped(20_000);
+        b.ejected_until_ms.store(10_000, Relaxed);
+        assert!(b.is_ejected(9_999));
+        // Before anything noticed the end: already ramping from 10 s.
+        assert_eq!(b.ramp_factor(10_000), 0.05);
+        assert_eq!(b.ramp_factor(20_000), 0.5);
+        // Noticed late (at 15 s): the ramp still runs from the end, once.
+        assert!(b.end_ejection(15_000));
+        assert!(!b.end_ejection(15_000));
+        assert_eq!(b.ejected_until_ms.load(Relaxed), 0);
+        assert_eq!(b.ramp_factor(20_000), 0.5);
+        assert_eq!(b.ramp_factor(30_000), 1.0);
+        // Without slow start nothing ramps.
+        let plain = ramped(0);
+        plain.ejected_until_ms.store(10_000, Relaxed);
+        assert!(plain.end_ejection(10_000));
+        assert_eq!(plain.ramp_factor(10_000), 1.0);
+    }
+
+    #[test]
+    fn return_to_service_follows_health_and_ramps() {
+        let b = ramped(10_000);
+        b.set_state(BackendState::Draining, 1);
+        b.last_check_ok.store(CHECK_FAILED, Relaxed);
+        assert_eq!(b.return_to_service(BackendState::Draining, 1_000), Some(BackendState::Down));
+        assert_eq!(b.state(), BackendState::Down);
+        assert_eq!(b.ramp_start_ms.load(Relaxed), 0, "no ramp for a backend still down");
+        // Not in `from`: nothing changes.
+        assert_eq!(b.return_to_service(BackendState::Draining, 2_000), None);
+        b.last_check_ok.store(CHECK_OK, Relaxed);
+        assert_eq!(b.return_to_service(BackendState::Down, 3_000), Some(BackendState::Up));
+        assert_eq!(b.ramp_factor(4_000), 0.1);
+        // A load report saying down holds it down as well.
+        b.set_state(BackendState::Draining, 5_000);
+        b.reported_down.store(true, Relaxed);
+        assert_eq!(b.return_to_service(BackendState::Draining, 6_000), Some(BackendState::Down));
     }
 }
