@@ -121,15 +121,21 @@ pub struct Backend {
     pub last_check_ms: AtomicU64,
     /// The backend's own load report said `down`; active checks do not mark it up meanwhile.
     pub reported_down: AtomicBool,
-    /// Prometheus handles for this backend's series.
+    /// Registry handles for this backend's event-driven series (its state and counters are
+    /// rendered from the atomics above: [`crate::metrics`]).
     pub metrics: BackendMetrics,
 }
 
 impl Backend {
-    /// A new backend, `up`, with no ramp.
-    pub fn new(pool: Arc<str>, config: BackendConfig) -> Self {
-        let metrics = BackendMetrics::new(&pool, &config.address);
-        metrics.up.set(1.0);
+    /// A new backend, `up`, with no ramp; its series are rendered while it is alive.
+    pub fn new(pool: Arc<str>, config: BackendConfig) -> Arc<Self> {
+        let b = Arc::new(Backend::unshared(pool, config));
+        crate::metrics::track(&b);
+        b
+    }
+
+    fn unshared(pool: Arc<str>, config: BackendConfig) -> Self {
+        let metrics = BackendMetrics::new();
         Backend {
             address: config.address.clone(),
             pool,
@@ -164,7 +170,7 @@ impl Backend {
 
     /// A bare backend for unit tests of the algorithms.
     pub fn for_test(address: &str, weight: u32) -> Arc<Self> {
-        Arc::new(Backend::new(
+        Backend::new(
             Arc::from("test"),
             BackendConfig {
                 address: address.to_string(),
@@ -172,7 +178,7 @@ impl Backend {
                 max_connections: None,
                 tls: None,
             },
-        ))
+        )
     }
 
     /// Configured weight (≥ 1).
@@ -203,7 +209,6 @@ impl Backend {
     /// Sets the state; a change to `Up` starts the slow-start ramp. Returns the old state.
     pub fn set_state(&self, s: BackendState, now_ms: u64) -> BackendState {
         let old = BackendState::from_u8(self.state.swap(s as u8, Relaxed));
-        self.metrics.up.set(if s == BackendState::Up { 1.0 } else { 0.0 });
         if s == BackendState::Up && old != BackendState::Up {
             self.start_ramp(now_ms);
         }
@@ -216,7 +221,6 @@ impl Backend {
         if self.state.compare_exchange(from as u8, to as u8, Relaxed, Relaxed).is_err() {
             return false;
         }
-        self.metrics.up.set(if to == BackendState::Up { 1.0 } else { 0.0 });
         if to == BackendState::Up && from != BackendState::Up {
             self.start_ramp(now_ms);
         }
@@ -354,8 +358,6 @@ impl ActiveGuard {
     pub fn new(b: Arc<Backend>) -> Self {
         b.active.fetch_add(1, Relaxed);
         b.total.fetch_add(1, Relaxed);
-        b.metrics.active.increment(1.0);
-        b.metrics.total.increment(1);
         ActiveGuard(b)
     }
 
@@ -363,7 +365,6 @@ impl ActiveGuard {
     /// connection in `switchyard_connections_total`).
     pub fn request(b: Arc<Backend>) -> Self {
         b.active.fetch_add(1, Relaxed);
-        b.metrics.active.increment(1.0);
         ActiveGuard(b)
     }
 
@@ -376,7 +377,6 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
-        self.0.metrics.active.decrement(1.0);
     }
 }
 
