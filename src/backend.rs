@@ -121,15 +121,21 @@ pub struct Backend {
     pub last_check_ms: AtomicU64,
     /// The backend's own load report said `down`; active checks do not mark it up meanwhile.
     pub reported_down: AtomicBool,
-    /// Prometheus handles for this backend's series.
+    /// Registry handles for this backend's event-driven series (its state and counters are
+    /// rendered from the atomics above: [`crate::metrics`]).
     pub metrics: BackendMetrics,
 }
 
 impl Backend {
-    /// A new backend, `up`, with no ramp.
-    pub fn new(pool: Arc<str>, config: BackendConfig) -> Self {
-        let metrics = BackendMetrics::new(&pool, &config.address);
-        metrics.up.set(1.0);
+    /// A new backend, `up`, with no ramp; its series are rendered while it is alive.
+    pub fn new(pool: Arc<str>, config: BackendConfig) -> Arc<Self> {
+        let b = Arc::new(Backend::unshared(pool, config));
+        crate::metrics::track(&b);
+        b
+    }
+
+    fn unshared(pool: Arc<str>, config: BackendConfig) -> Self {
+        let metrics = BackendMetrics::new();
         Backend {
             address: config.address.clone(),
             pool,
@@ -164,7 +170,7 @@ impl Backend {
 
     /// A bare backend for unit tests of the algorithms.
     pub fn for_test(address: &str, weight: u32) -> Arc<Self> {
-        Arc::new(Backend::new(
+        Backend::new(
             Arc::from("test"),
             BackendConfig {
                 address: address.to_string(),
@@ -172,7 +178,7 @@ impl Backend {
                 max_connections: None,
                 tls: None,
             },
-        ))
+        )
     }
 
     /// Configured weight (≥ 1).
@@ -203,7 +209,6 @@ impl Backend {
     /// Sets the state; a change to `Up` starts the slow-start ramp. Returns the old state.
     pub fn set_state(&self, s: BackendState, now_ms: u64) -> BackendState {
         let old = BackendState::from_u8(self.state.swap(s as u8, Relaxed));
-        self.metrics.up.set(if s == BackendState::Up { 1.0 } else { 0.0 });
         if s == BackendState::Up && old != BackendState::Up {
             self.start_ramp(now_ms);
         }
@@ -216,7 +221,6 @@ impl Backend {
         if self.state.compare_exchange(from as u8, to as u8, Relaxed, Relaxed).is_err() {
             return false;
         }
-        self.metrics.up.set(if to == BackendState::Up { 1.0 } else { 0.0 });
         if to == BackendState::Up && from != BackendState::Up {
             self.start_ramp(now_ms);
         }
@@ -228,6 +232,46 @@ impl Backend {
         if self.slow_start_ms.load(Relaxed) > 0 {
             self.ramp_start_ms.store(now_ms, Relaxed);
         }
+    }
+
+    /// What the backend's health says its state should be when nothing else holds it out:
+    /// `down` while its last active check failed or its own load report says `down`.
+    pub fn health_says(&self) -> BackendState {
+        if self.reported_down.load(Relaxed) || self.last_check_ok.load(Relaxed) == CHECK_FAILED {
+            BackendState::Down
+        } else {
+            BackendState::Up
+        }
+    }
+
+    /// The one transition back into service, whatever brought the backend back (active
+    /// checks pass, checks turned off, a load report no longer says `down`, an admin
+    /// undrain): from `from` — compare-and-swap, so it never overwrites a drain or check
+    /// that raced it — to what [`Self::health_says`]: `up`, which starts the slow-start
+    /// ramp at `now_ms`, or `down` until the checks pass. Returns the new state, or `None`
+    /// when the backend was not in `from`. (The end of a passive ejection needs no call: it
+    /// ends by time, and [`Self::ramp_factor`] ramps from that moment.)
+    pub fn return_to_service(&self, from: BackendState, now_ms: u64) -> Option<BackendState> {
+        let to = self.health_says();
+        if to == from {
+            return (self.state() == from).then_some(to);
+        }
+        self.set_state_if(from, to, now_ms).then_some(to)
+    }
+
+    /// Folds an ended passive ejection into the ramp (the ramp starts when the ejection
+    /// ended, not when this noticed it) and clears it; `true` once per ended ejection. Until
+    /// it runs, [`Self::ramp_factor`] already ramps from the ejection's end.
+    pub fn end_ejection(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        if until == 0 || now_ms < until {
+            return false;
+        }
+        // Ramp first, clear second: a reader in between sees the same ramp start either way.
+        if self.slow_start_ms.load(Relaxed) > 0 {
+            self.ramp_start_ms.fetch_max(until, Relaxed);
+        }
+        self.ejected_until_ms.compare_exchange(until, 0, Relaxed, Relaxed).is_ok()
     }
 
     /// Is it at its `max_connections`?
@@ -247,9 +291,15 @@ impl Backend {
     }
 
     /// Slow-start factor in (0, 1]: ramps linearly from 5 % to 100 % over the window.
+    /// The end of a passive ejection is a return to service too: the ramp runs from the
+    /// later of its start and the ejection's end, so a backend back from ejection is not
+    /// herded onto (one more atomic load, no write, on the pick path).
     pub fn ramp_factor(&self, now_ms: u64) -> f64 {
         let window = self.slow_start_ms.load(Relaxed);
-        let start = self.ramp_start_ms.load(Relaxed);
+        if window == 0 {
+            return 1.0;
+        }
+        let start = self.ramp_start_ms.load(Relaxed).max(self.ejected_until_ms.load(Relaxed));
         if window == 0 || start == 0 || now_ms >= start + window {
             return 1.0;
         }
@@ -308,8 +358,6 @@ impl ActiveGuard {
     pub fn new(b: Arc<Backend>) -> Self {
         b.active.fetch_add(1, Relaxed);
         b.total.fetch_add(1, Relaxed);
-        b.metrics.active.increment(1.0);
-        b.metrics.total.increment(1);
         ActiveGuard(b)
     }
 
@@ -317,7 +365,6 @@ impl ActiveGuard {
     /// connection in `switchyard_connections_total`).
     pub fn request(b: Arc<Backend>) -> Self {
         b.active.fetch_add(1, Relaxed);
-        b.metrics.active.increment(1.0);
         ActiveGuard(b)
     }
 
@@ -330,6 +377,56 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
-        self.0.metrics.active.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramped(slow_ms: u64) -> Arc<Backend> {
+        let b = Backend::for_test("a:1", 1);
+        b.slow_start_ms.store(slow_ms, Relaxed);
+        b
+    }
+
+    #[test]
+    fn the_end_of_an_ejection_starts_the_ramp_there() {
+        let b = ramped(20_000);
+        b.ejected_until_ms.store(10_000, Relaxed);
+        assert!(b.is_ejected(9_999));
+        // Before anything noticed the end: already ramping from 10 s.
+        assert_eq!(b.ramp_factor(10_000), 0.05);
+        assert_eq!(b.ramp_factor(20_000), 0.5);
+        // Noticed late (at 15 s): the ramp still runs from the end, once.
+        assert!(b.end_ejection(15_000));
+        assert!(!b.end_ejection(15_000));
+        assert_eq!(b.ejected_until_ms.load(Relaxed), 0);
+        assert_eq!(b.ramp_factor(20_000), 0.5);
+        assert_eq!(b.ramp_factor(30_000), 1.0);
+        // Without slow start nothing ramps.
+        let plain = ramped(0);
+        plain.ejected_until_ms.store(10_000, Relaxed);
+        assert!(plain.end_ejection(10_000));
+        assert_eq!(plain.ramp_factor(10_000), 1.0);
+    }
+
+    #[test]
+    fn return_to_service_follows_health_and_ramps() {
+        let b = ramped(10_000);
+        b.set_state(BackendState::Draining, 1);
+        b.last_check_ok.store(CHECK_FAILED, Relaxed);
+        assert_eq!(b.return_to_service(BackendState::Draining, 1_000), Some(BackendState::Down));
+        assert_eq!(b.state(), BackendState::Down);
+        assert_eq!(b.ramp_start_ms.load(Relaxed), 0, "no ramp for a backend still down");
+        // Not in `from`: nothing changes.
+        assert_eq!(b.return_to_service(BackendState::Draining, 2_000), None);
+        b.last_check_ok.store(CHECK_OK, Relaxed);
+        assert_eq!(b.return_to_service(BackendState::Down, 3_000), Some(BackendState::Up));
+        assert_eq!(b.ramp_factor(4_000), 0.1);
+        // A load report saying down holds it down as well.
+        b.set_state(BackendState::Draining, 5_000);
+        b.reported_down.store(true, Relaxed);
+        assert_eq!(b.return_to_service(BackendState::Draining, 6_000), Some(BackendState::Down));
     }
 }

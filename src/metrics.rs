@@ -1,9 +1,20 @@
-//! Metric names of the contract, and handles held per backend so the relay never looks a
-//! label set up per frame (it adds to these handles when it flushes its local counters).
+//! Metric names of the contract. Process-wide series live in the `metrics` registry (the
+//! Prometheus exporter's). The per-backend series of the contract (`connections_active`,
+//! `connections_total`, `bytes_total`, `messages_total`, `backend_up`) do not: that
+//! registry (`metrics-exporter-prometheus` 0.17) cannot remove a series except by its idle
+//! timeout, which would also drop a live backend's series that did not change for a while
+//! and leave its held handle writing nowhere. They are rendered at scrape time from the
+//! backends' own atomics, for every backend object still alive — held by the runtime or by a
+//! live connection — so a removed backend's series go when its last connection does.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use metrics::{counter, gauge, histogram, Counter, Gauge};
+use metrics::{counter, histogram, Counter};
+
+use crate::backend::{Backend, BackendState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -27,48 +38,104 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Renders the Prometheus text exposition (empty when no recorder could be installed).
+/// Renders the Prometheus text exposition: the registry's series (empty when no recorder
+/// could be installed) and the per-backend series of every live backend.
 pub fn render() -> String {
-    HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default()
+    let mut out = HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default();
+    render_backends(&mut out, crate::clock::now_ms());
+    out
 }
 
-/// Handles for one backend's labelled series.
-#[derive(Debug, Clone)]
+/// Every backend object ever built, weakly: one that upgrades is alive (in the runtime or
+/// held by a connection). Pruned at each scrape and whenever the list doubles.
+static BACKENDS: Mutex<Vec<Weak<Backend>>> = Mutex::new(Vec::new());
+
+/// Registers a backend's series (they are rendered while it is alive).
+pub fn track(b: &Arc<Backend>) {
+    let mut all = BACKENDS.lock().unwrap_or_else(PoisonError::into_inner);
+    if all.len() >= 64 && all.len().is_power_of_two() {
+        all.retain(|w| w.strong_count() > 0);
+    }
+    all.push(Arc::downgrade(b));
+}
+
+/// One backend's values, summed over the objects alive for its labels (a removed backend
+/// still draining and its re-added successor are one series, as Prometheus wants).
+#[derive(Default)]
+struct BackendValues {
+    active: u64,
+    total: u64,
+    bytes: [u64; 2],
+    msgs: [u64; 2],
+    up: bool,
+}
+
+fn render_backends(out: &mut String, now_ms: u64) {
+    let mut values: BTreeMap<(Arc<str>, String), BackendValues> = BTreeMap::new();
+    {
+        let mut all = BACKENDS.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|w| {
+            let Some(b) = w.upgrade() else { return false };
+            let v = values.entry((b.pool.clone(), b.address.clone())).or_default();
+            v.active += b.active.load(Relaxed);
+            v.total += b.total.load(Relaxed);
+            v.bytes[0] += b.bytes_c2b.load(Relaxed);
+            v.bytes[1] += b.bytes_b2c.load(Relaxed);
+            v.msgs[0] += b.msgs_c2b.load(Relaxed);
+            v.msgs[1] += b.msgs_b2c.load(Relaxed);
+            // Contract: 0 whenever it takes no new connections (down, draining or ejected).
+            v.up |= b.state() == BackendState::Up && !b.is_ejected(now_ms);
+            true
+        });
+    }
+    if values.is_empty() {
+        return;
+    }
+    let labels = |(pool, backend): &(Arc<str>, String)| format!("pool=\"{}\",backend=\"{}\"", escape(pool), escape(backend));
+    let family = |out: &mut String, name: &str, kind: &str, f: &dyn Fn(&BackendValues) -> u64| {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (k, v) in &values {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(k), f(v));
+        }
+        out.push('\n');
+    };
+    let directions = |out: &mut String, name: &str, f: &dyn Fn(&BackendValues) -> [u64; 2]| {
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (k, v) in &values {
+            for (d, n) in ["client_to_backend", "backend_to_client"].iter().zip(f(v)) {
+                let _ = writeln!(out, "{name}{{{},direction=\"{d}\"}} {n}", labels(k));
+            }
+        }
+        out.push('\n');
+    };
+    family(out, "switchyard_connections_active", "gauge", &|v| v.active);
+    family(out, "switchyard_connections_total", "counter", &|v| v.total);
+    family(out, "switchyard_backend_up", "gauge", &|v| u64::from(v.up));
+    directions(out, "switchyard_bytes_total", &|v| v.bytes);
+    directions(out, "switchyard_messages_total", &|v| v.msgs);
+}
+
+/// A label value escaped for the text exposition format.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into()
+    } else {
+        v.into()
+    }
+}
+
+/// Registry handles for a backend's event-driven series.
+#[derive(Debug, Default)]
 pub struct BackendMetrics {
-    /// `switchyard_connections_active{pool,backend}`
-    pub active: Gauge,
-    /// `switchyard_connections_total{pool,backend}`
-    pub total: Counter,
-    /// `switchyard_bytes_total{...,direction="client_to_backend"}`
-    pub bytes_c2b: Counter,
-    /// `switchyard_bytes_total{...,direction="backend_to_client"}`
-    pub bytes_b2c: Counter,
-    /// `switchyard_messages_total{...,direction="client_to_backend"}`
-    pub msgs_c2b: Counter,
-    /// `switchyard_messages_total{...,direction="backend_to_client"}`
-    pub msgs_b2c: Counter,
-    /// `switchyard_backend_up{pool,backend}`
-    pub up: Gauge,
     /// `switchyard_http_requests_total{pool,backend,status}` by status class (1xx…5xx),
     /// registered on first use so WebSocket-only backends get no such series.
     http: [std::sync::OnceLock<Counter>; 5],
 }
 
 impl BackendMetrics {
-    /// Registers (or finds) the series of `backend` in `pool`.
-    pub fn new(pool: &str, backend: &str) -> Self {
-        let (p, b) = (pool.to_string(), backend.to_string());
-        let dir = |name: &'static str, d: &'static str| counter!(name, "pool" => p.clone(), "backend" => b.clone(), "direction" => d);
-        BackendMetrics {
-            active: gauge!("switchyard_connections_active", "pool" => p.clone(), "backend" => b.clone()),
-            total: counter!("switchyard_connections_total", "pool" => p.clone(), "backend" => b.clone()),
-            bytes_c2b: dir("switchyard_bytes_total", "client_to_backend"),
-            bytes_b2c: dir("switchyard_bytes_total", "backend_to_client"),
-            msgs_c2b: dir("switchyard_messages_total", "client_to_backend"),
-            msgs_b2c: dir("switchyard_messages_total", "backend_to_client"),
-            up: gauge!("switchyard_backend_up", "pool" => p.clone(), "backend" => b.clone()),
-            http: Default::default(),
-        }
+    /// Nothing is registered until used.
+    pub fn new() -> Self {
+        BackendMetrics::default()
     }
 
     /// Counts one plain HTTP answer with `status` from this backend (a label lookup only the
@@ -157,6 +224,41 @@ pub fn rebalance_moves(pool: &str, n: u64) {
 }
 
 /// Counts one backend stopped at the edge for breaking RFC 6455 (an invalid frame).
-pub fn backend_violation(b: &crate::backend::Backend) {
+pub fn backend_violation(b: &Backend) {
     counter!("switchyard_backend_protocol_errors_total", "pool" => b.pool.to_string(), "backend" => b.address.clone()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_for(address: &str) -> Vec<String> {
+        let needle = format!("backend=\"{address}\"");
+        render().lines().filter(|l| l.contains(&needle)).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_backend_has_series_while_alive_and_none_after() {
+        let b = Backend::for_test("series-test:1", 1);
+        b.bytes_c2b.store(7, Relaxed);
+        let conn = b.clone(); // a live connection's hold on a removed backend
+        let lines = lines_for("series-test:1");
+        assert_eq!(lines.len(), 7, "{lines:?}");
+        assert!(lines.contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 1".to_string()));
+        assert!(lines
+            .iter()
+            .any(|l| l.ends_with("direction=\"client_to_backend\"} 7") && l.starts_with("switchyard_bytes_total{")));
+        drop(b);
+        assert_eq!(lines_for("series-test:1").len(), 7, "kept while a connection holds it");
+        conn.set_state(BackendState::Draining, 1);
+        assert!(lines_for("series-test:1").contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 0".to_string()));
+        drop(conn);
+        assert!(lines_for("series-test:1").is_empty());
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape("127.0.0.1:9"), "127.0.0.1:9");
+    }
 }

@@ -183,7 +183,7 @@ impl Runtime {
                 let b = match kept {
                     Some(b) => b.clone(),
                     None => {
-                        let b = Arc::new(Backend::new(pname.clone(), bc.clone()));
+                        let b = Backend::new(pname.clone(), bc.clone());
                         b.slow_start_ms.store(slow_ms, Relaxed);
                         if previous.is_some() {
                             b.start_ramp(now);

@@ -131,6 +131,7 @@ pub fn client_connector(t: &BackendTls, address: &str) -> Result<BackendTlsConne
         match &t.ca {
             Some(ca) => {
                 for c in read_certs(ca)? {
+                    refuse_ca_named_for_backend(&c, &name, ca)?;
                     roots.add(c).map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
                 }
             }
@@ -139,6 +140,38 @@ pub fn client_connector(t: &BackendTls, address: &str) -> Result<BackendTlsConne
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+}
+
+/// A certificate in a backend's `ca:` file that names the backend itself and is a CA
+/// (`basicConstraints CA:TRUE`, as `openssl req -x509` makes by default) is the backend's own
+/// self-signed certificate: rustls refuses it when the backend presents it
+/// (`CaUsedAsEndEntity`), so every connection would fail. Said at `check` time instead.
+fn refuse_ca_named_for_backend(c: &CertificateDer<'static>, name: &ServerName<'static>, ca: &Path) -> Result<(), String> {
+    use rustls::client::{verify_server_name, WebPkiServerVerifier};
+    use rustls::server::ParsedCertificate;
+    let names_backend = ParsedCertificate::try_from(c).is_ok_and(|p| verify_server_name(&p, name).is_ok());
+    if !names_backend {
+        return Ok(());
+    }
+    // Present it to a verifier trusting only itself, as the backend would.
+    let mut only = RootCertStore::empty();
+    if only.add(c.clone()).is_err() {
+        return Ok(());
+    }
+    let Ok(verifier) = WebPkiServerVerifier::builder_with_provider(Arc::new(only), provider()).build() else {
+        return Ok(());
+    };
+    match verifier.verify_server_cert(c, &[], name, &[], UnixTime::now()) {
+        Err(e) if format!("{e:?}").contains("CaUsedAsEndEntity") => Err(format!(
+            "the certificate in {} for {} is a CA certificate (basicConstraints CA:TRUE) and names the backend itself; \
+             rustls refuses a CA certificate as the backend's own (CaUsedAsEndEntity), so every connection would fail. \
+             Sign the backend's certificate with a separate CA and put that CA here, or make the self-signed one with \
+             `-addext basicConstraints=critical,CA:FALSE` (configs/certs/README.md)",
+            ca.display(),
+            name.to_str()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `host:port` → `host` (IPv6 brackets removed).

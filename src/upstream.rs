@@ -133,6 +133,12 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
                 tracing::warn!(backend = %backend.address, "cannot connect, local resources exhausted: {e}");
                 return Err(UpstreamError::Exhausted(ShedReason::LocalResources));
             }
+            // A failed TLS handshake is a configuration problem (CA, name, protocol) the
+            // operator must see; a refused or reset connect is routine and passive health's.
+            Ok(Err(e)) if is_tls_error(&e) => {
+                tracing::warn!(backend = %backend.address, pool = %pool.name, "TLS to the backend failed: {e}");
+                crate::health::passive_failure(backend, pool, clock::now_ms());
+            }
             Ok(Err(e)) => {
                 tracing::debug!(backend = %backend.address, "attempt failed: {e}");
                 crate::health::passive_failure(backend, pool, clock::now_ms());
@@ -163,6 +169,11 @@ pub fn is_local_error(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
     )
+}
+
+/// Did the TLS handshake with the backend fail (tokio-rustls wraps rustls' error)?
+fn is_tls_error(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// TCP (and TLS when configured) connection to a backend.

@@ -316,3 +316,34 @@ async fn past_the_hard_ceiling_a_tls_listener_closes_without_clear_text() {
     })
     .await
 }
+
+#[test]
+fn check_refuses_a_self_signed_ca_certificate_of_the_backend_itself_as_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    // What `openssl req -x509` makes by default: self-signed, CA:TRUE, naming the backend.
+    let mut p = CertificateParams::new(vec!["backend.test".to_string()]).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let self_signed = p.self_signed(&KeyPair::generate().unwrap()).unwrap();
+    let own = dir.path().join("own.pem");
+    std::fs::write(&own, self_signed.pem()).unwrap();
+    let check = |ca: &Path| {
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9\"\n        tls: {{ ca: \"{}\", server_name: backend.test }}\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN).arg("check").arg(&f).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, text) = check(&own);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("CaUsedAsEndEntity") && text.contains("backend.test"), "{text}");
+    // A real CA (naming no backend) is fine.
+    let (code, text) = check(&pki.ca_path("ca"));
+    assert_eq!((code, text.trim()), (Some(0), "ok"));
+}

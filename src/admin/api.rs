@@ -110,7 +110,9 @@ pub(crate) async fn reload(admin: &Admin) -> Resp {
 ///
 /// Drain: no new connections, and the live ones are closed with 1012 spread (jittered) over
 /// `limits.drain_timeout` so their clients do not reconnect in lockstep. Undrain: back to
-/// `up`, which starts slow start; closes already scheduled still happen.
+/// service through the backend's one return transition — `up` with slow start, or `down`
+/// while its last active check failed (the checks bring it up); a backend that is not
+/// draining keeps its state. Closes already scheduled still happen.
 pub(crate) fn set_drain(shared: &Shared, pool: &str, address: &str, drain: bool) -> Resp {
     let rt = shared.runtime.load();
     let Some(p) = rt.pools.get(pool) else {
@@ -124,16 +126,18 @@ pub(crate) fn set_drain(shared: &Shared, pool: &str, address: &str, drain: bool)
     };
     let now = clock::now_ms();
     if !drain {
-        let was = b.set_state(BackendState::Up, now);
+        let was = b.state();
+        let state = b.return_to_service(BackendState::Draining, now).unwrap_or_else(|| b.state());
         tracing::info!(
             pool,
             backend = address,
             previous = was.name(),
+            state = state.name(),
             "backend undrained through the admin API"
         );
         return json(
             StatusCode::OK,
-            &json!({ "pool": pool, "backend": address, "state": "up", "previous": was.name() }),
+            &json!({ "pool": pool, "backend": address, "state": state.name(), "previous": was.name() }),
         );
     }
     let was = b.set_state(BackendState::Draining, now);

@@ -139,7 +139,7 @@ pub fn apply(b: &Backend, streak: &mut Streak, result: &Result<(), CheckError>, 
     match streak.record(result.is_ok(), b.state(), hc.rise, hc.fall) {
         Verdict::Stay => {}
         Verdict::MarkUp => {
-            if !b.reported_down.load(Relaxed) && b.set_state_if(BackendState::Down, BackendState::Up, now_ms) {
+            if b.return_to_service(BackendState::Down, now_ms) == Some(BackendState::Up) {
                 tracing::info!(backend = %b.address, pool = %b.pool, successes = streak.ok, "backend up: health checks pass");
                 transition_metric(b, BackendState::Up);
             }
@@ -180,7 +180,7 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
 /// up (passive checks only), so one they left down comes back.
 pub fn release(b: &Backend, _pool: &Pool) {
     b.last_check_ok.store(crate::backend::CHECK_UNKNOWN, Relaxed);
-    if !b.reported_down.load(Relaxed) && b.set_state_if(BackendState::Down, BackendState::Up, clock::now_ms()) {
+    if b.return_to_service(BackendState::Down, clock::now_ms()) == Some(BackendState::Up) {
         tracing::info!(backend = %b.address, pool = %b.pool, "backend up: active health checks turned off");
         transition_metric(b, BackendState::Up);
     }

@@ -117,7 +117,7 @@ fn clear_reported_down(b: &Backend, has_health_check: bool, now_ms: u64) {
     if has_health_check && b.last_check_ok.load(Relaxed) == CHECK_FAILED {
         return;
     }
-    if b.set_state_if(BackendState::Down, BackendState::Up, now_ms) {
+    if b.return_to_service(BackendState::Down, now_ms) == Some(BackendState::Up) {
         tracing::info!(backend = %b.address, pool = %b.pool, "backend up: its load report no longer says down");
         transition_metric(b, BackendState::Up);
     }

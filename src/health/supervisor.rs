@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -136,9 +135,8 @@ fn sample_all(rt: &Runtime, samplers: &mut HashMap<String, RateSampler>, now_ms:
 /// probes it; `passive_success` then resets the back-off).
 fn note_ended_ejections(rt: &Runtime, now_ms: u64) {
     for b in rt.pools.values().flat_map(|p| p.backends.iter()) {
-        let until = b.ejected_until_ms.load(Relaxed);
-        if until != 0 && now_ms >= until && b.ejected_until_ms.compare_exchange(until, 0, Relaxed, Relaxed).is_ok() {
-            tracing::info!(backend = %b.address, pool = %b.pool, "ejection ended: backend is picked again");
+        if b.end_ejection(now_ms) {
+            tracing::info!(backend = %b.address, pool = %b.pool, "ejection ended: backend is picked again (slow start from the end)");
         }
     }
 }

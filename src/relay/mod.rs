@@ -329,7 +329,7 @@ impl Relay {
         self.c2b.unflushed_bytes != 0 || self.b2c.unflushed_bytes != 0
     }
 
-    /// Adds local counters to the backend's atomics and metric handles.
+    /// Adds local counters to the backend's atomics.
     fn flush(&mut self, now: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.last_flush_ms = now;
@@ -343,10 +343,6 @@ impl Relay {
         b.bytes_b2c.fetch_add(bb, Relaxed);
         b.msgs_c2b.fetch_add(mc, Relaxed);
         b.msgs_b2c.fetch_add(mb, Relaxed);
-        b.metrics.bytes_c2b.increment(bc);
-        b.metrics.bytes_b2c.increment(bb);
-        b.metrics.msgs_c2b.increment(mc);
-        b.metrics.msgs_b2c.increment(mb);
         for (t, v) in self.totals.iter_mut().zip([bc, bb, mc, mb]) {
             *t += v;
         }

@@ -57,3 +57,40 @@ pub async fn held_backend() -> HeldBackend {
     });
     HeldBackend { addr, arrived, release }
 }
+
+/// A WebSocket echo backend (the library's `serve_echo`) whose plain HTTP health endpoint
+/// answers `200` while `healthy` is set and `503` otherwise; upgrades always succeed, as
+/// for a backend that reports itself unhealthy yet still accepts connections.
+pub async fn switchable_health_backend(healthy: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let healthy = healthy.clone();
+            tokio::spawn(async move {
+                // Peek at the head (the checker and clients send it in one write) to tell
+                // an upgrade from a health check without consuming it.
+                let mut peeked = vec![0u8; 4096];
+                let mut head = String::new();
+                for _ in 0..200 {
+                    let Ok(n) = s.peek(&mut peeked).await else { return };
+                    head = String::from_utf8_lossy(&peeked[..n]).to_ascii_lowercase();
+                    if n == 0 || head.contains("\r\n\r\n") {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                if head.contains("upgrade: websocket") || healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = switchyard::ws::peer::serve_echo(s, None).await;
+                } else {
+                    let _ = switchyard::handshake::read_head(&mut s, 16384).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy")
+                        .await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
