@@ -235,20 +235,32 @@ fn check_text(path: &std::path::Path, text: &str) -> Result<Config, Vec<crate::c
 fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     let old = shared.runtime.load_full();
     let prepared = Runtime::prepare(cfg, Some(&old)).map_err(|e| vec![e])?;
-    // Listeners to open: new names, or a changed bind address.
+    // Listeners to open: new names, or a changed bind address. A new name on the address
+    // of a listener this reload removes is a rename: its sockets are handed over, since
+    // binding the address again while they are open would fail.
+    let mut renames: Vec<(String, String)> = Vec::new();
     let to_open: Vec<(String, std::net::SocketAddr)> = {
         let bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        prepared
-            .config()
-            .listeners
-            .iter()
-            .filter(|l| {
-                !bound
-                    .iter()
-                    .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind))
-            })
-            .map(|l| (l.name.clone(), l.bind))
-            .collect()
+        let wanted = &prepared.config().listeners;
+        let mut to_open = Vec::new();
+        for l in wanted {
+            if bound
+                .iter()
+                .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind))
+            {
+                continue;
+            }
+            let handed = bound.iter().find(|b| {
+                (b.configured == l.bind || b.actual == l.bind)
+                    && !wanted.iter().any(|w| w.name == b.name)
+                    && !renames.iter().any(|(from, _)| *from == b.name)
+            });
+            match handed {
+                Some(b) => renames.push((b.name.clone(), l.name.clone())),
+                None => to_open.push((l.name.clone(), l.bind)),
+            }
+        }
+        to_open
     };
     let mut opened = Vec::with_capacity(to_open.len());
     for (name, bind) in to_open {
@@ -261,6 +273,12 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     shared.runtime.store(rt.clone());
     let now = clock::now_ms();
     let mut bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+    for (from, to) in &renames {
+        if let Some(b) = bound.iter_mut().find(|b| b.name == *from) {
+            tracing::info!(listener = %to, previous = %from, addr = %b.actual, "listener renamed by reload (same sockets)");
+            b.rename(to);
+        }
+    }
     let (keep, gone): (Vec<_>, Vec<_>) = bound.drain(..).partition(|b| {
         rt.config
             .listeners
@@ -279,7 +297,9 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     drop(bound);
     // Listeners gone (or moved): stop accepting; a name gone for good drains with 1001.
     for b in gone {
-        let _ = b.stop.send(true);
+        // Waits (bounded) until every worker closed its socket: the next reload may bind the
+        // same address again.
+        b.close(std::time::Duration::from_secs(2));
         if !open_names.contains(&b.name) {
             let conns = shared.conns.select(|c| *c.listener == *b.name);
             ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::GoingAway.code());

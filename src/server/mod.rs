@@ -69,6 +69,29 @@ pub struct BoundListener {
     /// Address actually bound.
     pub actual: SocketAddr,
     pub(crate) stop: watch::Sender<bool>,
+    /// The name accept loops give new connections: a reload renaming a listener on the
+    /// same address changes it, keeping the sockets.
+    pub(crate) name_tx: watch::Sender<Arc<str>>,
+    /// Accept loops still holding a socket of this listener (0 once all are closed).
+    pub(crate) open_loops: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BoundListener {
+    /// Stops accepting and waits (bounded) until every worker has closed its socket, so
+    /// the address is free for the next reload.
+    pub(crate) fn close(&self, limit: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = std::time::Instant::now() + limit;
+        while self.open_loops.load(std::sync::atomic::Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Gives the listener a new name (a reload renamed it on the same address).
+    pub(crate) fn rename(&mut self, name: &str) {
+        self.name = name.to_string();
+        let _ = self.name_tx.send(Arc::from(name));
+    }
 }
 
 /// A listener bound but not yet accepting (a reload binds every new listener before it
@@ -88,10 +111,19 @@ impl BoundSockets {
     }
 }
 
+/// One worker's share of a listener.
+struct Listen {
+    shared: Arc<Shared>,
+    name: watch::Receiver<Arc<str>>,
+    sock: std::net::TcpListener,
+    stop: watch::Receiver<bool>,
+    open_loops: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// What a worker thread is told to do.
 enum WorkerCmd {
-    /// Accept on this socket for this listener until `stop` turns true.
-    Listen(Arc<Shared>, Arc<str>, std::net::TcpListener, watch::Receiver<bool>),
+    /// Accept on this socket under the listener's current name until `stop` turns true.
+    Listen(Listen),
 }
 
 impl std::fmt::Debug for WorkerCmd {
@@ -138,9 +170,20 @@ impl Shared {
     /// Starts accepting on bound sockets, one accept loop per worker.
     pub(crate) fn start_listener(self: &Arc<Self>, b: BoundSockets) -> BoundListener {
         let (stop, stop_rx) = watch::channel(false);
-        let n: Arc<str> = Arc::from(b.name.as_str());
+        let (name_tx, name_rx) = watch::channel::<Arc<str>>(Arc::from(b.name.as_str()));
+        let open_loops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for (w, sock) in self.workers.iter().zip(b.socks) {
-            let _ = w.send(WorkerCmd::Listen(self.clone(), n.clone(), sock, stop_rx.clone()));
+            open_loops.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let cmd = WorkerCmd::Listen(Listen {
+                shared: self.clone(),
+                name: name_rx.clone(),
+                sock,
+                stop: stop_rx.clone(),
+                open_loops: open_loops.clone(),
+            });
+            if w.send(cmd).is_err() {
+                open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
         }
         tracing::info!(listener = %b.name, addr = %b.actual, "listening");
         BoundListener {
@@ -148,6 +191,8 @@ impl Shared {
             configured: b.configured,
             actual: b.actual,
             stop,
+            name_tx,
+            open_loops,
         }
     }
 }
@@ -400,11 +445,14 @@ fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: 
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
-                    Some(WorkerCmd::Listen(shared, name, l, stop)) => match TcpListener::from_std(l) {
-                        Ok(l) => {
-                            tokio::spawn(accept_loop(shared, name, l, phase.clone(), stop));
+                    Some(WorkerCmd::Listen(l)) => match TcpListener::from_std(l.sock) {
+                        Ok(sock) => {
+                            tokio::spawn(accept_loop(l.shared, l.name, sock, phase.clone(), l.stop, l.open_loops));
                         }
-                        Err(e) => tracing::error!(listener = %name, "cannot register listener: {e}"),
+                        Err(e) => {
+                            l.open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                            tracing::error!(listener = %*l.name.borrow(), "cannot register listener: {e}");
+                        }
                     },
                     None => break,
                 },
@@ -420,20 +468,22 @@ fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: 
 
 async fn accept_loop(
     shared: Arc<Shared>,
-    name: Arc<str>,
+    names: watch::Receiver<Arc<str>>,
     listener: TcpListener,
     mut phase: watch::Receiver<u8>,
     mut stop: watch::Receiver<bool>,
+    open_loops: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let name = || names.borrow().clone();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
-                    tokio::spawn(connection::handle(shared.clone(), name.clone(), sock, peer));
+                    tokio::spawn(connection::handle(shared.clone(), name(), sock, peer));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tracing::warn!(listener = %name(), "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
@@ -447,11 +497,15 @@ async fn accept_loop(
                     // Take what is already queued before the socket closes, or the kernel
                     // resets those connections.
                     while let Ok(Ok((sock, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-                        tokio::spawn(connection::handle(shared.clone(), name.clone(), sock, peer));
+                        tokio::spawn(connection::handle(shared.clone(), name(), sock, peer));
                     }
                     break;
                 }
             }
         }
     }
+    // The socket is closed before the count says so: a reload waiting on it may bind the
+    // address again at once.
+    drop(listener);
+    open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
 }
