@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use metrics::{counter, histogram, Counter};
+use metrics::{counter, histogram};
 
 use crate::backend::{Backend, BackendState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -68,6 +68,10 @@ struct BackendValues {
     bytes: [u64; 2],
     msgs: [u64; 2],
     up: bool,
+    http: [u64; 5],
+    transitions: [u64; 3],
+    protocol_errors: u64,
+    custom_load_errors: u64,
 }
 
 fn render_backends(out: &mut String, now_ms: u64) {
@@ -85,6 +89,15 @@ fn render_backends(out: &mut String, now_ms: u64) {
             v.msgs[1] += b.msgs_b2c.load(Relaxed);
             // Contract: 0 whenever it takes no new connections (down, draining or ejected).
             v.up |= b.state() == BackendState::Up && !b.is_ejected(now_ms);
+            let m = &b.metrics;
+            for (sum, c) in v.http.iter_mut().zip(&m.http) {
+                *sum += c.load(Relaxed);
+            }
+            for (sum, c) in v.transitions.iter_mut().zip(&m.transitions) {
+                *sum += c.load(Relaxed);
+            }
+            v.protocol_errors += m.protocol_errors.load(Relaxed);
+            v.custom_load_errors += m.custom_load_errors.load(Relaxed);
             true
         });
     }
@@ -113,6 +126,37 @@ fn render_backends(out: &mut String, now_ms: u64) {
     family(out, "switchyard_backend_up", "gauge", &|v| u64::from(v.up));
     directions(out, "switchyard_bytes_total", &|v| v.bytes);
     directions(out, "switchyard_messages_total", &|v| v.msgs);
+    // Event-driven families: only the label values that counted something.
+    let sparse = |out: &mut String, name: &str, extra: &str, values_of: &dyn Fn(&BackendValues) -> Vec<(&'static str, u64)>| {
+        let mut lines = String::new();
+        for (k, v) in &values {
+            for (label, n) in values_of(v).into_iter().filter(|(_, n)| *n > 0) {
+                let extra = if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(",{extra}=\"{label}\"")
+                };
+                let _ = writeln!(lines, "{name}{{{}{extra}}} {n}", labels(k));
+            }
+        }
+        if !lines.is_empty() {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            out.push_str(&lines);
+            out.push('\n');
+        }
+    };
+    sparse(out, "switchyard_http_requests_total", "status", &|v| {
+        STATUS_CLASSES.iter().copied().zip(v.http).collect()
+    });
+    sparse(out, "switchyard_health_transitions_total", "to", &|v| {
+        TRANSITION_STATES.iter().copied().zip(v.transitions).collect()
+    });
+    sparse(out, "switchyard_backend_protocol_errors_total", "", &|v| {
+        vec![("", v.protocol_errors)]
+    });
+    sparse(out, "switchyard_custom_load_errors_total", "", &|v| {
+        vec![("", v.custom_load_errors)]
+    });
 }
 
 /// A label value escaped for the text exposition format.
@@ -124,30 +168,51 @@ fn escape(v: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Registry handles for a backend's event-driven series.
+/// A backend's event-driven counters, rendered at scrape time like the contract's
+/// per-backend series (so they go with the backend too). A family shows only the label
+/// values that counted something, as a registry series would appear on first use.
 #[derive(Debug, Default)]
 pub struct BackendMetrics {
-    /// `switchyard_http_requests_total{pool,backend,status}` by status class (1xx…5xx),
-    /// registered on first use so WebSocket-only backends get no such series.
-    http: [std::sync::OnceLock<Counter>; 5],
+    /// `switchyard_http_requests_total{…,status}` by status class (1xx…5xx).
+    http: [AtomicU64; 5],
+    /// `switchyard_health_transitions_total{…,to}` by state (up, down, draining).
+    transitions: [AtomicU64; 3],
+    /// `switchyard_backend_protocol_errors_total`.
+    protocol_errors: AtomicU64,
+    /// `switchyard_custom_load_errors_total`.
+    custom_load_errors: AtomicU64,
 }
 
+/// Status classes of `switchyard_http_requests_total`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `to` values of `switchyard_health_transitions_total`, by `BackendState as usize`.
+const TRANSITION_STATES: [&str; 3] = ["up", "down", "draining"];
+
 impl BackendMetrics {
-    /// Nothing is registered until used.
+    /// All zero.
     pub fn new() -> Self {
         BackendMetrics::default()
     }
 
-    /// Counts one plain HTTP answer with `status` from this backend (a label lookup only the
-    /// first time each class is seen).
-    pub fn http_request(&self, pool: &str, backend: &str, status: u16) {
-        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    /// Counts one plain HTTP answer with `status` from this backend.
+    pub fn http_request(&self, status: u16) {
         let i = usize::from(status / 100).clamp(1, 5) - 1;
-        self.http[i]
-            .get_or_init(|| {
-                counter!("switchyard_http_requests_total", "pool" => pool.to_string(), "backend" => backend.to_string(), "status" => CLASSES[i])
-            })
-            .increment(1);
+        self.http[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one health transition to `to`.
+    pub fn transition(&self, to: BackendState) {
+        self.transitions[to as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one connection the backend broke RFC 6455 on.
+    pub fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one failed or malformed custom-load poll.
+    pub fn custom_load_error(&self) {
+        self.custom_load_errors.fetch_add(1, Relaxed);
     }
 }
 
@@ -225,7 +290,7 @@ pub fn rebalance_moves(pool: &str, n: u64) {
 
 /// Counts one backend stopped at the edge for breaking RFC 6455 (an invalid frame).
 pub fn backend_violation(b: &Backend) {
-    counter!("switchyard_backend_protocol_errors_total", "pool" => b.pool.to_string(), "backend" => b.address.clone()).increment(1);
+    b.metrics.protocol_error();
 }
 
 #[cfg(test)]
@@ -254,6 +319,43 @@ mod tests {
         assert!(lines_for("series-test:1").contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 0".to_string()));
         drop(conn);
         assert!(lines_for("series-test:1").is_empty());
+    }
+
+    #[test]
+    fn event_series_show_what_counted_and_go_with_the_backend() {
+        let b = Backend::for_test("event-series:1", 1);
+        assert_eq!(lines_for("event-series:1").len(), 7, "nothing counted: no event series");
+        b.metrics.http_request(204);
+        b.metrics.http_request(200);
+        b.metrics.http_request(503);
+        b.metrics.transition(BackendState::Down);
+        b.metrics.protocol_error();
+        b.metrics.custom_load_error();
+        let lines = lines_for("event-series:1");
+        let has = |l: &str| lines.iter().any(|x| x == l);
+        assert!(
+            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"2xx\"} 2"),
+            "{lines:?}"
+        );
+        assert!(
+            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"5xx\"} 1"),
+            "{lines:?}"
+        );
+        assert!(
+            has("switchyard_health_transitions_total{pool=\"test\",backend=\"event-series:1\",to=\"down\"} 1"),
+            "{lines:?}"
+        );
+        assert!(
+            has("switchyard_backend_protocol_errors_total{pool=\"test\",backend=\"event-series:1\"} 1"),
+            "{lines:?}"
+        );
+        assert!(
+            has("switchyard_custom_load_errors_total{pool=\"test\",backend=\"event-series:1\"} 1"),
+            "{lines:?}"
+        );
+        assert_eq!(lines.len(), 12, "{lines:?}");
+        drop(b);
+        assert!(lines_for("event-series:1").is_empty(), "gone with the backend");
     }
 
     #[test]

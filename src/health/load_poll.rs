@@ -73,8 +73,7 @@ pub fn apply(b: &Backend, outcome: Result<Report, PollError>, has_health_check: 
     let report = match outcome {
         Ok(r) => r,
         Err(e) => {
-            metrics::counter!("switchyard_custom_load_errors_total", "pool" => b.pool.to_string(), "backend" => b.address.clone())
-                .increment(1);
+            b.metrics.custom_load_error();
             if matches!(e, PollError::Malformed(_)) {
                 record(b, Report::Malformed, now_ms);
             }

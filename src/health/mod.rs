@@ -97,11 +97,5 @@ pub(crate) fn jittered(d: Duration) -> Duration {
 
 /// Counts one health transition in `switchyard_health_transitions_total{pool,backend,to}`.
 pub(crate) fn transition_metric(b: &Backend, to: BackendState) {
-    metrics::counter!(
-        "switchyard_health_transitions_total",
-        "pool" => b.pool.to_string(),
-        "backend" => b.address.clone(),
-        "to" => to.name()
-    )
-    .increment(1);
+    b.metrics.transition(to);
 }

@@ -7,6 +7,7 @@
 
 mod connection;
 pub mod conns;
+mod forward;
 mod plain;
 mod upgrade;
 

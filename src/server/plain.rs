@@ -17,38 +17,36 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
 use super::connection::{self, linger, shed_close, shed_head};
 use super::upgrade::{self, Admit, Answer, Prepared};
 use super::Shared;
-use crate::backend::ActiveGuard;
-use crate::balance::{exhaustion_reason, PickContext};
-use crate::clock;
 use crate::config::{HttpMode, ListenerConfig};
 use crate::handshake::{header, wants_websocket, Refusal};
-use crate::http::body::{Limited, OnEnd, Relayed, RequestTally};
-use crate::http::client::Conn;
+use crate::http::body::{Limited, RequestTally};
 use crate::http::headers::{add_forwarded, strip_hop_by_hop};
-use crate::http::{Body, ClientIo, ClientPool};
+use crate::http::{Body, ClientIo};
 use crate::limits::{retry_after_secs, ShedReason, Slot};
 use crate::route::route;
-use crate::runtime::{Pool, Runtime};
+use crate::runtime::Runtime;
 use crate::stream::Stream;
-use hyper::client::conn::http1::SendRequest;
 
 /// One client connection on the plain path, as every request on it sees it.
-struct ClientConn {
-    shared: Arc<Shared>,
+pub(super) struct ClientConn {
+    /// The process's shared state (the backend connection pool among it).
+    pub(super) shared: Arc<Shared>,
     listener: Arc<str>,
-    peer: SocketAddr,
-    tls: bool,
+    /// The client's address.
+    pub(super) peer: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub(super) tls: bool,
     /// Set by a request that upgraded: what to do with the connection once hyper lets go.
     upgrade: Mutex<Option<PendingUpgrade>>,
 }
@@ -201,176 +199,13 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
             Err(_) => return refusal(Refusal::Timeout),
         }
     }
-    let req = Forward {
+    let req = super::forward::Forward {
         method: &parts.method,
         target,
         headers: &hs,
         tally,
     };
-    forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
-}
-
-/// What the balancer knows of a request on its way to a backend.
-struct Forward<'a> {
-    method: &'a Method,
-    target: &'a str,
-    /// The client's headers, for picking (sticky cookie, hash keys).
-    headers: &'a [httparse::Header<'a>],
-    tally: Arc<RequestTally>,
-}
-
-/// Picks, connects (next backend on a connect failure), sends `out` (hop-by-hop fields
-/// removed, forwarding fields added), and returns the response.
-async fn forward(
-    cx: &ClientConn,
-    rt: &Runtime,
-    pool: &Arc<Pool>,
-    req: Forward<'_>,
-    out: Request<Body>,
-    started: Instant,
-) -> Response<Body> {
-    let limits = &rt.config.limits;
-    let clients = &cx.shared.http_clients;
-    let retryable = out.body().is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    // The request while it has not gone out (a refused send hands it back).
-    let mut pending = Some(out);
-    let mut tried: Vec<usize> = Vec::new();
-    for _ in 0..pool.config.max_attempts.max(1) {
-        let now = clock::now_ms();
-        let ctx = PickContext {
-            now_ms: now,
-            client_ip: cx.peer.ip(),
-            target: req.target,
-            headers: req.headers,
-            exclude: &tried,
-        };
-        let Some((i, sticky)) = pool.pick(&ctx) else {
-            let reason = if tried.is_empty() {
-                ShedReason::from_label(exhaustion_reason(&pool.backends, now))
-            } else {
-                ShedReason::NoBackend
-            };
-            return overloaded(rt, reason);
-        };
-        tried.push(i);
-        let backend = pool.backends[i].clone();
-        let guard = ActiveGuard::request(backend.clone());
-        let mut conn = match clients.take(&backend).await {
-            Some(c) => c,
-            None => match open(cx, pool, i).await {
-                Some(c) => c,
-                None => continue,
-            },
-        };
-        // One retry on a fresh connection when a reused one turns out closed before the
-        // request went out (or, for a bodiless idempotent request, at any point).
-        let mut may_retry = true;
-        let sent = loop {
-            let Some(out) = pending.take() else {
-                return refusal(Refusal::BadGateway("request body already sent"));
-            };
-            // A bodiless idempotent request may be sent again after a reused connection
-            // failed under it: keep its head (only then is it copied).
-            let spare = (conn.reused && may_retry && retryable).then(|| {
-                let mut r = Request::new(empty());
-                *r.method_mut() = out.method().clone();
-                *r.uri_mut() = out.uri().clone();
-                *r.headers_mut() = out.headers().clone();
-                r
-            });
-            let deadline = tokio::time::Instant::now() + limits.request_timeout;
-            match tokio::time::timeout_at(deadline, conn.sender.try_send_request(out)).await {
-                Err(_) => {
-                    crate::health::passive_failure(&backend, pool, clock::now_ms());
-                    tracing::debug!(backend = %backend.address, "no response head within request_timeout");
-                    return refusal(Refusal::GatewayTimeout);
-                }
-                Ok(Ok(resp)) => break Ok(resp),
-                Ok(Err(mut e)) => {
-                    let unsent = e.take_message();
-                    if conn.reused && may_retry && (unsent.is_some() || spare.is_some()) {
-                        may_retry = false;
-                        pending = unsent.or(spare);
-                        match open(cx, pool, i).await {
-                            Some(c) => conn = c,
-                            None => break Err(None),
-                        }
-                        continue;
-                    }
-                    pending = unsent;
-                    break Err(Some(e.into_error()));
-                }
-            }
-        };
-        let resp = match sent {
-            Ok(r) => r,
-            // A fresh connection could not be opened: the next backend, if the body is still here.
-            Err(None) if pending.is_some() => continue,
-            Err(e) => {
-                if req.tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) {
-                    return refusal(Refusal::BodyTooLarge);
-                }
-                crate::health::passive_failure(&backend, pool, clock::now_ms());
-                tracing::debug!(backend = %backend.address, "no valid response: {e:?}");
-                return refusal(Refusal::BadGateway("no valid response from the backend"));
-            }
-        };
-        let status = resp.status();
-        if status.is_server_error() {
-            crate::health::passive_failure(&backend, pool, clock::now_ms());
-        } else {
-            crate::health::passive_success(&backend);
-        }
-        backend.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        pool.request_duration.record(started.elapsed().as_secs_f64());
-        backend.metrics.http_request(&pool.name, &backend.address, status.as_u16());
-        if let Some(r) = sticky {
-            crate::metrics::sticky(&pool.name, r.label());
-        }
-        let (mut parts, rbody) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(c) = pool.sticky_cookie(i, sticky, cx.tls).and_then(|c| HeaderValue::from_str(&c).ok()) {
-            parts.headers.append(SET_COOKIE, c);
-        }
-        let end = Finished {
-            _guard: guard,
-            sender: Some((clients.clone(), backend.address.clone(), conn.sender)),
-            log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| {
-                AccessLine {
-                    client: cx.peer,
-                    method: req.method.clone(),
-                    path: req.target.split('?').next().unwrap_or("/").to_string(),
-                    status: status.as_u16(),
-                    pool: pool.name.clone(),
-                    backend: backend.address.clone(),
-                    started,
-                    tally: req.tally.clone(),
-                }
-            }),
-        };
-        return Response::from_parts(parts, Relayed::new(rbody, limits.idle_timeout, end).boxed_unsync());
-    }
-    overloaded(rt, ShedReason::NoBackend)
-}
-
-/// Opens a new connection to backend `i`, counting a failure the backend is responsible for.
-async fn open(cx: &ClientConn, pool: &Pool, i: usize) -> Option<Conn> {
-    let backend = &pool.backends[i];
-    match tokio::time::timeout(pool.config.connect_timeout, cx.shared.http_clients.open(pool, backend)).await {
-        Ok(Ok(c)) => Some(c),
-        Ok(Err(e)) => {
-            tracing::debug!(backend = %backend.address, "connect failed: {e}");
-            if !crate::upstream::is_local_error(&e) {
-                crate::health::passive_failure(backend, pool, clock::now_ms());
-            }
-            None
-        }
-        Err(_) => {
-            tracing::debug!(backend = %backend.address, "connect timed out");
-            crate::health::passive_failure(backend, pool, clock::now_ms());
-            None
-        }
-    }
+    super::forward::forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
 }
 
 /// An upgrade on a keep-alive connection: the WebSocket path, answered through hyper.
@@ -447,7 +282,7 @@ fn headers_of_map(map: &hyper::HeaderMap) -> Vec<httparse::Header<'_>> {
 }
 
 /// `503` with a jittered `Retry-After`: the plain-HTTP twin of a shed `1013`.
-fn overloaded(rt: &Runtime, reason: ShedReason) -> Response<Body> {
+pub(super) fn overloaded(rt: &Runtime, reason: ShedReason) -> Response<Body> {
     crate::metrics::shed(reason.label());
     refusal(Refusal::Overloaded {
         retry_after_s: retry_after_secs(rt.config.shedding.retry_hint),
@@ -456,7 +291,7 @@ fn overloaded(rt: &Runtime, reason: ShedReason) -> Response<Body> {
 
 /// The balancer's own answer. `400` and `413` close the connection: the request's body
 /// was not read, or its framing cannot be trusted.
-fn refusal(r: Refusal) -> Response<Body> {
+pub(super) fn refusal(r: Refusal) -> Response<Body> {
     crate::metrics::handshake_failure(r.metric_reason());
     let (code, _) = r.status();
     let mut resp = Response::new(Full::new(Bytes::from(r.body())).map_err(|e| match e {}).boxed_unsync());
@@ -487,50 +322,6 @@ impl futures_util::Stream for PrependFrame {
     }
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
-}
-
-/// The access-log line of one plain request, written when its response body ends.
-struct AccessLine {
-    client: SocketAddr,
-    method: Method,
-    path: String,
-    status: u16,
-    pool: Arc<str>,
-    backend: String,
-    started: Instant,
-    tally: Arc<RequestTally>,
-}
-
-/// Held until the response body ends: the request counts on its backend until then.
-struct Finished {
-    _guard: ActiveGuard,
-    /// The backend connection, back to the idle pool once the response is complete (a
-    /// response cut short leaves the connection mid-message: it is closed instead).
-    sender: Option<(Arc<ClientPool>, String, SendRequest<Body>)>,
-    log: Option<AccessLine>,
-}
-
-impl OnEnd for Finished {
-    fn ended(&mut self, bytes: u64, complete: bool) {
-        if let (true, Some((pool, address, sender))) = (complete, self.sender.take()) {
-            pool.put(address, sender);
-        }
-        let Some(l) = self.log.take() else { return };
-        tracing::info!(
-            target: "switchyard::access",
-            client = %l.client,
-            method = %l.method,
-            path = %l.path,
-            status = l.status,
-            pool = %l.pool,
-            backend = %l.backend,
-            duration_ms = l.started.elapsed().as_millis() as u64,
-            bytes_in = l.tally.bytes.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_out = bytes,
-            complete,
-            "request"
-        );
-    }
 }

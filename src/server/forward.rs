@@ -1,0 +1,236 @@
+//! Forwarding one plain HTTP request: pick a backend (sticky cookie first), take a pooled
+//! keep-alive connection or open one (a connect failure moves on to the next backend),
+//! send, bound the wait for the response head by `request_timeout`, and stream the response
+//! back; the backend connection returns to the pool when the response is complete.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, SET_COOKIE};
+use hyper::{Method, Request, Response};
+
+use super::plain::{empty, overloaded, refusal, ClientConn};
+use crate::backend::ActiveGuard;
+use crate::balance::{exhaustion_reason, PickContext};
+use crate::clock;
+use crate::handshake::Refusal;
+use crate::http::body::{OnEnd, Relayed, RequestTally};
+use crate::http::client::Conn;
+use crate::http::headers::strip_hop_by_hop;
+use crate::http::{Body, ClientPool};
+use crate::limits::ShedReason;
+use crate::runtime::{Pool, Runtime};
+
+/// What the balancer knows of a request on its way to a backend.
+pub(super) struct Forward<'a> {
+    /// Request method.
+    pub(super) method: &'a Method,
+    /// Request target (path and query).
+    pub(super) target: &'a str,
+    /// The client's headers, for picking (sticky cookie, hash keys).
+    pub(super) headers: &'a [httparse::Header<'a>],
+    /// What the request body did (bytes passed, over the limit).
+    pub(super) tally: Arc<RequestTally>,
+}
+
+/// Picks, connects (next backend on a connect failure), sends `out` (hop-by-hop fields
+/// removed, forwarding fields added), and returns the response.
+pub(super) async fn forward(
+    cx: &ClientConn,
+    rt: &Runtime,
+    pool: &Arc<Pool>,
+    req: Forward<'_>,
+    out: Request<Body>,
+    started: Instant,
+) -> Response<Body> {
+    let limits = &rt.config.limits;
+    let clients = &cx.shared.http_clients;
+    let retryable = out.body().is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // The request while it has not gone out (a refused send hands it back).
+    let mut pending = Some(out);
+    let mut tried: Vec<usize> = Vec::new();
+    for _ in 0..pool.config.max_attempts.max(1) {
+        let now = clock::now_ms();
+        let ctx = PickContext {
+            now_ms: now,
+            client_ip: cx.peer.ip(),
+            target: req.target,
+            headers: req.headers,
+            exclude: &tried,
+        };
+        let Some((i, sticky)) = pool.pick(&ctx) else {
+            let reason = if tried.is_empty() {
+                ShedReason::from_label(exhaustion_reason(&pool.backends, now))
+            } else {
+                ShedReason::NoBackend
+            };
+            return overloaded(rt, reason);
+        };
+        tried.push(i);
+        let backend = pool.backends[i].clone();
+        let guard = ActiveGuard::request(backend.clone());
+        let mut conn = match clients.take(&backend).await {
+            Some(c) => c,
+            None => match open(cx, pool, i).await {
+                Some(c) => c,
+                None => continue,
+            },
+        };
+        // One retry on a fresh connection when a reused one turns out closed before the
+        // request went out (or, for a bodiless idempotent request, at any point).
+        let mut may_retry = true;
+        let sent = loop {
+            let Some(out) = pending.take() else {
+                return refusal(Refusal::BadGateway("request body already sent"));
+            };
+            // A bodiless idempotent request may be sent again after a reused connection
+            // failed under it: keep its head (only then is it copied).
+            let spare = (conn.reused && may_retry && retryable).then(|| {
+                let mut r = Request::new(empty());
+                *r.method_mut() = out.method().clone();
+                *r.uri_mut() = out.uri().clone();
+                *r.headers_mut() = out.headers().clone();
+                r
+            });
+            let deadline = tokio::time::Instant::now() + limits.request_timeout;
+            match tokio::time::timeout_at(deadline, conn.sender.try_send_request(out)).await {
+                Err(_) => {
+                    crate::health::passive_failure(&backend, pool, clock::now_ms());
+                    tracing::debug!(backend = %backend.address, "no response head within request_timeout");
+                    return refusal(Refusal::GatewayTimeout);
+                }
+                Ok(Ok(resp)) => break Ok(resp),
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message();
+                    if conn.reused && may_retry && (unsent.is_some() || spare.is_some()) {
+                        may_retry = false;
+                        pending = unsent.or(spare);
+                        match open(cx, pool, i).await {
+                            Some(c) => conn = c,
+                            None => break Err(None),
+                        }
+                        continue;
+                    }
+                    pending = unsent;
+                    break Err(Some(e.into_error()));
+                }
+            }
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            // A fresh connection could not be opened: the next backend, if the body is still here.
+            Err(None) if pending.is_some() => continue,
+            Err(e) => {
+                if req.tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) {
+                    return refusal(Refusal::BodyTooLarge);
+                }
+                crate::health::passive_failure(&backend, pool, clock::now_ms());
+                tracing::debug!(backend = %backend.address, "no valid response: {e:?}");
+                return refusal(Refusal::BadGateway("no valid response from the backend"));
+            }
+        };
+        let status = resp.status();
+        if status.is_server_error() {
+            crate::health::passive_failure(&backend, pool, clock::now_ms());
+        } else {
+            crate::health::passive_success(&backend);
+        }
+        backend.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.request_duration.record(started.elapsed().as_secs_f64());
+        backend.metrics.http_request(status.as_u16());
+        if let Some(r) = sticky {
+            crate::metrics::sticky(&pool.name, r.label());
+        }
+        let (mut parts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(c) = pool.sticky_cookie(i, sticky, cx.tls).and_then(|c| HeaderValue::from_str(&c).ok()) {
+            parts.headers.append(SET_COOKIE, c);
+        }
+        let end = Finished {
+            _guard: guard,
+            sender: Some((clients.clone(), backend.address.clone(), conn.sender)),
+            log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| {
+                AccessLine {
+                    client: cx.peer,
+                    method: req.method.clone(),
+                    path: req.target.split('?').next().unwrap_or("/").to_string(),
+                    status: status.as_u16(),
+                    pool: pool.name.clone(),
+                    backend: backend.address.clone(),
+                    started,
+                    tally: req.tally.clone(),
+                }
+            }),
+        };
+        return Response::from_parts(parts, Relayed::new(rbody, limits.idle_timeout, end).boxed_unsync());
+    }
+    overloaded(rt, ShedReason::NoBackend)
+}
+
+/// Opens a new connection to backend `i`, counting a failure the backend is responsible for.
+async fn open(cx: &ClientConn, pool: &Pool, i: usize) -> Option<Conn> {
+    let backend = &pool.backends[i];
+    match tokio::time::timeout(pool.config.connect_timeout, cx.shared.http_clients.open(pool, backend)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::debug!(backend = %backend.address, "connect failed: {e}");
+            if !crate::upstream::is_local_error(&e) {
+                crate::health::passive_failure(backend, pool, clock::now_ms());
+            }
+            None
+        }
+        Err(_) => {
+            tracing::debug!(backend = %backend.address, "connect timed out");
+            crate::health::passive_failure(backend, pool, clock::now_ms());
+            None
+        }
+    }
+}
+
+/// The access-log line of one plain request, written when its response body ends.
+struct AccessLine {
+    client: SocketAddr,
+    method: Method,
+    path: String,
+    status: u16,
+    pool: Arc<str>,
+    backend: String,
+    started: Instant,
+    tally: Arc<RequestTally>,
+}
+
+/// Held until the response body ends: the request counts on its backend until then.
+struct Finished {
+    _guard: ActiveGuard,
+    /// The backend connection, back to the idle pool once the response is complete (a
+    /// response cut short leaves the connection mid-message: it is closed instead).
+    sender: Option<(Arc<ClientPool>, String, SendRequest<Body>)>,
+    log: Option<AccessLine>,
+}
+
+impl OnEnd for Finished {
+    fn ended(&mut self, bytes: u64, complete: bool) {
+        if let (true, Some((pool, address, sender))) = (complete, self.sender.take()) {
+            pool.put(address, sender);
+        }
+        let Some(l) = self.log.take() else { return };
+        tracing::info!(
+            target: "switchyard::access",
+            client = %l.client,
+            method = %l.method,
+            path = %l.path,
+            status = l.status,
+            pool = %l.pool,
+            backend = %l.backend,
+            duration_ms = l.started.elapsed().as_millis() as u64,
+            bytes_in = l.tally.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out = bytes,
+            complete,
+            "request"
+        );
+    }
+}
