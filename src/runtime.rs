@@ -71,6 +71,37 @@ impl Pool {
         Some((i, Some(result)))
     }
 
+    /// The next backend to try for a request: picks among those not in `tried` (and adds
+    /// the pick to it). With none left, why: the pool's exhaustion reason on the first try,
+    /// `no_backend` once every candidate failed.
+    pub fn pick_next(
+        &self,
+        client_ip: std::net::IpAddr,
+        target: &str,
+        headers: &[httparse::Header<'_>],
+        tried: &mut Vec<usize>,
+    ) -> Result<(usize, Option<StickyResult>), crate::limits::ShedReason> {
+        let now_ms = clock::now_ms();
+        let ctx = PickContext {
+            now_ms,
+            client_ip,
+            target,
+            headers,
+            exclude: tried,
+        };
+        match self.pick(&ctx) {
+            Some((i, sticky)) => {
+                tried.push(i);
+                Ok((i, sticky))
+            }
+            None if tried.is_empty() => Err(crate::limits::ShedReason::from_label(balance::exhaustion_reason(
+                &self.backends,
+                now_ms,
+            ))),
+            None => Err(crate::limits::ShedReason::NoBackend),
+        }
+    }
+
     /// The `Set-Cookie` value to send with a response from backend `i`, when stickiness
     /// assigned or reassigned it.
     pub fn sticky_cookie(&self, i: usize, result: Option<StickyResult>, secure: bool) -> Option<String> {

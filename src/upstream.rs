@@ -11,7 +11,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::{ActiveGuard, Backend};
-use crate::balance::{exhaustion_reason, PickContext};
 use crate::clock;
 use crate::handshake::{accept_key, any_has_token, header, read_head};
 use crate::limits::ShedReason;
@@ -76,24 +75,9 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
     let expected = accept_key(req.key);
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..pool.config.max_attempts.max(1) {
-        let now = clock::now_ms();
-        let ctx = PickContext {
-            now_ms: now,
-            client_ip: req.peer.ip(),
-            target: req.target,
-            headers: req.headers,
-            exclude: &tried,
-        };
-        let Some((i, sticky)) = pool.pick(&ctx) else {
-            if tried.is_empty() {
-                return Err(UpstreamError::Exhausted(ShedReason::from_label(exhaustion_reason(
-                    &pool.backends,
-                    now,
-                ))));
-            }
-            break;
-        };
-        tried.push(i);
+        let (i, sticky) = pool
+            .pick_next(req.peer.ip(), req.target, req.headers, &mut tried)
+            .map_err(UpstreamError::Exhausted)?;
         let backend = &pool.backends[i];
         // Count the connection on the backend from the first attempt, so concurrent picks
         // see it (least-connections) and `max_connections` cannot be overshot by a burst.

@@ -8,23 +8,12 @@ use common::*;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use switchyard::ws::frame::{apply_mask, write_header, Opcode};
+use switchyard::ws::frame::Opcode;
 use switchyard::ws::peer::read_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One frame's bytes; masked (as a client sends) when `mask` is given.
-fn frame(fin: bool, op: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut h = [0u8; 14];
-    let n = write_header(&mut h, fin, op, mask, payload.len() as u64);
-    let mut v = h[..n].to_vec();
-    let mut p = payload.to_vec();
-    if let Some(m) = mask {
-        apply_mask(&mut p, m, 0);
-    }
-    v.extend(p);
-    v
-}
+use switchyard::ws::peer::frame_bytes as frame;
 
 const M: Option<[u8; 4]> = Some([9, 8, 7, 6]);
 

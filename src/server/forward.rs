@@ -15,7 +15,6 @@ use hyper::{Method, Request, Response};
 
 use super::plain::{empty, overloaded, refusal, ClientConn};
 use crate::backend::ActiveGuard;
-use crate::balance::{exhaustion_reason, PickContext};
 use crate::clock;
 use crate::handshake::Refusal;
 use crate::http::body::{OnEnd, Relayed, RequestTally};
@@ -54,23 +53,10 @@ pub(super) async fn forward(
     let mut pending = Some(out);
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..pool.config.max_attempts.max(1) {
-        let now = clock::now_ms();
-        let ctx = PickContext {
-            now_ms: now,
-            client_ip: cx.peer.ip(),
-            target: req.target,
-            headers: req.headers,
-            exclude: &tried,
+        let (i, sticky) = match pool.pick_next(cx.peer.ip(), req.target, req.headers, &mut tried) {
+            Ok(p) => p,
+            Err(reason) => return overloaded(rt, reason),
         };
-        let Some((i, sticky)) = pool.pick(&ctx) else {
-            let reason = if tried.is_empty() {
-                ShedReason::from_label(exhaustion_reason(&pool.backends, now))
-            } else {
-                ShedReason::NoBackend
-            };
-            return overloaded(rt, reason);
-        };
-        tried.push(i);
         let backend = pool.backends[i].clone();
         let guard = ActiveGuard::request(backend.clone());
         let mut conn = match clients.take(&backend).await {

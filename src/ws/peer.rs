@@ -56,9 +56,8 @@ pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, pending: &mut Vec<u8>) 
     }
 }
 
-/// Writes one frame (masked with a random key when `masked`).
-pub async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, fin: bool, opcode: Opcode, payload: &[u8], masked: bool) -> io::Result<()> {
-    let mask = masked.then(rand::random::<[u8; 4]>);
+/// One whole frame's bytes, masked with `mask` when given (as a client sends).
+pub fn frame_bytes(fin: bool, opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = vec![0u8; 14 + payload.len()];
     let h = write_header(&mut out, fin, opcode, mask, payload.len() as u64);
     out[h..h + payload.len()].copy_from_slice(payload);
@@ -66,7 +65,13 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, fin: bool, opcode: Op
         apply_mask(&mut out[h..h + payload.len()], m, 0);
     }
     out.truncate(h + payload.len());
-    s.write_all(&out).await
+    out
+}
+
+/// Writes one frame (masked with a random key when `masked`).
+pub async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, fin: bool, opcode: Opcode, payload: &[u8], masked: bool) -> io::Result<()> {
+    let mask = masked.then(rand::random::<[u8; 4]>);
+    s.write_all(&frame_bytes(fin, opcode, payload, mask)).await
 }
 
 /// Client side of the opening handshake on `path`; returns bytes read past the 101.

@@ -229,19 +229,9 @@ impl Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::frame::{write_header, ControlFrame};
+    use crate::ws::frame::ControlFrame;
 
-    fn frame(fin: bool, op: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut h = [0u8; 14];
-        let n = write_header(&mut h, fin, op, mask, payload.len() as u64);
-        let mut v = h[..n].to_vec();
-        let mut p = payload.to_vec();
-        if let Some(m) = mask {
-            apply_mask(&mut p, m, 0);
-        }
-        v.extend_from_slice(&p);
-        v
-    }
+    use crate::ws::peer::frame_bytes as frame;
 
     const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
 
