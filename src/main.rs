@@ -214,6 +214,7 @@ fn demo(port: u16, admin_port: u16, quiet: bool) -> anyhow::Result<()> {
     }
     if let Some(addr) = server.addr("demo") {
         println!("try:  websocat ws://{addr}/chat   (or: cargo run --example client -- ws://{addr}/)");
+        println!("page http://{addr}/  (plain HTTP through the balancer, then a WebSocket echo)");
         if !quiet {
             rt.spawn(switchyard::demo::traffic(addr));
         }

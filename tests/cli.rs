@@ -84,6 +84,11 @@ async fn demo_starts_and_echoes() {
         let mut ws = connect(&url).await;
         assert_eq!(ask(&mut ws, "ping?").await, "ping?");
         let _ = ws.close(None).await;
+        // The demo page comes through the balancer as plain HTTP.
+        let addr: std::net::SocketAddr = url.trim_start_matches("ws://").trim_end_matches('/').parse().unwrap();
+        let (status, page) = http_get(addr, "/").await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("Echo through Switchyard") && page.contains("new WebSocket"), "{page}");
         p.signal(libc::SIGINT);
         assert_eq!(tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(40))), Some(0));
     })

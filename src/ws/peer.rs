@@ -117,16 +117,31 @@ async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> io::R
     Ok(Incoming::Upgrade(buf[end..].to_vec()))
 }
 
+/// A page that opens a WebSocket back to where it came from and echoes through it: the
+/// demo's plain-HTTP and WebSocket paths through the balancer, in one browser tab.
+const ECHO_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Switchyard demo</title>\
+<body style=\"font:16px system-ui;margin:2rem\"><h1>Echo through Switchyard</h1>\
+<p>This page came through the balancer as plain HTTP; the messages below go through it as WebSocket.</p>\
+<input id=m value=hello> <button id=b>send</button><pre id=o></pre><script>\
+const o=document.getElementById('o');const ws=new WebSocket('ws://'+location.host+'/echo');\
+ws.onopen=()=>{o.textContent+='connected\\n';ws.send('hello from the demo page')};ws.onmessage=e=>o.textContent+='echo: '+e.data+'\\n';\
+ws.onclose=e=>o.textContent+='closed '+e.code+'\\n';\
+document.getElementById('b').onclick=()=>ws.send(document.getElementById('m').value);</script>";
+
 /// Serves one connection as an echo backend: data messages come back as sent, pings are
-/// answered, a close is returned. A plain HTTP GET gets `200 ok` (for health checks), or
-/// the text of `load` for `/load`.
+/// answered, a close is returned. A plain HTTP GET gets `200 ok` (for health checks), the
+/// text of `load` for `/load`, or a small echo page for `/`.
 pub async fn serve_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, load: Option<&str>) -> io::Result<()> {
     let mut pending = match server_handshake(&mut s).await? {
         Incoming::Upgrade(p) => p,
         Incoming::Http(path) => {
-            let body = if path == "/load" { load.unwrap_or("0") } else { "ok" };
+            let (body, kind) = match path.as_str() {
+                "/load" => (load.unwrap_or("0"), "text/plain"),
+                "/" => (ECHO_PAGE, "text/html; charset=utf-8"),
+                _ => ("ok", "text/plain"),
+            };
             let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             s.write_all(resp.as_bytes()).await?;
