@@ -406,3 +406,26 @@ async fn plain_connections_over_the_rate_get_503_and_an_upgrade_after_plain_requ
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_an_idle_keep_alive_connection_is_closed_and_a_long_poll_finishes() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  drain_timeout: 5s\n"));
+        let (mut idle, mut ibuf) = conn(&p).await;
+        assert_eq!(roundtrip(&mut idle, &mut ibuf, &get("/", "")).await.unwrap().status, 200);
+        // A request in flight (the backend answers after 3 s) when shutdown begins.
+        let mut polling = TcpStream::connect(p.addr).await.unwrap();
+        polling.write_all(get("/slow", "").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Proxy { server, .. } = p;
+        let stop = tokio::task::spawn_blocking(move || server.shutdown(None));
+        assert!(closed_soon(&mut idle).await, "the idle keep-alive connection is closed");
+        let mut pbuf = Vec::new();
+        let r = read_response(&mut polling, &mut pbuf).await.expect("the long-poll gets its answer");
+        assert_eq!((r.status, r.body.as_str()), (200, "b1"));
+        assert!(closed_soon(&mut polling).await, "and its connection is closed after it");
+        tokio::time::timeout(Duration::from_secs(10), stop).await.expect("shutdown ends").unwrap();
+    })
+    .await
+}
