@@ -429,3 +429,26 @@ async fn on_shutdown_an_idle_keep_alive_connection_is_closed_and_a_long_poll_fin
     })
     .await
 }
+
+#[tokio::test]
+async fn request_timeout_starts_when_the_upload_is_done() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  request_timeout: 500ms\n"));
+        let (mut s, mut buf) = conn(&p).await;
+        // A 2 s upload, one chunk every 200 ms: longer than request_timeout, never stalled.
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        for _ in 0..10 {
+            s.write_all(b"400\r\n").await.unwrap();
+            s.write_all(&[b'x'; 1024]).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        let r = read_response(&mut s, &mut buf).await.expect("an answer");
+        assert_eq!((r.status, r.body.as_str()), (200, "10240"), "{r:?}");
+        // Silence after the request is still bounded.
+        assert_eq!(roundtrip(&mut s, &mut buf, &get("/slow", "")).await.map(|r| r.status), Some(504));
+    })
+    .await
+}

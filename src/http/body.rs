@@ -22,6 +22,8 @@ pub struct RequestTally {
     pub bytes: AtomicU64,
     /// The body went over `max_request_body_bytes` (the answer is `413`).
     pub over_limit: AtomicBool,
+    /// The whole body was passed on.
+    pub finished: AtomicBool,
 }
 
 /// A client's request body, cut off with an error past `limit` bytes.
@@ -59,7 +61,10 @@ impl hyper::body::Body for Limited {
                 }
             }
             Some(Err(e)) => Some(Err(e.into())),
-            None => None,
+            None => {
+                this.tally.finished.store(true, Relaxed);
+                None
+            }
         })
     }
 

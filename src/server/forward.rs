@@ -82,8 +82,7 @@ pub(super) async fn forward(
                 *r.headers_mut() = out.headers().clone();
                 r
             });
-            let deadline = tokio::time::Instant::now() + limits.request_timeout;
-            match tokio::time::timeout_at(deadline, conn.sender.try_send_request(out)).await {
+            match answer_within(conn.sender.try_send_request(out), limits.request_timeout, &req.tally).await {
                 Err(_) => {
                     crate::health::passive_failure(&backend, pool, clock::now_ms());
                     tracing::debug!(backend = %backend.address, "no response head within request_timeout");
@@ -155,6 +154,26 @@ pub(super) async fn forward(
         return Response::from_parts(parts, Relayed::new(rbody, limits.idle_timeout, end).boxed_unsync());
     }
     overloaded(rt, ShedReason::NoBackend)
+}
+
+/// Waits for the response head at most `limit` after the request body was sent: while the
+/// body still moves (a long upload), the wait has not started; a body stalled for `limit` or
+/// a finished one followed by `limit` of silence is a timeout.
+async fn answer_within<F: std::future::Future>(send: F, limit: std::time::Duration, tally: &RequestTally) -> Result<F::Output, ()> {
+    tokio::pin!(send);
+    let mut seen = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(limit, &mut send).await {
+            Ok(out) => return Ok(out),
+            Err(_) => {
+                let now = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
+                if tally.finished.load(std::sync::atomic::Ordering::Relaxed) || now == seen {
+                    return Err(());
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 /// Opens a new connection to backend `i`, counting a failure the backend is responsible for.
