@@ -149,11 +149,14 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     if let Some(on) = on_upgrade {
         return upgrade_request(&cx, &rt, lcfg, &parts, target, &mut hs, on, started).await;
     }
-    let Some(host) = header(&hs, "host")
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused; HTTP/1.0 may omit it
+    // (routes by host then never match it).
+    let host = header(&hs, "host")
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::trim)
         .filter(|h| !h.is_empty())
-    else {
+        .or((parts.version == hyper::Version::HTTP_10).then_some(""));
+    let Some(host) = host else {
         return refusal(Refusal::BadRequest("missing Host header"));
     };
     let Some(route) = route(&lcfg.routes, target, host, &hs) else {
