@@ -126,7 +126,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     announce(&server);
     tracing::info!(config = %path.display(), "switchyard running");
     if watch {
-        switchyard::reload::watch_file(&server, loaded.into_bytes());
+        switchyard::reload::watch_file(server.shared.clone(), server.control(), loaded.into_bytes());
     }
     signals.wait(server)
 }

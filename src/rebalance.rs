@@ -16,8 +16,8 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::clock;
 use crate::config::Algorithm;
-use crate::server::conns::{ConnShared, ConnTable};
-use crate::server::Shared;
+use crate::conns::{ConnShared, ConnTable};
+use crate::shared::Shared;
 use crate::ws::CloseCode;
 
 /// How often the spread is looked at.

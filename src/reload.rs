@@ -3,14 +3,14 @@
 //! backend that stays) → swap it in atomically → apply the difference (drain what went
 //! away). Anything that fails rejects the reload whole; the old config keeps serving.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock;
 use crate::config::Config;
+use crate::conns::ConnTable;
 use crate::runtime::Runtime;
-use crate::server::conns::ConnTable;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Problems only visible by opening files the config names (TLS certificates and keys),
 /// positioned at the first mention of the file name in the config text.
@@ -64,62 +64,9 @@ pub fn load_checked(path: &std::path::Path) -> Result<(Config, String), Vec<crat
     check_text(path, &text).map(|cfg| (cfg, text))
 }
 
-/// The outcome of one reload: `Ok`, or every error (one per line in the API's answer).
-pub type Outcome = Result<(), Vec<String>>;
-
-/// What a reload reads its config from.
-enum Source {
-    /// The config file, read when the reload's turn comes.
-    File,
-    /// This text of the config file (what `--watch` saw settle).
-    Text(String),
-}
-
-/// Where a reload's outcome goes.
-enum Reply {
-    /// Nobody waits (SIGHUP: the outcome is logged and shown in `/api/status`).
-    None,
-    /// A thread waits (the blocking [`reload`]).
-    Blocking(std::sync::mpsc::Sender<Outcome>),
-    /// A task waits (`POST /api/reload`, `--watch`).
-    Task(tokio::sync::oneshot::Sender<Outcome>),
-}
-
-struct Job {
-    source: Source,
-    reply: Reply,
-}
-
-/// The single queue every reload goes through: one task on the control runtime takes
-/// the requests in the order they were made and runs them one at a time (each on the
-/// blocking pool, so file reads and binds never stall admin or health checks). Two
-/// overlapping reloads therefore end with the later one's config, whatever started them.
-pub struct Queue {
-    tx: tokio::sync::mpsc::UnboundedSender<Job>,
-    rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        Queue {
-            tx,
-            rx: Mutex::new(Some(rx)),
-        }
-    }
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("reload::Queue")
-    }
-}
-
-impl Queue {
-    fn push(&self, source: Source, reply: Reply) -> bool {
-        self.tx.send(Job { source, reply }).is_ok()
-    }
-}
+pub use crate::shared::ReloadOutcome as Outcome;
+pub use crate::shared::ReloadQueue as Queue;
+use crate::shared::{ReloadJob as Job, ReloadReply as Reply, ReloadSource as Source};
 
 /// Starts the task that runs queued reloads (on the current runtime: the control one). It
 /// holds the shared state weakly, so a stopped server is not kept alive by its queue.
@@ -405,9 +352,8 @@ async fn look(path: &std::path::Path) -> Option<Snapshot> {
 /// waited out). The text that settled is what is validated and applied, through the same
 /// queue as every other reload. Reads never block the control thread: regular files only,
 /// non-blocking, bounded, on the blocking pool with a timeout.
-pub fn watch_file(server: &crate::server::Server, loaded: Vec<u8>) {
-    let shared = server.shared.clone();
-    server.control().spawn(async move {
+pub fn watch_file(shared: Arc<Shared>, control: &tokio::runtime::Handle, loaded: Vec<u8>) {
+    control.spawn(async move {
         let Some(path) = shared.config_path.clone() else { return };
         let mut last = loaded;
         let mut complained = false;

@@ -140,7 +140,7 @@ async fn a_drain_survives_api_sighup_and_watch_reloads() {
         assert_eq!(code, 200, "{body}");
         // Each successful reload swaps in a new runtime.
         let current = || std::sync::Arc::as_ptr(&p.server.shared.runtime.load_full()) as usize;
-        switchyard::reload::watch_file(&p.server, std::fs::read(&path).unwrap());
+        switchyard::reload::watch_file(p.server.shared.clone(), p.server.control(), std::fs::read(&path).unwrap());
         for trigger in ["blocking", "api", "sighup", "watch"] {
             let before = current();
             match trigger {
@@ -323,7 +323,7 @@ async fn watch_never_applies_a_half_written_file_and_a_fifo_blocks_nothing() {
         let yaml = config("round_robin", &[a.addr, b.addr], "");
         let (p, path) = Proxy::start_file(dir.path(), &format!("{yaml}{ADMIN}"));
         let full = format!("{}{ADMIN}# rewritten\n", yaml.replacen("127.0.0.1:0", &p.addr.to_string(), 1));
-        switchyard::reload::watch_file(&p.server, std::fs::read(&path).unwrap());
+        switchyard::reload::watch_file(p.server.shared.clone(), p.server.control(), std::fs::read(&path).unwrap());
         let mut others = Vec::new();
         let mut on_b = loop {
             let mut ws = connect(&p.url("/")).await;

@@ -430,7 +430,10 @@ async fn on_shutdown_an_idle_keep_alive_connection_is_closed_and_a_long_poll_fin
         let r = read_response(&mut polling, &mut pbuf).await.expect("the long-poll gets its answer");
         assert_eq!((r.status, r.body.as_str()), (200, "b1"));
         assert!(closed_soon(&mut polling).await, "and its connection is closed after it");
-        tokio::time::timeout(Duration::from_secs(10), stop).await.expect("shutdown ends").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stop)
+            .await
+            .expect("shutdown ends")
+            .unwrap();
     })
     .await
 }
@@ -442,7 +445,9 @@ async fn request_timeout_starts_when_the_upload_is_done() {
         let p = Proxy::start(&config("round_robin", &[b.addr], "limits:\n  request_timeout: 500ms\n"));
         let (mut s, mut buf) = conn(&p).await;
         // A 2 s upload, one chunk every 200 ms: longer than request_timeout, never stalled.
-        s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
         for _ in 0..10 {
             s.write_all(b"400\r\n").await.unwrap();
             s.write_all(&[b'x'; 1024]).await.unwrap();

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use super::{json, text, Admin, Resp};
 use crate::backend::{Backend, BackendState, CHECK_OK, CHECK_UNKNOWN, LOAD_UNKNOWN};
 use crate::clock;
-use crate::server::conns::ConnTable;
-use crate::server::Shared;
+use crate::conns::ConnTable;
+use crate::shared::Shared;
 
 /// Close code for connections of a drained backend (RFC 6455 §7.4.1 registry: "Service Restart").
 const DRAINED: u16 = 1012;

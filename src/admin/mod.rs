@@ -27,7 +27,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// A client must send a complete request head within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,7 +15,7 @@ use crate::backend::{Backend, BackendState, CHECK_FAILED, CHECK_OK};
 use crate::clock;
 use crate::config::{CheckKind, HealthCheckConfig};
 use crate::runtime::Pool;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::ws::frame::Opcode;
 use crate::ws::peer::{client_handshake, read_frame, write_frame};
 

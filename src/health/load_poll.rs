@@ -18,7 +18,7 @@ use crate::balance::custom_load::{parse_report, record, Report};
 use crate::clock;
 use crate::config::{Algorithm, CustomLoadConfig};
 use crate::runtime::Pool;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Longest time one poll may take (capped further by the interval).
 const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -53,7 +53,7 @@ pub fn passive_failure(b: &Backend, pool: &Pool, now_ms: u64) {
 
 /// Starts the active checks and samplers of every pool (on the current runtime): one
 /// supervisor task that starts and stops the per-backend tasks as reloads change the pools.
-pub fn spawn_all(shared: &Arc<crate::server::Shared>) {
+pub fn spawn_all(shared: &Arc<crate::shared::Shared>) {
     tokio::spawn(supervisor::run(shared.clone()));
 }
 
@@ -68,7 +68,7 @@ pub(crate) fn current_pool(rt: &Runtime, b: &Arc<Backend>) -> Option<Arc<Pool>> 
 /// its current pool, or `None` once the backend has left the runtime or `interval_of` says
 /// its pool no longer wants the task. Holds only a weak reference while it sleeps.
 pub(crate) async fn next_run(
-    shared: &crate::server::Shared,
+    shared: &crate::shared::Shared,
     backend: &std::sync::Weak<Backend>,
     first: &mut bool,
     interval_of: impl Fn(&Pool) -> Option<Duration>,

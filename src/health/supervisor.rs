@@ -13,7 +13,7 @@ use crate::balance::{sample_rates, RateSampler};
 use crate::clock;
 use crate::config::Algorithm;
 use crate::runtime::{Pool, Runtime};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How often the runtime is reconciled (bounds how late a reload's changes start).
 pub const TICK: Duration = Duration::from_millis(250);

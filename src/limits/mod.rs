@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Limits, Shedding};
-use crate::server::conns::ConnTable;
+use crate::conns::ConnTable;
 
 /// Why a connection is shed (the `reason` label of `switchyard_shed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

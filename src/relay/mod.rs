@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 use crate::clock;
+use crate::conns::ConnShared;
 use crate::metrics::CloseOrigin;
-use crate::server::conns::ConnShared;
 use crate::stream::Stream;
 use crate::ws::stream::{Scanner, Side};
 use crate::ws::CloseCode;

@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{Outcome, Relay, RelaySettings};
 use crate::backend::Backend;
+use crate::conns::ConnTable;
 use crate::metrics::CloseOrigin;
-use crate::server::conns::ConnTable;
 use crate::stream::Stream;
 use crate::ws::frame::{write_header, Opcode};
 

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conns::Registration;
 use super::upgrade::{self, Admit, Answer};
-use super::Shared;
 use crate::backend::ActiveGuard;
 use crate::config::Shedding;
+use crate::conns::Registration;
 use crate::handshake::{accept_key, header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
 use crate::limits::{retry_reason, ShedReason, Slot};
 use crate::metrics::{self, CloseOrigin};
 use crate::relay::{NotStarted, Relay, MAX_EARLY_BYTES};
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::stream::Stream;
 use crate::ws::frame::ControlFrame;
 

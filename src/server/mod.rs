@@ -6,7 +6,7 @@
 //! health checks, samplers and reloads. Shared state is atomics plus an `ArcSwap<Runtime>`.
 
 mod connection;
-pub mod conns;
+
 mod forward;
 mod plain;
 mod upgrade;
@@ -23,180 +23,17 @@ use tokio::sync::watch;
 
 use crate::clock;
 use crate::config::Config;
+use crate::conns::ConnTable;
 use crate::limits::Admission;
+pub use crate::listeners::BoundListener;
+use crate::listeners::WorkerCmd;
 use crate::runtime::Runtime;
-use conns::ConnTable;
+pub use crate::shared::Shared;
 
 /// Server phases broadcast to the workers.
 const RUNNING: u8 = 0;
 const STOP_ACCEPTING: u8 = 1;
 const EXIT: u8 = 2;
-
-/// State every task of the process shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// The live config-derived state; swapped whole on reload.
-    pub runtime: ArcSwap<Runtime>,
-    /// Live proxied connections.
-    pub conns: Arc<ConnTable>,
-    /// Connection caps and rate.
-    pub admission: Arc<Admission>,
-    /// Set once shutdown began (`/healthz` answers 503).
-    pub draining: AtomicBool,
-    /// Woken when shutdown begins: plain HTTP keep-alive connections close after their
-    /// current request.
-    pub drain_started: tokio::sync::Notify,
-    /// Idle keep-alive connections to backends, for plain HTTP.
-    pub http_clients: Arc<crate::http::ClientPool>,
-    /// The config file, for reloads.
-    pub config_path: Option<PathBuf>,
-    /// Bound listeners (changed by reloads).
-    pub listeners: std::sync::Mutex<Vec<BoundListener>>,
-    /// One command queue per worker thread.
-    workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
-    /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.
-    pub last_reload: std::sync::Mutex<Option<(u64, Result<(), Vec<String>>)>>,
-    /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order.
-    pub reloads: crate::reload::Queue,
-}
-
-/// A listener bound on every worker.
-#[derive(Debug)]
-pub struct BoundListener {
-    /// Name.
-    pub name: String,
-    /// Address as configured (may have port 0).
-    pub configured: SocketAddr,
-    /// Address actually bound.
-    pub actual: SocketAddr,
-    pub(crate) stop: watch::Sender<bool>,
-    /// The name accept loops give new connections: a reload renaming a listener on the
-    /// same address changes it, keeping the sockets.
-    pub(crate) name_tx: watch::Sender<Arc<str>>,
-    /// Accept loops still holding a socket of this listener (0 once all are closed).
-    pub(crate) open_loops: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl BoundListener {
-    /// Stops accepting and waits (bounded) until every worker has closed its socket, so
-    /// the address is free for the next reload.
-    pub(crate) fn close(&self, limit: Duration) {
-        let _ = self.stop.send(true);
-        let deadline = std::time::Instant::now() + limit;
-        while self.open_loops.load(std::sync::atomic::Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Gives the listener a new name (a reload renamed it on the same address).
-    pub(crate) fn rename(&mut self, name: &str) {
-        self.name = name.to_string();
-        let _ = self.name_tx.send(Arc::from(name));
-    }
-}
-
-/// A listener bound but not yet accepting (a reload binds every new listener before it
-/// commits; dropping this closes the sockets).
-#[derive(Debug)]
-pub(crate) struct BoundSockets {
-    name: String,
-    configured: SocketAddr,
-    actual: SocketAddr,
-    socks: Vec<std::net::TcpListener>,
-}
-
-impl BoundSockets {
-    /// The name it will listen under.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// One worker's share of a listener.
-struct Listen {
-    shared: Arc<Shared>,
-    name: watch::Receiver<Arc<str>>,
-    sock: std::net::TcpListener,
-    stop: watch::Receiver<bool>,
-    open_loops: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// What a worker thread is told to do.
-enum WorkerCmd {
-    /// Accept on this socket under the listener's current name until `stop` turns true.
-    Listen(Listen),
-}
-
-impl std::fmt::Debug for WorkerCmd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WorkerCmd")
-    }
-}
-
-impl Shared {
-    /// The bound address of a listener by name.
-    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.lock().ok()?.iter().find(|l| l.name == name).map(|l| l.actual)
-    }
-
-    /// Is a listener of this name still open? A connection that registers after a reload
-    /// removed its listener was missed by the reload's close pass and must close itself
-    /// (a listener moved to a new address keeps its name, and its connections).
-    pub fn listener_open(&self, name: &str) -> bool {
-        self.listeners.lock().map(|l| l.iter().any(|b| b.name == name)).unwrap_or(true)
-    }
-
-    /// Binds a listener on every worker (one `SO_REUSEPORT` socket each) and starts
-    /// accepting. Nothing is left bound on failure.
-    pub(crate) fn open_listener(self: &Arc<Self>, name: &str, addr: SocketAddr) -> Result<BoundListener, String> {
-        Ok(self.start_listener(Self::bind_listener(name, addr, self.workers.len())?))
-    }
-
-    /// Binds a listener's sockets without accepting yet.
-    pub(crate) fn bind_listener(name: &str, addr: SocketAddr, workers: usize) -> Result<BoundSockets, String> {
-        let (actual, socks) = bind_group(addr, workers).map_err(|e| format!("listener {name}: cannot bind {addr}: {e}"))?;
-        Ok(BoundSockets {
-            name: name.to_string(),
-            configured: addr,
-            actual,
-            socks,
-        })
-    }
-
-    /// Number of worker threads (sockets per listener).
-    pub(crate) fn workers(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Starts accepting on bound sockets, one accept loop per worker.
-    pub(crate) fn start_listener(self: &Arc<Self>, b: BoundSockets) -> BoundListener {
-        let (stop, stop_rx) = watch::channel(false);
-        let (name_tx, name_rx) = watch::channel::<Arc<str>>(Arc::from(b.name.as_str()));
-        let open_loops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        for (w, sock) in self.workers.iter().zip(b.socks) {
-            open_loops.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            let cmd = WorkerCmd::Listen(Listen {
-                shared: self.clone(),
-                name: name_rx.clone(),
-                sock,
-                stop: stop_rx.clone(),
-                open_loops: open_loops.clone(),
-            });
-            if w.send(cmd).is_err() {
-                open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            }
-        }
-        tracing::info!(listener = %b.name, addr = %b.actual, "listening");
-        BoundListener {
-            name: b.name,
-            configured: b.configured,
-            actual: b.actual,
-            stop,
-            name_tx,
-            open_loops,
-        }
-    }
-}
 
 /// A running balancer.
 pub struct Server {
@@ -211,18 +48,6 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
 }
 
-/// Binds `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), non-blocking.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
-}
-
 /// Raises the open-file soft limit to the hard limit (each proxied connection uses two).
 pub fn raise_nofile_limit() {
     // SAFETY: plain libc calls on a local struct.
@@ -233,42 +58,6 @@ pub fn raise_nofile_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
     }
-}
-
-/// Binds `addr` without `SO_REUSEPORT` (so it fails when anyone holds the port), non-blocking.
-fn bind_exclusive(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
-}
-
-/// One listening socket per worker for `addr`.
-///
-/// A fixed port gets one `SO_REUSEPORT` socket per worker (the kernel spreads connections),
-/// after a probe without it proves nobody else holds the port: two processes must never
-/// share a port by accident. Port 0 gets one plain socket shared by every worker, because
-/// the kernel may give a port-0 `SO_REUSEPORT` bind a port another such socket holds.
-fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
-    if addr.port() == 0 {
-        let one = bind_exclusive(addr)?;
-        let actual = one.local_addr()?;
-        let mut all = Vec::with_capacity(n);
-        for _ in 1..n {
-            all.push(one.try_clone()?);
-        }
-        all.push(one);
-        return Ok((actual, all));
-    }
-    drop(bind_exclusive(addr)?);
-    let mut all = Vec::with_capacity(n);
-    for _ in 0..n {
-        all.push(bind_reuseport(addr)?);
-    }
-    Ok((addr, all))
 }
 
 impl Server {

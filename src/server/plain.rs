@@ -27,7 +27,6 @@ use tokio::io::AsyncWriteExt;
 
 use super::connection::{self, linger, shed_close, shed_head};
 use super::upgrade::{self, Admit, Answer, Prepared};
-use super::Shared;
 use crate::config::{HttpMode, ListenerConfig};
 use crate::handshake::{header, wants_websocket, Refusal};
 use crate::http::body::{Limited, RequestTally};
@@ -36,6 +35,7 @@ use crate::http::{Body, ClientIo};
 use crate::limits::{retry_after_secs, ShedReason, Slot};
 use crate::route::route;
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::stream::Stream;
 
 /// One client connection on the plain path, as every request on it sees it.

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::connection::Ready;
-use super::Shared;
 use crate::clock;
 use crate::config::ListenerConfig;
 use crate::handshake::{origin_allowed, validate, Refusal};
@@ -18,6 +17,7 @@ use crate::limits::{ShedReason, Slot};
 use crate::relay::{Relay, RelaySettings};
 use crate::route::route;
 use crate::runtime::{Pool, Runtime};
+use crate::shared::Shared;
 use crate::stream::Stream;
 use crate::upstream::{self, ClientRequest, Upstream, UpstreamError};
 

@@ -1,0 +1,105 @@
+//! The state every task of the process shares: the live runtime, the connection table,
+//! admission, the listeners, the reload queue. It sits low in the house: the server, health
+//! checks, the admin API, rebalancing and reloads all read or write it, and none of them is
+//! imported by it; the tasks are started in one place, `Server::start`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::conns::ConnTable;
+use crate::limits::Admission;
+use crate::listeners::{BoundListener, WorkerCmd};
+use crate::runtime::Runtime;
+
+/// State every task of the process shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The live config-derived state; swapped whole on reload.
+    pub runtime: ArcSwap<Runtime>,
+    /// Live proxied connections.
+    pub conns: Arc<ConnTable>,
+    /// Connection caps and rate.
+    pub admission: Arc<Admission>,
+    /// Set once shutdown began (`/healthz` answers 503).
+    pub draining: AtomicBool,
+    /// Woken when shutdown begins: plain HTTP keep-alive connections close after their
+    /// current request.
+    pub drain_started: tokio::sync::Notify,
+    /// Idle keep-alive connections to backends, for plain HTTP.
+    pub http_clients: Arc<crate::http::ClientPool>,
+    /// The config file, for reloads.
+    pub config_path: Option<PathBuf>,
+    /// Bound listeners (changed by reloads).
+    pub listeners: std::sync::Mutex<Vec<BoundListener>>,
+    /// One command queue per worker thread.
+    pub(crate) workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
+    /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.
+    pub last_reload: std::sync::Mutex<Option<(u64, Result<(), Vec<String>>)>>,
+    /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order.
+    pub reloads: ReloadQueue,
+}
+
+/// The outcome of one reload: `Ok`, or every error (one per line in the API's answer).
+pub type ReloadOutcome = Result<(), Vec<String>>;
+
+/// What a reload reads its config from.
+pub enum ReloadSource {
+    /// The config file, read when the reload's turn comes.
+    File,
+    /// This text of the config file (what `--watch` saw settle).
+    Text(String),
+}
+
+/// Where a reload's outcome goes.
+pub enum ReloadReply {
+    /// Nobody waits (SIGHUP: the outcome is logged and shown in `/api/status`).
+    None,
+    /// A thread waits (the blocking `reload::reload`).
+    Blocking(std::sync::mpsc::Sender<ReloadOutcome>),
+    /// A task waits (`POST /api/reload`, `--watch`).
+    Task(tokio::sync::oneshot::Sender<ReloadOutcome>),
+}
+
+/// One queued reload.
+pub struct ReloadJob {
+    /// Where the config comes from.
+    pub source: ReloadSource,
+    /// Where the outcome goes.
+    pub reply: ReloadReply,
+}
+
+/// The single queue every reload goes through: one task on the control runtime takes
+/// the requests in the order they were made and runs them one at a time (each on the
+/// blocking pool, so file reads and binds never stall admin or health checks). Two
+/// overlapping reloads therefore end with the later one's config, whatever started them.
+pub struct ReloadQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<ReloadJob>,
+    /// Taken once by the task that runs the reloads.
+    pub rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadJob>>>,
+}
+
+impl Default for ReloadQueue {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ReloadQueue {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReloadQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reload::Queue")
+    }
+}
+
+impl ReloadQueue {
+    /// Queues one reload; false when the server is stopping.
+    pub fn push(&self, source: ReloadSource, reply: ReloadReply) -> bool {
+        self.tx.send(ReloadJob { source, reply }).is_ok()
+    }
+}
