@@ -69,7 +69,10 @@ struct BackendValues {
     msgs: [u64; 2],
     up: bool,
     http: [u64; 5],
-    transitions: [u64; 3],
+    transitions: [u64; 4],
+    /// Index into [`SERVING_STATES`] of the state shown (a removed object still draining
+    /// gives way to its re-added successor).
+    serving: Option<usize>,
     protocol_errors: u64,
     custom_load_errors: u64,
 }
@@ -89,6 +92,17 @@ fn render_backends(out: &mut String, now_ms: u64) {
             v.msgs[1] += b.msgs_b2c.load(Relaxed);
             // Contract: 0 whenever it takes no new connections (down, draining or ejected).
             v.up |= b.state() == BackendState::Up && !b.is_ejected(now_ms);
+            let serving = match b.state() {
+                BackendState::Draining => 3,
+                BackendState::Down => 1,
+                BackendState::Up if b.is_ejected(now_ms) => 2,
+                BackendState::Up => 0,
+            };
+            // Of a removed backend still draining and its re-added successor, the
+            // successor's state is the one that serves.
+            if matches!(v.serving, None | Some(3)) {
+                v.serving = Some(serving);
+            }
             let m = &b.metrics;
             for (sum, c) in v.http.iter_mut().zip(&m.http) {
                 *sum += c.load(Relaxed);
@@ -124,6 +138,18 @@ fn render_backends(out: &mut String, now_ms: u64) {
     family(out, "switchyard_connections_active", "gauge", &|v| v.active);
     family(out, "switchyard_connections_total", "counter", &|v| v.total);
     family(out, "switchyard_backend_up", "gauge", &|v| u64::from(v.up));
+    let _ = writeln!(out, "# TYPE switchyard_backend_state gauge");
+    for (k, v) in &values {
+        for (i, state) in SERVING_STATES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchyard_backend_state{{{},state=\"{state}\"}} {}",
+                labels(k),
+                u64::from(v.serving == Some(i))
+            );
+        }
+    }
+    out.push('\n');
     directions(out, "switchyard_bytes_total", &|v| v.bytes);
     directions(out, "switchyard_messages_total", &|v| v.msgs);
     // Event-driven families: only the label values that counted something.
@@ -175,8 +201,8 @@ fn escape(v: &str) -> std::borrow::Cow<'_, str> {
 pub struct BackendMetrics {
     /// `switchyard_http_requests_total{…,status}` by status class (1xx…5xx).
     http: [AtomicU64; 5],
-    /// `switchyard_health_transitions_total{…,to}` by state (up, down, draining).
-    transitions: [AtomicU64; 3],
+    /// `switchyard_health_transitions_total{…,to}` by state (up, down, draining, ejected).
+    transitions: [AtomicU64; 4],
     /// `switchyard_backend_protocol_errors_total`.
     protocol_errors: AtomicU64,
     /// `switchyard_custom_load_errors_total`.
@@ -185,8 +211,11 @@ pub struct BackendMetrics {
 
 /// Status classes of `switchyard_http_requests_total`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// `to` values of `switchyard_health_transitions_total`, by `BackendState as usize`.
-const TRANSITION_STATES: [&str; 3] = ["up", "down", "draining"];
+/// `to` values of `switchyard_health_transitions_total`: `BackendState as usize`, then a
+/// passive ejection.
+const TRANSITION_STATES: [&str; 4] = ["up", "down", "draining", "ejected"];
+/// `state` values of `switchyard_backend_state`.
+const SERVING_STATES: [&str; 4] = ["up", "down", "ejected", "draining"];
 
 impl BackendMetrics {
     /// All zero.
@@ -203,6 +232,11 @@ impl BackendMetrics {
     /// Counts one health transition to `to`.
     pub fn transition(&self, to: BackendState) {
         self.transitions[to as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one passive ejection (as a transition `to="ejected"`).
+    pub fn ejection(&self) {
+        self.transitions[3].fetch_add(1, Relaxed);
     }
 
     /// Counts one connection the backend broke RFC 6455 on.
@@ -308,13 +342,13 @@ mod tests {
         b.bytes_c2b.store(7, Relaxed);
         let conn = b.clone(); // a live connection's hold on a removed backend
         let lines = lines_for("series-test:1");
-        assert_eq!(lines.len(), 7, "{lines:?}");
+        assert_eq!(lines.len(), 11, "{lines:?}");
         assert!(lines.contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 1".to_string()));
         assert!(lines
             .iter()
             .any(|l| l.ends_with("direction=\"client_to_backend\"} 7") && l.starts_with("switchyard_bytes_total{")));
         drop(b);
-        assert_eq!(lines_for("series-test:1").len(), 7, "kept while a connection holds it");
+        assert_eq!(lines_for("series-test:1").len(), 11, "kept while a connection holds it");
         conn.set_state(BackendState::Draining, 1);
         assert!(lines_for("series-test:1").contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 0".to_string()));
         drop(conn);
@@ -324,7 +358,7 @@ mod tests {
     #[test]
     fn event_series_show_what_counted_and_go_with_the_backend() {
         let b = Backend::for_test("event-series:1", 1);
-        assert_eq!(lines_for("event-series:1").len(), 7, "nothing counted: no event series");
+        assert_eq!(lines_for("event-series:1").len(), 11, "nothing counted: no event series");
         b.metrics.http_request(204);
         b.metrics.http_request(200);
         b.metrics.http_request(503);
@@ -353,9 +387,46 @@ mod tests {
             has("switchyard_custom_load_errors_total{pool=\"test\",backend=\"event-series:1\"} 1"),
             "{lines:?}"
         );
-        assert_eq!(lines.len(), 12, "{lines:?}");
+        assert_eq!(lines.len(), 16, "{lines:?}");
         drop(b);
         assert!(lines_for("event-series:1").is_empty(), "gone with the backend");
+    }
+
+    #[test]
+    fn the_state_series_says_why_a_backend_takes_no_connections() {
+        let b = Backend::for_test("state-series:1", 1);
+        let state = |b: &Backend| {
+            let _ = b;
+            lines_for("state-series:1")
+                .into_iter()
+                .filter(|l| l.starts_with("switchyard_backend_state{") && l.ends_with(" 1"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            state(&b),
+            vec!["switchyard_backend_state{pool=\"test\",backend=\"state-series:1\",state=\"up\"} 1"]
+        );
+        b.ejected_until_ms.store(crate::clock::now_ms() + 60_000, Relaxed);
+        b.metrics.ejection();
+        assert_eq!(
+            state(&b),
+            vec!["switchyard_backend_state{pool=\"test\",backend=\"state-series:1\",state=\"ejected\"} 1"]
+        );
+        assert!(lines_for("state-series:1").contains(&"switchyard_backend_up{pool=\"test\",backend=\"state-series:1\"} 0".to_string()));
+        assert!(lines_for("state-series:1")
+            .contains(&"switchyard_health_transitions_total{pool=\"test\",backend=\"state-series:1\",to=\"ejected\"} 1".to_string()));
+        b.set_state(BackendState::Draining, 1);
+        assert_eq!(
+            state(&b),
+            vec!["switchyard_backend_state{pool=\"test\",backend=\"state-series:1\",state=\"draining\"} 1"]
+        );
+        assert_eq!(
+            lines_for("state-series:1")
+                .iter()
+                .filter(|l| l.starts_with("switchyard_backend_state{"))
+                .count(),
+            4
+        );
     }
 
     #[test]

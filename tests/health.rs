@@ -146,6 +146,17 @@ async fn passive_ejection_without_active_checks() {
         let now = switchyard::clock::now_ms();
         assert!(bd.ejected_until_ms.load(SeqCst) > now, "the dead backend is ejected");
         assert_eq!(bd.state(), BackendState::Up, "passive ejection leaves the state alone");
+        // ...but the metrics say it takes no connections, and why.
+        let m = switchyard::metrics::render();
+        let series = |s: String| assert!(m.lines().any(|l| l == s), "{s} missing:\n{m}");
+        series(format!("switchyard_backend_up{{pool=\"p\",backend=\"{dead}\"}} 0"));
+        series(format!(
+            "switchyard_backend_state{{pool=\"p\",backend=\"{dead}\",state=\"ejected\"}} 1"
+        ));
+        series(format!("switchyard_backend_state{{pool=\"p\",backend=\"{dead}\",state=\"up\"}} 0"));
+        series(format!(
+            "switchyard_health_transitions_total{{pool=\"p\",backend=\"{dead}\",to=\"ejected\"}} 1"
+        ));
         assert!(whoami_n(&proxy, 4).await.iter().all(|n| n == "good"));
     })
     .await;

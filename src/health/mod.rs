@@ -47,6 +47,7 @@ pub fn passive_failure(b: &Backend, pool: &Pool, now_ms: u64) {
         b.ejection_backoff_ms.store(backoff, Relaxed);
         b.ejected_until_ms.store(now_ms + backoff, Relaxed);
         b.passive_failures.store(0, Relaxed);
+        b.metrics.ejection();
         tracing::warn!(backend = %b.address, pool = %b.pool, failures = n, backoff_ms = backoff, "backend ejected after consecutive failures");
     }
 }
