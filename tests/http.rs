@@ -462,3 +462,27 @@ async fn request_timeout_starts_when_the_upload_is_done() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_body_that_breaks_off_mid_stream_is_the_clients_fault_not_the_backends() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        for _ in 0..4 {
+            let (mut s, mut buf) = conn(&p).await;
+            // A good first chunk (forwarded), then a malformed chunk size.
+            s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(b"zz\r\nmore\r\n0\r\n\r\n").await.unwrap();
+            let r = read_response(&mut s, &mut buf).await.expect("an answer");
+            assert_eq!(r.status, 400, "{r:?}");
+        }
+        let backend = p.backend(0);
+        assert_eq!(backend.passive_failures.load(SeqCst), 0, "no failure counted against the backend");
+        assert_eq!(backend.ejected_until_ms.load(SeqCst), 0, "never ejected");
+        assert_eq!(http_get(p.addr, "/").await, (200, "b1".to_string()));
+    })
+    .await
+}

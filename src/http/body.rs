@@ -24,6 +24,8 @@ pub struct RequestTally {
     pub over_limit: AtomicBool,
     /// The whole body was passed on.
     pub finished: AtomicBool,
+    /// The client's body failed (malformed chunk, connection lost): the client's fault.
+    pub failed: AtomicBool,
 }
 
 /// A client's request body, cut off with an error past `limit` bytes.
@@ -60,7 +62,10 @@ impl hyper::body::Body for Limited {
                     Some(Ok(f))
                 }
             }
-            Some(Err(e)) => Some(Err(e.into())),
+            Some(Err(e)) => {
+                this.tally.failed.store(true, Relaxed);
+                Some(Err(e.into()))
+            }
             None => {
                 this.tally.finished.store(true, Relaxed);
                 None

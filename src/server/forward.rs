@@ -113,6 +113,10 @@ pub(super) async fn forward(
                 if req.tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) {
                     return refusal(Refusal::BodyTooLarge);
                 }
+                if req.tally.failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The client's body broke off: not the backend's fault.
+                    return refusal(Refusal::BadRequest("malformed or interrupted request body"));
+                }
                 crate::health::passive_failure(&backend, pool, clock::now_ms());
                 tracing::debug!(backend = %backend.address, "no valid response: {e:?}");
                 return refusal(Refusal::BadGateway("no valid response from the backend"));
