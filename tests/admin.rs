@@ -286,3 +286,55 @@ async fn reload_through_the_api_applies_or_reports_errors() {
     })
     .await
 }
+
+#[tokio::test]
+async fn with_a_token_every_admin_call_but_healthz_needs_it() {
+    bounded(async {
+        let b = backend("b1").await;
+        let token = "admin-test-token-0123456789";
+        let extra = format!("admin:\n  bind: \"127.0.0.1:0\"\n  token: \"{token}\"\n");
+        let p = Proxy::start(&config("round_robin", &[b.addr], &extra));
+        let a = p.admin();
+        let auth = format!("Authorization: Bearer {token}\r\n");
+        let wrong = "Authorization: Bearer admin-test-token-012345678X\r\n";
+        assert_eq!(http_get(a, "/healthz").await, (200, "ok\n".to_string()), "liveness needs no token");
+        for path in ["/api/pools", "/api/status", "/metrics"] {
+            assert_eq!(http_get(a, path).await.0, 401, "{path} without a token");
+            assert_eq!(http_with(a, "GET", path, wrong, "").await.0, 401, "{path} with a wrong token");
+            assert_eq!(http_with(a, "GET", path, &auth, "").await.0, 200, "{path} with the token");
+        }
+        let raw = raw_exchange(
+            a,
+            format!("GET /api/pools HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            raw.to_ascii_lowercase().contains("www-authenticate: bearer realm=\"switchyard\""),
+            "{raw}"
+        );
+        // A drain without the token changes nothing; with it, it drains.
+        let drain = format!("/api/pools/p/backends/{}/drain", b.addr);
+        assert_eq!(http(a, "POST", &drain, "").await.0, 401);
+        assert_eq!(p.backend(0).state(), switchyard::backend::BackendState::Up);
+        assert_eq!(http_with(a, "POST", &drain, &auth, "").await.0, 200);
+        assert_eq!(p.backend(0).state(), switchyard::backend::BackendState::Draining);
+        assert_eq!(http(a, "POST", "/api/reload", "").await.0, 401);
+        // The dashboard page itself holds no data.
+        assert_eq!(http_get(a, "/").await.0, 200);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn public_metrics_are_readable_without_the_token() {
+    bounded(async {
+        let b = backend("b1").await;
+        let extra = "admin:\n  bind: \"127.0.0.1:0\"\n  token: \"admin-test-token-0123456789\"\n  public_metrics: true\n";
+        let p = Proxy::start(&config("round_robin", &[b.addr], extra));
+        let (status, body) = http_get(p.admin(), "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("switchyard_backend_up"), "{body}");
+        assert_eq!(http_get(p.admin(), "/api/pools").await.0, 401);
+    })
+    .await
+}

@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The admin token of the test balancer.
+const TOKEN: &str = "dashboard-test-token-0123";
+
 /// Keeps a client echoing (one message every 200 ms) until aborted or closed.
 fn echo_in_background(mut ws: Ws) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -38,7 +41,12 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
     }
     bounded(async {
         let b = backend("b1").await;
-        let p = Proxy::start(&config("round_robin", &[b.addr], "admin:\n  bind: \"127.0.0.1:0\"\n"));
+        // With an admin token: the page takes it from its link and sends it with every call.
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[b.addr],
+            &format!("admin:\n  bind: \"127.0.0.1:0\"\n  token: \"{TOKEN}\"\n"),
+        ));
         // one finished connection, so the close-code table has a row
         let mut done = connect(&p.url("/")).await;
         assert_eq!(ask(&mut done, "hi").await, "hi");
@@ -55,7 +63,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
         let port = browser.devtools_port(&profile).await;
         let mut cdp = Cdp::open(port).await;
         cdp.viewport(1280, 900, 1.0, false).await;
-        let url = format!("http://{}/", p.admin());
+        let url = format!("http://{}/#token={TOKEN}", p.admin());
         cdp.call("Page.navigate", json!({ "url": url })).await;
         // real time: the page polls once a second
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -114,7 +122,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
             assert!(Instant::now() < deadline, "the page never showed the drained backend as draining (state {state})");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let (_, pools) = http_get(p.admin(), "/api/pools").await;
+        let (_, pools) = http_with(p.admin(), "GET", "/api/pools", &format!("Authorization: Bearer {TOKEN}\r\n"), "").await;
         assert!(pools.contains("\"state\":\"draining\""), "{pools}");
 
         // a phone-sized viewport still renders (and looks) like a dashboard

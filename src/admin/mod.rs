@@ -145,6 +145,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
     if let Some(r) = cross_origin(&parts) {
         return r;
     }
+    if let Some(r) = unauthorized(admin, &parts) {
+        return r;
+    }
     // No endpoint reads a body; it is still received (bounded) so keep-alive stays in step.
     match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
         Ok(Ok(_)) => {}
@@ -155,6 +158,42 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"),
     }
     route(admin, &parts.method, parts.uri.path()).await
+}
+
+/// With `admin.token` set, every request needs `Authorization: Bearer TOKEN`, except
+/// `/healthz` (a liveness probe carries no secret) and, with `public_metrics`, `/metrics`.
+fn unauthorized(admin: &Admin, parts: &hyper::http::request::Parts) -> Option<Resp> {
+    let rt = admin.shared.runtime.load();
+    let cfg = rt.config.admin.as_ref()?;
+    let token = cfg.token.as_deref()?;
+    let path = parts.uri.path();
+    if path == "/healthz" || (path == "/metrics" && cfg.public_metrics) {
+        return None;
+    }
+    // The dashboard page itself holds no data; its requests carry the token.
+    if path == "/" && parts.method == Method::GET {
+        return None;
+    }
+    let given = parts
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let mut r = text(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer TOKEN)\n");
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"switchyard\""),
+    );
+    Some(r)
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// DNS rebinding: a page of `evil.example`, whose name then resolves to this host, reaches
@@ -263,7 +302,7 @@ pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, same_secret};
 
     #[test]
     fn hosts_that_cannot_be_rebound_are_allowed() {
@@ -293,6 +332,13 @@ mod tests {
         ] {
             assert!(!host_allowed(bad, &extra), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcde"));
     }
 
     #[test]

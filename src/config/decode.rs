@@ -98,7 +98,7 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
     let listeners = ctx
         .required(&f, "listeners", "the config")
         .and_then(|n| decode_listeners(ctx, n, base, &mut pool_refs, &mut binds));
-    let admin = f.get("admin").map(|n| decode_admin(ctx, n, &mut binds));
+    let admin = f.get("admin").map(|n| decode_admin(ctx, n, base, &mut binds));
     let pools_node = ctx.required(&f, "pools", "the config");
     let pools = pools_node.and_then(|n| decode_pools(ctx, n, base));
     let limits = f.get("limits").map_or_else(Limits::default, |n| decode_limits(ctx, n));
@@ -141,11 +141,57 @@ fn bind<'a>(ctx: &mut Ctx, node: &'a Node, what: &str, binds: &mut Vec<(SocketAd
     }
 }
 
-fn decode_admin<'a>(ctx: &mut Ctx, node: &'a Node, binds: &mut Vec<(SocketAddr, &'a Node)>) -> Option<AdminConfig> {
-    let f = ctx.fields(node, "`admin`", &["bind", "hosts"])?;
-    let addr = ctx
-        .required(&f, "bind", "`admin`")
-        .and_then(|n| bind(ctx, n, "`admin.bind`", binds));
+fn decode_admin<'a>(ctx: &mut Ctx, node: &'a Node, base: &Path, binds: &mut Vec<(SocketAddr, &'a Node)>) -> Option<AdminConfig> {
+    let f = ctx.fields(
+        node,
+        "`admin`",
+        &["bind", "hosts", "token", "token_file", "public_metrics", "insecure"],
+    )?;
+    let bind_node = ctx.required(&f, "bind", "`admin`");
+    let addr = bind_node.and_then(|n| bind(ctx, n, "`admin.bind`", binds));
+    let flag = |ctx: &mut Ctx, key: &str| match f.get(key) {
+        None => Some(false),
+        Some(n) => ctx.bool(n, &format!("`admin.{key}`")),
+    };
+    let public_metrics = flag(ctx, "public_metrics");
+    let insecure = flag(ctx, "insecure");
+    let token = match (f.get("token"), f.get("token_file")) {
+        (Some(_), Some(n)) => {
+            ctx.error(n, "set `admin.token` or `admin.token_file`, not both");
+            None
+        }
+        (Some(n), None) => ctx.string(n, "`admin.token`").map(Some),
+        (None, Some(n)) => ctx.string(n, "`admin.token_file`").and_then(|file| {
+            let path = resolve(base, file);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => Some(Some(t.trim().to_string())),
+                Err(e) => {
+                    ctx.error(n, format!("`admin.token_file` {}: {e}", path.display()));
+                    None
+                }
+            }
+        }),
+        (None, None) => Some(None),
+    };
+    let token = match token {
+        Some(Some(t)) if t.len() < 16 => {
+            if let Some(n) = f.get("token").or(f.get("token_file")) {
+                ctx.error(n, "the admin token must be at least 16 characters");
+            }
+            None
+        }
+        other => other,
+    };
+    // Off loopback, anyone who reaches the port could drain every backend: a token is
+    // required unless the operator says otherwise.
+    if let (Some(addr), Some(None), Some(false), Some(n)) = (addr, &token, insecure, bind_node) {
+        if !addr.ip().is_loopback() {
+            ctx.error(
+                n,
+                format!("`admin.bind` {addr} is not a loopback address: set `admin.token` or `admin.token_file` (or `insecure: true`)"),
+            );
+        }
+    }
     let hosts = match f.get("hosts") {
         None => Some(Vec::new()),
         Some(n) => ctx
@@ -155,6 +201,9 @@ fn decode_admin<'a>(ctx: &mut Ctx, node: &'a Node, binds: &mut Vec<(SocketAddr, 
     Some(AdminConfig {
         bind: addr?,
         hosts: hosts?,
+        token: token?,
+        public_metrics: public_metrics?,
+        insecure: insecure?,
     })
 }
 

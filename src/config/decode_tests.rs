@@ -119,6 +119,9 @@ fn contract_example_parses() {
         Some(AdminConfig {
             bind: "127.0.0.1:9090".parse().unwrap(),
             hosts: Vec::new(),
+            token: None,
+            public_metrics: false,
+            insecure: false,
         })
     );
 
@@ -379,4 +382,26 @@ fn plain_http_and_stickiness_settings() {
     let text: Vec<String> = errs.iter().map(|e| e.render("f")).collect();
     assert_eq!(errs.len(), 3, "{text:?}");
     assert!(text[0].contains("did you mean `reject`"), "{text:?}");
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let base = "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9001\"\nadmin:\n";
+    let parse_admin = |admin: &str| parse(&format!("{base}{admin}"), &PathBuf::from("."));
+    let errs = parse_admin("  bind: \"0.0.0.0:9090\"\n").unwrap_err();
+    assert!(errs[0].message.contains("not a loopback address"), "{errs:?}");
+    assert!(parse_admin("  bind: \"0.0.0.0:9090\"\n  insecure: true\n").is_ok());
+    let c = parse_admin("  bind: \"0.0.0.0:9090\"\n  token: \"0123456789abcdef\"\n  public_metrics: true\n").unwrap();
+    let a = c.admin.unwrap();
+    assert_eq!((a.token.as_deref(), a.public_metrics), (Some("0123456789abcdef"), true));
+    let errs = parse_admin("  bind: \"127.0.0.1:9090\"\n  token: short\n").unwrap_err();
+    assert!(errs[0].message.contains("at least 16"), "{errs:?}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t"), "  fedcba9876543210\n").unwrap();
+    let c = parse(&format!("{base}  bind: \"127.0.0.1:9090\"\n  token_file: t\n"), dir.path()).unwrap();
+    assert_eq!(
+        c.admin.unwrap().token.as_deref(),
+        Some("fedcba9876543210"),
+        "read and trimmed, relative to the config"
+    );
 }

@@ -195,6 +195,13 @@ pub struct AdminConfig {
     /// Host names (lower case, optionally `name:port`) accepted in `Host` besides IP
     /// literals and `localhost`: the defence against DNS rebinding.
     pub hosts: Vec<String>,
+    /// Bearer token every admin request needs (but `GET /healthz`, and `/metrics` with
+    /// `public_metrics`); from `token` or the file `token_file`. `None` = no authentication.
+    pub token: Option<String>,
+    /// `/metrics` answers without the token.
+    pub public_metrics: bool,
+    /// A non-loopback `bind` without a token is allowed.
+    pub insecure: bool,
 }
 
 /// The balancing algorithms of the contract.
