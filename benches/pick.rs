@@ -24,11 +24,7 @@ fn pool(algorithm: Algorithm, hash: Option<HashConfig>, backends: &[Arc<Backend>
         slow_start: None,
         custom_load: None,
         bandwidth_window: Duration::from_secs(10),
-        rebalance: RebalanceConfig {
-            enabled: false,
-            max_moves_per_second: 10,
-            tolerance: 0.1,
-        },
+        rebalance: RebalanceConfig::default(),
         connect_timeout: Duration::from_secs(3),
         max_attempts: 3,
         sticky: None,

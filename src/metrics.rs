@@ -317,6 +317,11 @@ pub fn describe() {
     }
 }
 
+/// Counts rebalancing moves whose clients did not come back within the reconnect window.
+pub fn rebalance_unreturned(pool: &str, n: u64) {
+    counter!("switchyard_rebalance_unreturned_total", "pool" => pool.to_string()).increment(n);
+}
+
 /// Counts connections closed by the rebalancer.
 pub fn rebalance_moves(pool: &str, n: u64) {
     counter!("switchyard_rebalance_moves_total", "pool" => pool.to_string()).increment(n);

@@ -408,3 +408,115 @@ async fn the_proxys_own_pongs_never_reach_the_backend_but_the_clients_pings_do()
     })
     .await
 }
+
+/// 30 connections on two of three backends, the third comes up: the excess is 10.
+/// The pool is named `name` (metrics are process-wide, and tests run side by side).
+async fn rebalance_episode(window: &str, name: &str) -> (Proxy, std::sync::Arc<switchyard::runtime::Pool>, Vec<Ws>, [Backend; 3]) {
+    let bs = [backend("a").await, backend("b").await, backend("c").await];
+    let yaml = config(
+        "least_connections",
+        &[bs[0].addr, bs[1].addr, bs[2].addr],
+        &format!("    rebalance:\n      enabled: true\n      max_moves_per_second: 5\n      reconnect_window: {window}\nadmin:\n  bind: \"127.0.0.1:0\"\n"),
+    )
+    .replace("      - pool: p\n", &format!("      - pool: {name}\n"))
+    .replace("\n  p:\n", &format!("\n  {name}:\n"));
+    let p = Proxy::start(&yaml);
+    let pool = p.server.shared.runtime.load().pools[name].clone();
+    pool.backends[2].set_state(BackendState::Down, switchyard::clock::now_ms());
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(connect(&p.url("/")).await);
+    }
+    assert_eq!((pool.backends[0].active(), pool.backends[1].active()), (15, 15));
+    pool.backends[2].set_state(BackendState::Up, switchyard::clock::now_ms());
+    (p, pool, held, bs)
+}
+
+/// Waits `for_`: returns the close codes received by then, and the connections still open
+/// (the closed ones are dropped, as their clients would go).
+async fn closes_within(held: Vec<Ws>, for_: Duration) -> (Vec<u16>, Vec<Ws>) {
+    let deadline = tokio::time::Instant::now() + for_;
+    let (mut codes, mut open) = (Vec::new(), Vec::new());
+    for mut ws in held {
+        match tokio::time::timeout_at(deadline, expect_close(&mut ws)).await {
+            Ok((code, _)) => codes.push(code),
+            Err(_) => open.push(ws),
+        }
+    }
+    (codes, open)
+}
+
+fn unreturned(pool: &str, body: &str) -> u64 {
+    let prefix = format!("switchyard_rebalance_unreturned_total{{pool=\"{pool}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_closes_only_the_excess_when_clients_never_come_back() {
+    bounded(async {
+        let (p, pool, held, _bs) = rebalance_episode("2s", "never").await;
+        // 5 moves per second: the excess of 10 takes 2 s; watch for 5 s.
+        let (codes, _open) = closes_within(held, Duration::from_secs(5)).await;
+        assert_eq!(codes.len(), 10, "exactly the excess is moved, nobody chased: {codes:?}");
+        assert!(codes.iter().all(|c| *c == 1012), "{codes:?}");
+        let counts = || (pool.backends[0].active(), pool.backends[1].active(), pool.backends[2].active());
+        let settled = eventually(T, || {
+            let (a, b, c) = counts();
+            a + b == 20 && c == 0 && a.abs_diff(b) <= 2
+        });
+        assert!(settled.await.is_some(), "{:?}", counts());
+        // The windows have ended with nobody back: all ten counted as unreturned.
+        let m = http_get(p.admin(), "/metrics").await.1;
+        assert_eq!(unreturned("never", &m), 10, "{m}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_converges_without_overshoot_when_clients_come_back_after_3s() {
+    bounded(async {
+        let (p, pool, held, _bs) = rebalance_episode("10s", "late").await;
+        let url = p.url("/");
+        // Each closed client comes back 3 s later, as a backing-off real client would.
+        let tasks: Vec<_> = held
+            .into_iter()
+            .map(|mut ws| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(6), expect_close(&mut ws)).await {
+                        Ok(_) => {
+                            drop(ws);
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            let mut again = connect(&url).await;
+                            let who = ask(&mut again, "whoami").await;
+                            (true, who, Some(again), None)
+                        }
+                        Err(_) => (false, String::new(), None, Some(ws)),
+                    }
+                })
+            })
+            .collect();
+        let mut moved = 0;
+        let mut keep = Vec::new();
+        for t in tasks {
+            let (m, who, again, stayed) = t.await.unwrap();
+            if m {
+                moved += 1;
+                assert_eq!(who, "c", "a returning client lands on the new backend");
+            }
+            keep.push((again, stayed));
+        }
+        // The excess was 10; within tolerance (10 %) the episode may stop a little short.
+        assert!((8..=10).contains(&moved), "no overshoot: {moved}");
+        let (a, b, c) = (pool.backends[0].active(), pool.backends[1].active(), pool.backends[2].active());
+        assert_eq!((a + b + c, c), (30, moved), "everyone back, on the new backend");
+        assert!(a.max(b) <= 11, "in balance within tolerance: {:?}", (a, b, c));
+        let m = http_get(p.admin(), "/metrics").await.1;
+        assert_eq!(unreturned("late", &m), 0, "everyone came back (the window has not ended): {m}");
+        drop(keep);
+    })
+    .await
+}

@@ -58,6 +58,8 @@ pub const CUSTOM_LOAD_PATH: &str = "/load";
 pub const CUSTOM_LOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// `pools.*.rebalance.max_moves_per_second`.
 pub const REBALANCE_MOVES_PER_SECOND: u32 = 10;
+/// `pools.*.rebalance.reconnect_window`.
+pub const REBALANCE_RECONNECT_WINDOW: Duration = Duration::from_secs(10);
 /// `pools.*.rebalance.tolerance`.
 pub const REBALANCE_TOLERANCE: f64 = 0.1;
 /// `process.workers` (0 = one per core).

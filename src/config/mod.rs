@@ -376,6 +376,10 @@ pub struct RebalanceConfig {
     pub max_moves_per_second: u32,
     /// Allowed relative excess over the target share before moving (e.g. 0.1 = 10 %).
     pub tolerance: f64,
+    /// How long a move counts as on its way to the backends below their share: the excess
+    /// is computed with moves this recent counted there, so clients that reconnect late or
+    /// never do not make the rebalancer close more.
+    pub reconnect_window: Duration,
 }
 
 /// `limits:`.
@@ -435,6 +439,7 @@ impl Default for RebalanceConfig {
             enabled: false,
             max_moves_per_second: defaults::REBALANCE_MOVES_PER_SECOND,
             tolerance: defaults::REBALANCE_TOLERANCE,
+            reconnect_window: defaults::REBALANCE_RECONNECT_WINDOW,
         }
     }
 }

@@ -375,7 +375,7 @@ fn decode_custom_load(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<CustomLo
 
 fn decode_rebalance(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<RebalanceConfig> {
     let what = format!("{pool}.rebalance");
-    let f = ctx.fields(node, &what, &["enabled", "max_moves_per_second", "tolerance"])?;
+    let f = ctx.fields(node, &what, &["enabled", "max_moves_per_second", "tolerance", "reconnect_window"])?;
     let mut r = RebalanceConfig::default();
     let errors_before = ctx.errors.len();
     if let Some(n) = f.get("enabled") {
@@ -389,6 +389,9 @@ fn decode_rebalance(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<RebalanceC
             Some(t) if t < 0.0 => ctx.error(n, format!("{what}.tolerance must not be negative, found {t}")),
             t => set(&mut r.tolerance, t),
         }
+    }
+    if let Some(n) = f.get("reconnect_window") {
+        set(&mut r.reconnect_window, ctx.duration(n, &format!("{what}.reconnect_window")));
     }
     (ctx.errors.len() == errors_before).then_some(r)
 }
