@@ -37,7 +37,7 @@ pub struct Shared {
     /// One command queue per worker thread.
     pub(crate) workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
     /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.
-    pub last_reload: std::sync::Mutex<Option<(u64, Result<(), Vec<String>>)>>,
+    pub last_reload: std::sync::Mutex<Option<(u64, ReloadOutcome)>>,
     /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order.
     pub reloads: ReloadQueue,
 }

@@ -32,6 +32,8 @@ async fn requests_are_forwarded_with_keep_alive_on_both_sides() {
         }
         assert_eq!(b.seen.requests.load(SeqCst), 20);
         assert_eq!(b.seen.conns.load(SeqCst), 1, "one backend connection reused for 20 requests");
+        let pool = &p.server.shared.http_clients;
+        assert_eq!((pool.opened(), pool.idle()), (1, 1), "opened once, idle between requests");
         // A second client reuses the same pooled backend connection.
         let (mut s2, mut buf2) = conn(&p).await;
         assert_eq!(roundtrip(&mut s2, &mut buf2, &get("/x", "")).await.unwrap().body, "b1");

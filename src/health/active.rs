@@ -174,8 +174,6 @@ pub async fn run(shared: Arc<Shared>, backend: Weak<Backend>) {
     }
 }
 
-/// The health check config of the pool that now holds `backend`, if any.
-
 /// Active checks were turned off for a backend still in `pool`: without them a backend is
 /// up (passive checks only), so one they left down comes back.
 pub fn release(b: &Backend, _pool: &Pool) {

@@ -123,7 +123,6 @@ fn clear_reported_down(b: &Backend, has_health_check: bool, now_ms: u64) {
 }
 
 /// The poll settings of the pool now holding `backend`, if it uses `custom_load`.
-
 fn settings(pool: &Pool) -> Option<CustomLoadConfig> {
     (pool.config.algorithm == Algorithm::CustomLoad).then(|| pool.config.custom_load.clone().unwrap_or_default())
 }

@@ -33,11 +33,14 @@ pub struct Conn {
     pub reused: bool,
 }
 
+/// An idle connection and since when it is idle.
+type Idle = (SendRequest<Body>, Instant);
+
 /// Idle keep-alive connections by backend address.
 #[derive(Default)]
 pub struct ClientPool {
-    idle: Mutex<HashMap<String, Vec<(SendRequest<Body>, Instant)>>>,
-    /// Connections opened so far (for tests and the admin API).
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Connections opened so far.
     opened: std::sync::atomic::AtomicU64,
 }
 
