@@ -178,12 +178,11 @@ pub async fn connect(pool: &Pool, backend: &Backend) -> std::io::Result<Stream> 
 fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     let ip = req.peer.ip();
-    let proto = if req.tls { "https" } else { "http" };
+    let proto = crate::http::headers::scheme(req.tls);
     let _ = write!(out, "GET {} HTTP/1.1\r\n", req.target);
     let mut xff_done = false;
     let mut fwd_done = false;
-    let for_node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let fwd_elem = format!("for={for_node};proto={proto};host=\"{}\"", req.host.replace('"', ""));
+    let fwd_elem = crate::http::headers::forwarded_element(ip, req.tls, req.host);
     for h in req.headers {
         if h.name.eq_ignore_ascii_case("x-forwarded-proto") {
             continue;

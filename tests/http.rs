@@ -488,3 +488,22 @@ async fn a_body_that_breaks_off_mid_stream_is_the_clients_fault_not_the_backends
     })
     .await
 }
+
+#[tokio::test]
+async fn an_upgrade_after_plain_requests_gets_the_same_refusals_as_a_first_one() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ""));
+        let (mut s, mut buf) = conn(&p).await;
+        assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().status, 200);
+        let up = upgrade_request("/ws", "").replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+        let r = roundtrip(&mut s, &mut buf, &up).await.expect("an answer");
+        assert_eq!(r.status, 426, "{r:?}");
+        assert_eq!(r.header("sec-websocket-version"), Some("13"), "RFC 6455 §4.4: {r:?}");
+        // The same on a first request, written by the raw path.
+        let raw = raw_exchange(p.addr, up.as_bytes()).await;
+        assert_eq!(status(&raw), 426);
+        assert!(raw.contains("Sec-WebSocket-Version: 13\r\n"), "{raw}");
+    })
+    .await
+}

@@ -90,15 +90,21 @@ impl Refusal {
         }
     }
 
+    /// Headers the answer carries beside its body (RFC 6455 §4.4 for 426; `Retry-After`
+    /// for 503), whichever way it is written.
+    pub fn extra_header(&self) -> Option<(&'static str, String)> {
+        match self {
+            Refusal::UnsupportedVersion => Some(("Sec-WebSocket-Version", "13".to_string())),
+            Refusal::Overloaded { retry_after_s } => Some(("Retry-After", retry_after_s.to_string())),
+            _ => None,
+        }
+    }
+
     /// The whole HTTP response, `Connection: close`.
     pub fn response(&self) -> String {
         let (code, phrase) = self.status();
         let body = self.body();
-        let extra = match self {
-            Refusal::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n".to_string(),
-            Refusal::Overloaded { retry_after_s } => format!("Retry-After: {retry_after_s}\r\n"),
-            _ => String::new(),
-        };
+        let extra = self.extra_header().map_or(String::new(), |(n, v)| format!("{n}: {v}\r\n"));
         format!(
             "HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
             body.len()
@@ -156,6 +162,14 @@ const ONCE_ONLY: [(&str, &str); 3] = [
     ("sec-websocket-version", "duplicated Sec-WebSocket-Version header"),
 ];
 
+/// The request's `Host`, trimmed; `None` when absent, empty or not UTF-8.
+pub fn host<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a str> {
+    header(headers, "host")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+}
+
 /// Checks a parsed request against RFC 6455 §4.2.1 and the contract's table.
 pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refusal> {
     if req.method != Some("GET") {
@@ -170,10 +184,7 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
             return Err(Refusal::BadRequest(why));
         }
     }
-    let host = header(headers, "host")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .filter(|h| !h.trim().is_empty())
-        .ok_or(Refusal::BadRequest("missing Host header"))?;
+    let host = host(headers).ok_or(Refusal::BadRequest("missing Host header"))?;
     if !any_has_token(headers, "upgrade", "websocket") {
         return Err(Refusal::BadRequest("missing or invalid Upgrade header (need: websocket)"));
     }
@@ -191,12 +202,7 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
         return Err(Refusal::UnsupportedVersion);
     }
     let origin = header(headers, "origin").and_then(|v| std::str::from_utf8(v).ok());
-    Ok(Upgrade {
-        target,
-        host: host.trim(),
-        key,
-        origin,
-    })
+    Ok(Upgrade { target, host, key, origin })
 }
 
 /// Is `origin` allowed by the listener's list (`None` = any)? An absent `Origin` is refused

@@ -46,16 +46,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// `http` or `https`, for `X-Forwarded-Proto` and `Forwarded`.
+pub fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// This hop's `Forwarded` element (RFC 7239 §4): `for` (an IPv6 address quoted and
+/// bracketed), `proto` and `host` (quotes dropped so it stays one quoted-string).
+pub fn forwarded_element(ip: IpAddr, tls: bool, host: &str) -> String {
+    let proto = scheme(tls);
+    let host = host.replace('"', "");
+    if ip.is_ipv6() {
+        format!("for=\"[{ip}]\";proto={proto};host=\"{host}\"")
+    } else {
+        format!("for={ip};proto={proto};host=\"{host}\"")
+    }
+}
+
 /// Adds the client's address and scheme: `X-Forwarded-For` (appended to the list),
 /// `X-Forwarded-Proto` (replaced: a client must not choose it) and `Forwarded`.
 pub fn add_forwarded(headers: &mut HeaderMap, ip: IpAddr, tls: bool, host: &str) {
-    let proto = if tls { "https" } else { "http" };
+    let proto = scheme(tls);
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip.to_string(),
     };
-    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let elem = format!("for={node};proto={proto};host=\"{}\"", host.replace('"', ""));
+    let elem = forwarded_element(ip, tls, host);
     let fwd = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {elem}"),
         None => elem,

@@ -179,15 +179,17 @@ fn evict_longest_idle(conns: &ConnTable, now_ms: u64) -> bool {
 
 /// The reason text of a shed close: a retry hint jittered ±30 % around `hint`.
 pub fn retry_reason(hint: Duration) -> String {
-    let base = hint.as_secs_f64().max(0.1);
-    let s = base * rand::random_range(0.7..1.3);
-    format!("try again in {s:.1}s")
+    format!("try again in {:.1}s", jittered_secs(hint.as_secs_f64().max(0.1)))
 }
 
 /// `Retry-After` seconds for a plain HTTP `503`: the retry hint jittered ±30 %, at least 1.
 pub fn retry_after_secs(hint: Duration) -> u64 {
-    let s = hint.as_secs_f64().max(1.0) * rand::random_range(0.7..1.3);
-    (s.round() as u64).max(1)
+    (jittered_secs(hint.as_secs_f64().max(1.0)).round() as u64).max(1)
+}
+
+/// `secs` ±30 %, so the clients told to come back do not come back together.
+fn jittered_secs(secs: f64) -> f64 {
+    secs * rand::random_range(0.7..1.3)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -138,11 +138,7 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     let Some(lcfg) = rt.config.listeners.iter().find(|l| *l.name == *cx.listener) else {
         return refusal(Refusal::Overloaded { retry_after_s: 1 });
     };
-    let on_upgrade = {
-        let hs = headers_of(&req);
-        wants_websocket(&hs)
-    }
-    .then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade = wants_websocket(&headers_of_map(req.headers())).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut hs = headers_of_map(&parts.headers);
@@ -151,11 +147,7 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused; HTTP/1.0 may omit it
     // (routes by host then never match it).
-    let host = header(&hs, "host")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .or((parts.version == hyper::Version::HTTP_10).then_some(""));
+    let host = crate::handshake::host(&hs).or((parts.version == hyper::Version::HTTP_10).then_some(""));
     let Some(host) = host else {
         return refusal(Refusal::BadRequest("missing Host header"));
     };
@@ -271,10 +263,6 @@ fn switching(raw: &[u8]) -> Response<Body> {
 }
 
 /// The request's headers as the handshake and balancing code reads them.
-fn headers_of<B>(req: &Request<B>) -> Vec<httparse::Header<'_>> {
-    headers_of_map(req.headers())
-}
-
 fn headers_of_map(map: &hyper::HeaderMap) -> Vec<httparse::Header<'_>> {
     map.iter()
         .map(|(n, v)| httparse::Header {
@@ -301,8 +289,10 @@ pub(super) fn refusal(r: Refusal) -> Response<Body> {
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if let Refusal::Overloaded { retry_after_s } = r {
-        h.insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+    if let Some((name, value)) = r.extra_header() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
     }
     if matches!(r, Refusal::BadRequest(_) | Refusal::BodyTooLarge) {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
