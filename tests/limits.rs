@@ -233,32 +233,7 @@ async fn rebalance_moves_connections_onto_a_backend_that_comes_up_within_the_rat
         let t0 = Instant::now();
         pool.backends[1].set_state(BackendState::Up, switchyard::clock::now_ms());
         // Clients that get 1012 reconnect at once, as real ones would.
-        let url = p.url("/");
-        let tasks: Vec<_> = held
-            .into_iter()
-            .map(|mut ws| {
-                let url = url.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(4), expect_close(&mut ws)).await {
-                        Ok((code, _)) => {
-                            let at = Instant::now();
-                            let mut again = connect(&url).await;
-                            let who = ask(&mut again, "whoami").await;
-                            Ok((code, at, who, again))
-                        }
-                        // not moved: keep the connection open until the counts are checked
-                        Err(_) => Err(ws),
-                    }
-                })
-            })
-            .collect();
-        let (mut moved, mut stayed) = (Vec::new(), Vec::new());
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(m) => moved.push(m),
-                Err(ws) => stayed.push(ws),
-            }
-        }
+        let (moved, stayed) = reconnect_after_close(held, p.url("/"), Duration::from_secs(4), Duration::ZERO).await;
         assert!(moved.iter().all(|(c, ..)| *c == 1012), "every move is a 1012");
         assert_eq!(moved.len(), 6, "exactly the excess moves");
         assert!(
@@ -409,6 +384,40 @@ async fn the_proxys_own_pongs_never_reach_the_backend_but_the_clients_pings_do()
     .await
 }
 
+/// Clients that reconnect after a close, as real ones do: each waits up to `wait` for its
+/// close, then (after `delay`) connects again and asks who serves it. Returns the moved
+/// ones (close code, when it came, who serves it now, the new connection) and the
+/// connections never closed (kept open until the counts are checked).
+async fn reconnect_after_close(held: Vec<Ws>, url: String, wait: Duration, delay: Duration) -> (Vec<(u16, Instant, String, Ws)>, Vec<Ws>) {
+    let tasks: Vec<_> = held
+        .into_iter()
+        .map(|mut ws| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(wait, expect_close(&mut ws)).await {
+                    Ok((code, _)) => {
+                        let at = Instant::now();
+                        drop(ws);
+                        tokio::time::sleep(delay).await;
+                        let mut again = connect(&url).await;
+                        let who = ask(&mut again, "whoami").await;
+                        Ok((code, at, who, again))
+                    }
+                    Err(_) => Err(ws),
+                }
+            })
+        })
+        .collect();
+    let (mut moved, mut stayed) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(m) => moved.push(m),
+            Err(ws) => stayed.push(ws),
+        }
+    }
+    (moved, stayed)
+}
+
 /// 30 connections on two of three backends, the third comes up: the excess is 10.
 /// The pool is named `name` (metrics are process-wide, and tests run side by side).
 async fn rebalance_episode(window: &str, name: &str) -> (Proxy, std::sync::Arc<switchyard::runtime::Pool>, Vec<Ws>, [Backend; 3]) {
@@ -481,42 +490,20 @@ async fn rebalance_converges_without_overshoot_when_clients_come_back_after_3s()
         let (p, pool, held, _bs) = rebalance_episode("10s", "late").await;
         let url = p.url("/");
         // Each closed client comes back 3 s later, as a backing-off real client would.
-        let tasks: Vec<_> = held
-            .into_iter()
-            .map(|mut ws| {
-                let url = url.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(6), expect_close(&mut ws)).await {
-                        Ok(_) => {
-                            drop(ws);
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                            let mut again = connect(&url).await;
-                            let who = ask(&mut again, "whoami").await;
-                            (true, who, Some(again), None)
-                        }
-                        Err(_) => (false, String::new(), None, Some(ws)),
-                    }
-                })
-            })
-            .collect();
-        let mut moved = 0;
-        let mut keep = Vec::new();
-        for t in tasks {
-            let (m, who, again, stayed) = t.await.unwrap();
-            if m {
-                moved += 1;
-                assert_eq!(who, "c", "a returning client lands on the new backend");
-            }
-            keep.push((again, stayed));
-        }
+        let (moved, stayed) = reconnect_after_close(held, url, Duration::from_secs(6), Duration::from_secs(3)).await;
+        assert!(
+            moved.iter().all(|(_, _, who, _)| who == "c"),
+            "a returning client lands on the new backend"
+        );
+        let moved_n = moved.len() as u64;
         // The excess was 10; within tolerance (10 %) the episode may stop a little short.
-        assert!((8..=10).contains(&moved), "no overshoot: {moved}");
+        assert!((8..=10).contains(&moved_n), "no overshoot: {moved_n}");
         let (a, b, c) = (pool.backends[0].active(), pool.backends[1].active(), pool.backends[2].active());
-        assert_eq!((a + b + c, c), (30, moved), "everyone back, on the new backend");
+        assert_eq!((a + b + c, c), (30, moved_n), "everyone back, on the new backend");
         assert!(a.max(b) <= 11, "in balance within tolerance: {:?}", (a, b, c));
         let m = http_get(p.admin(), "/metrics").await.1;
         assert_eq!(unreturned("late", &m), 0, "everyone came back (the window has not ended): {m}");
-        drop(keep);
+        drop((moved, stayed));
     })
     .await
 }
