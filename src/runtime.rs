@@ -31,6 +31,8 @@ pub struct Pool {
     pub request_duration: metrics::Histogram,
     /// Cookie stickiness, when the pool has `sticky`.
     pub sticky: Option<Sticky>,
+    /// `limits.tcp_keepalive`, for the sockets opened to this pool's backends.
+    pub tcp_keepalive: Option<std::time::Duration>,
     tls: HashMap<String, BackendTlsConnector>,
 }
 
@@ -174,6 +176,7 @@ impl Prepared {
                     handshake_duration: crate::metrics::handshake_histogram(&p.name),
                     request_duration: crate::metrics::request_histogram(&p.name),
                     sticky,
+                    tcp_keepalive: self.config.limits.tcp_keepalive,
                     name: p.name,
                     config: p.config,
                     backends: p.backends,

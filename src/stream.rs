@@ -7,6 +7,28 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Probes after the first before a silent peer is declared dead.
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// Sets the options every proxied TCP socket gets: no Nagle delay, and with `keepalive`
+/// TCP keepalive probes after that much silence, every quarter of it, four times, so a peer
+/// host that vanished without a reset is found within `2 × keepalive`. The same bound is set
+/// as `TCP_USER_TIMEOUT`, so data stuck unacknowledged towards a vanished peer ends the
+/// connection too (keepalive alone never fires while data is in flight).
+pub fn tune_tcp(sock: &TcpStream, keepalive: Option<std::time::Duration>) {
+    let _ = sock.set_nodelay(true);
+    let Some(idle) = keepalive else { return };
+    let interval = (idle / 4).max(std::time::Duration::from_secs(1));
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(KEEPALIVE_PROBES);
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_tcp_keepalive(&ka);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = s.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES));
+}
+
 /// A connection to a client or a backend.
 pub enum Stream {
     /// Plain TCP.

@@ -163,7 +163,7 @@ fn is_tls_error(e: &std::io::Error) -> bool {
 /// TCP (and TLS when configured) connection to a backend.
 pub async fn connect(pool: &Pool, backend: &Backend) -> std::io::Result<Stream> {
     let tcp = TcpStream::connect(backend.address.as_str()).await?;
-    tcp.set_nodelay(true)?;
+    crate::stream::tune_tcp(&tcp, pool.tcp_keepalive);
     match pool.tls_for(&backend.address) {
         None => Ok(Stream::Tcp(tcp)),
         Some((connector, name)) => {

@@ -28,6 +28,8 @@ const LIMITS_KEYS: &[&str] = &[
     "request_timeout",
     "max_request_body_bytes",
     "keepalive_timeout",
+    "tcp_keepalive",
+    "backend_ping_interval",
 ];
 /// Close codes a peer must never send (RFC 6455 §7.4.1).
 const RESERVED_CLOSE_CODES: [u64; 4] = [1004, 1005, 1006, 1015];
@@ -423,6 +425,16 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
     }
     if let Some((n, w)) = get("keepalive_timeout") {
         set(&mut l.keepalive_timeout, ctx.positive_duration(n, &w));
+    }
+    if let Some((n, w)) = get("tcp_keepalive") {
+        match ctx.optional_duration(n, &w) {
+            Some(Some(d)) if d < Duration::from_secs(1) => ctx.error(n, format!("{w} must be at least 1s (or `off`)")),
+            Some(v) => l.tcp_keepalive = v,
+            None => {}
+        }
+    }
+    if let Some((n, w)) = get("backend_ping_interval") {
+        set(&mut l.backend_ping_interval, ctx.optional_duration(n, &w));
     }
     l
 }

@@ -405,3 +405,26 @@ fn admin_off_loopback_needs_a_token() {
         "read and trimmed, relative to the config"
     );
 }
+
+#[test]
+fn dead_peer_settings() {
+    let d = parse(MINIMAL, Path::new("")).unwrap();
+    assert_eq!(
+        (d.limits.tcp_keepalive, d.limits.backend_ping_interval),
+        (Some(Duration::from_secs(60)), None)
+    );
+    let c = parse(
+        &format!("{MINIMAL}limits:\n  tcp_keepalive: 20s\n  backend_ping_interval: 15s\n"),
+        Path::new(""),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.limits.tcp_keepalive, c.limits.backend_ping_interval),
+        (Some(Duration::from_secs(20)), Some(Duration::from_secs(15)))
+    );
+    let off = parse(&format!("{MINIMAL}limits:\n  tcp_keepalive: off\n"), Path::new("")).unwrap();
+    assert_eq!(off.limits.tcp_keepalive, None);
+    let e = errors(&format!("{MINIMAL}limits:\n  tcp_keepalive: 500ms\n"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].message.contains("at least 1s"), "{e:#?}");
+}

@@ -28,6 +28,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// `limits.keepalive_timeout` (plain HTTP: idle client keep-alive connection).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `limits.tcp_keepalive` (idle time before the first TCP keepalive probe).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// `pools.*.sticky.secret` when absent: stable across instances, but guessable.
 pub const STICKY_SECRET: &str = "switchyard";
 /// `shedding.close_code`.

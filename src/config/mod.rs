@@ -411,6 +411,13 @@ pub struct Limits {
     pub max_request_body_bytes: u64,
     /// Plain HTTP: an idle keep-alive client connection is closed after this.
     pub keepalive_timeout: Duration,
+    /// TCP keepalive on client and backend sockets (idle time before the first probe);
+    /// `None` = off. A peer host that vanished without a reset is found within about
+    /// twice this.
+    pub tcp_keepalive: Option<Duration>,
+    /// Proxy pings the backend of a relayed connection when it has been silent this long
+    /// (a frozen backend process is found: the client gets 1011); `None` = never.
+    pub backend_ping_interval: Option<Duration>,
 }
 
 /// `shedding:`.
@@ -469,6 +476,8 @@ impl Default for Limits {
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_request_body_bytes: defaults::MAX_REQUEST_BODY_BYTES,
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
+            tcp_keepalive: Some(defaults::TCP_KEEPALIVE),
+            backend_ping_interval: None,
         }
     }
 }

@@ -97,6 +97,22 @@ impl Relay {
         }
     }
 
+    /// The backend did not answer the proxy's ping in time: a frozen process or a host that
+    /// vanished. The client gets 1011 and the backend is no longer read (its connection is
+    /// shut as soon as its close frame is out, or when the close grace ends).
+    pub(super) fn backend_unresponsive(&mut self, now: u64) {
+        if self.closing {
+            return;
+        }
+        tracing::warn!(backend = %self.conn.backend.address, pool = %self.conn.pool, "backend did not answer a ping: closing the connection");
+        self.fail(
+            Offender::Backend,
+            (BACKEND_LOST.code(), "backend not responding"),
+            (CloseCode::GoingAway.code(), "ping timeout"),
+            now,
+        );
+    }
+
     /// The proxy closes both sides with `code` (idle, ping timeout, drain, shutdown, 1009).
     /// Each close goes in at the next frame boundary of its direction, or not at all.
     pub(super) fn begin_close(&mut self, code: u16, reason: &'static str, now: u64) {

@@ -42,8 +42,10 @@ pub struct RelaySettings {
     pub idle_timeout: Option<Duration>,
     /// Ping the client when it has been silent this long.
     pub ping_interval: Option<Duration>,
-    /// Close when a ping is not answered within this.
+    /// Close when a ping is not answered within this (either side).
     pub ping_timeout: Duration,
+    /// Ping the backend when it has been silent this long.
+    pub backend_ping_interval: Option<Duration>,
     /// Client message limit (0 = none).
     pub max_message: u64,
     /// RSV bits the negotiated extensions use.
@@ -92,6 +94,13 @@ pub struct Relay {
     awaiting_pong_ms: u64,
     last_ping_ms: u64,
     last_client_rx_ms: u64,
+    /// The backend-side twin of `ping_queued`, `awaiting_pong_ms`, `last_ping_ms` and
+    /// `last_client_rx_ms` (the backend's pong carries the client token with its first bit
+    /// flipped).
+    backend_ping_queued: bool,
+    awaiting_backend_pong_ms: u64,
+    last_backend_ping_ms: u64,
+    last_backend_rx_ms: u64,
     last_data_ms: u64,
     last_flush_ms: u64,
     closing_deadline_ms: u64,
@@ -137,6 +146,10 @@ impl Relay {
             awaiting_pong_ms: 0,
             last_ping_ms: now,
             last_client_rx_ms: now,
+            backend_ping_queued: false,
+            awaiting_backend_pong_ms: 0,
+            last_backend_ping_ms: now,
+            last_backend_rx_ms: now,
             last_data_ms: now,
             last_flush_ms: now,
             closing_deadline_ms: 0,
@@ -166,14 +179,20 @@ impl Relay {
                 // whenever it arrives; it is always cut out.
                 let token = self.ping_token;
                 let own = self.settings.ping_interval.is_some().then_some(&token[..]);
+                let btoken = self.backend_token();
+                let own_b = self.settings.backend_ping_interval.is_some().then_some(&btoken[..]);
                 let had_unflushed = self.has_unflushed();
                 let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
-                let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, None);
+                let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, own_b);
                 if a.rx || b.rx {
                     let now = clock::now_ms();
                     if a.rx {
                         self.last_client_rx_ms = now;
                         self.awaiting_pong_ms = 0; // anything from the client proves it is alive
+                    }
+                    if b.rx {
+                        self.last_backend_rx_ms = now;
+                        self.awaiting_backend_pong_ms = 0;
                     }
                     if a.data_seen || b.data_seen {
                         self.last_data_ms = now;
@@ -192,6 +211,13 @@ impl Relay {
                     self.ping_queued = false;
                     self.awaiting_pong_ms = now;
                     self.last_ping_ms = now;
+                    self.dirty = true;
+                }
+                if a.ping_sent {
+                    let now = clock::now_ms();
+                    self.backend_ping_queued = false;
+                    self.awaiting_backend_pong_ms = now;
+                    self.last_backend_ping_ms = now;
                     self.dirty = true;
                 }
                 for code in [a.sent_close, b.sent_close].into_iter().flatten() {
@@ -276,10 +302,32 @@ impl Relay {
                 self.injected = true;
             }
         }
+        if let Some(interval) = self.settings.backend_ping_interval {
+            if self.awaiting_backend_pong_ms != 0 {
+                if now >= self.awaiting_backend_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
+                    self.backend_unresponsive(now);
+                }
+            } else if !self.closing && !self.backend_ping_queued && now >= self.backend_ping_due(interval) && self.c2b.inject.is_none() {
+                self.c2b.inject = Some(Inject::Ping(self.backend_token()));
+                self.backend_ping_queued = true;
+                self.injected = true;
+            }
+        }
         if self.has_unflushed() && now >= self.last_flush_ms + FLUSH_EVERY_MS {
             self.flush(now);
         }
         false
+    }
+
+    /// The payload of the proxy's pings to the backend.
+    fn backend_token(&self) -> [u8; 8] {
+        let mut t = self.ping_token;
+        t[0] ^= 0x80;
+        t
+    }
+
+    fn backend_ping_due(&self, interval: Duration) -> u64 {
+        self.last_backend_rx_ms.max(self.last_backend_ping_ms) + interval.as_millis() as u64
     }
 
     fn ping_due(&self, interval: Duration) -> u64 {
@@ -305,6 +353,13 @@ impl Relay {
                     d = d.min(self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64);
                 } else if !self.ping_queued {
                     d = d.min(self.ping_due(interval));
+                }
+            }
+            if let Some(interval) = self.settings.backend_ping_interval {
+                if self.awaiting_backend_pong_ms != 0 {
+                    d = d.min(self.awaiting_backend_pong_ms + self.settings.ping_timeout.as_millis() as u64);
+                } else if !self.backend_ping_queued {
+                    d = d.min(self.backend_ping_due(interval));
                 }
             }
         }

@@ -18,6 +18,7 @@ const SETTINGS: RelaySettings = RelaySettings {
     idle_timeout: None,
     ping_interval: None,
     ping_timeout: Duration::from_secs(10),
+    backend_ping_interval: None,
     max_message: 0,
     rsv_allowed: 0,
 };

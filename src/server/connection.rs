@@ -40,7 +40,6 @@ pub(super) struct Ready {
 
 /// Serves one accepted TCP connection to its end.
 pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, peer: SocketAddr) {
-    let _ = sock.set_nodelay(true);
     // The handshake future is boxed: its buffers and header table must not stay in the
     // long-lived task's allocation while the connection relays for hours.
     // The relay future is made inside a block: the values it is made from end with the
@@ -108,6 +107,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
     let started = Instant::now();
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
+    crate::stream::tune_tcp(&sock, limits.tcp_keepalive);
     let Some(pending) = shared.admission.accept(limits) else {
         if rt.tls_acceptor(listener).is_some() {
             // A TLS client cannot read a clear-text 503; close without a word.

@@ -150,6 +150,7 @@ pub(super) fn start(
         idle_timeout: limits.idle_timeout,
         ping_interval: limits.ping_interval,
         ping_timeout: limits.ping_timeout,
+        backend_ping_interval: limits.backend_ping_interval,
         max_message: limits.max_message_bytes,
         rsv_allowed: upstream.rsv_allowed,
     };

@@ -156,7 +156,7 @@ impl Scanner {
                         out.event = Some(Event::Close(code));
                         return out;
                     }
-                    Opcode::Pong if self.side == Side::Client && own_ping == Some(&*p) => {
+                    Opcode::Pong if own_ping == Some(&*p) => {
                         buf.copy_within(pos + total..*filled, pos);
                         *filled -= total;
                         out.own_pong = true;
