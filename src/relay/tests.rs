@@ -104,3 +104,21 @@ async fn a_close_that_could_not_be_sent_is_not_logged_as_sent() {
     let out = outcome(task, Duration::from_secs(10)).await;
     assert_eq!((out.code, out.origin), (1006, CloseOrigin::Proxy));
 }
+
+/// What every idle connection's task holds: the relay once, not twice (an `async fn` taking
+/// `self` would store it as its argument and again as its body's local), and a relay that
+/// does not grow unnoticed (every byte here is a byte per idle connection).
+#[tokio::test]
+async fn an_idle_relay_holds_its_state_once() {
+    let (c, _client) = pair().await;
+    let (b, _backend) = pair().await;
+    let table = Arc::new(ConnTable::default());
+    let reg = table.register(Backend::for_test("127.0.0.1:1", 1), Arc::from("l"), crate::clock::now_ms());
+    let Ok(relay) = Relay::new(Stream::Tcp(c), Stream::Tcp(b), reg.shared.clone(), SETTINGS, &[], &[]) else {
+        panic!("no early bytes: the relay starts");
+    };
+    let relay_size = std::mem::size_of::<Relay>();
+    let run = relay.run();
+    assert_eq!(std::mem::size_of_val(&run), relay_size);
+    assert!(relay_size <= 600, "Relay is {relay_size} bytes");
+}
