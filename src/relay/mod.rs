@@ -52,6 +52,45 @@ pub struct RelaySettings {
     pub rsv_allowed: u8,
 }
 
+/// The relay's timer settings in milliseconds, 0 = off: a quarter of the size of the
+/// `Option<Duration>`s they come from, in every connection's state.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    idle: u32,
+    ping: u32,
+    ping_timeout: u32,
+    backend_ping: u32,
+}
+
+impl Timers {
+    fn from(s: &RelaySettings) -> Timers {
+        // Longer than 49 days is as good as never for a timer; a zero timeout would fire at once.
+        let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32);
+        Timers {
+            idle: ms(s.idle_timeout),
+            ping: ms(s.ping_interval),
+            ping_timeout: ms(Some(s.ping_timeout)),
+            backend_ping: ms(s.backend_ping_interval),
+        }
+    }
+
+    fn idle(&self) -> Option<u64> {
+        (self.idle != 0).then_some(self.idle as u64)
+    }
+
+    fn ping(&self) -> Option<u64> {
+        (self.ping != 0).then_some(self.ping as u64)
+    }
+
+    fn ping_timeout(&self) -> u64 {
+        self.ping_timeout as u64
+    }
+
+    fn backend_ping(&self) -> Option<u64> {
+        (self.backend_ping != 0).then_some(self.backend_ping as u64)
+    }
+}
+
 /// How a relayed connection ended, for the access log.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
@@ -97,7 +136,7 @@ pub struct Relay {
     b2c: Half,
     timer: Pin<Box<Sleep>>,
     conn: Arc<ConnShared>,
-    settings: RelaySettings,
+    timers: Timers,
     ping_token: [u8; 8],
     /// A keepalive ping waits for a frame boundary towards the client (not yet on the wire).
     ping_queued: bool,
@@ -151,7 +190,7 @@ impl Relay {
             b2c,
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             conn,
-            settings,
+            timers: Timers::from(&settings),
             ping_token: token,
             ping_queued: false,
             awaiting_pong_ms: 0,
@@ -193,9 +232,9 @@ impl Relay {
                 // The token is random per connection, so a pong carrying it answers our ping
                 // whenever it arrives; it is always cut out.
                 let token = self.ping_token;
-                let own = self.settings.ping_interval.is_some().then_some(&token[..]);
+                let own = self.timers.ping().is_some().then_some(&token[..]);
                 let btoken = self.backend_token();
-                let own_b = self.settings.backend_ping_interval.is_some().then_some(&btoken[..]);
+                let own_b = self.timers.backend_ping().is_some().then_some(&btoken[..]);
                 let had_unflushed = self.has_unflushed();
                 let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
                 let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, own_b);
@@ -300,14 +339,14 @@ impl Relay {
                 self.begin_close(code, reason, now);
             }
         }
-        if let Some(idle) = self.settings.idle_timeout {
-            if now >= self.last_data_ms + idle.as_millis() as u64 {
+        if let Some(idle) = self.timers.idle() {
+            if now >= self.last_data_ms + idle {
                 self.begin_close(CloseCode::GoingAway.code(), "idle timeout", now);
             }
         }
-        if let Some(interval) = self.settings.ping_interval {
+        if let Some(interval) = self.timers.ping() {
             if self.awaiting_pong_ms != 0 {
-                if now >= self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
+                if now >= self.awaiting_pong_ms + self.timers.ping_timeout() {
                     self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);
                 }
             } else if !self.closing && !self.ping_queued && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
@@ -317,9 +356,9 @@ impl Relay {
                 self.injected = true;
             }
         }
-        if let Some(interval) = self.settings.backend_ping_interval {
+        if let Some(interval) = self.timers.backend_ping() {
             if self.awaiting_backend_pong_ms != 0 {
-                if now >= self.awaiting_backend_pong_ms + self.settings.ping_timeout.as_millis() as u64 {
+                if now >= self.awaiting_backend_pong_ms + self.timers.ping_timeout() {
                     self.backend_unresponsive(now);
                 }
             } else if !self.closing && !self.backend_ping_queued && now >= self.backend_ping_due(interval) && self.c2b.inject.is_none() {
@@ -341,12 +380,12 @@ impl Relay {
         t
     }
 
-    fn backend_ping_due(&self, interval: Duration) -> u64 {
-        self.last_backend_rx_ms.max(self.last_backend_ping_ms) + interval.as_millis() as u64
+    fn backend_ping_due(&self, interval: u64) -> u64 {
+        self.last_backend_rx_ms.max(self.last_backend_ping_ms) + interval
     }
 
-    fn ping_due(&self, interval: Duration) -> u64 {
-        self.last_client_rx_ms.max(self.last_ping_ms) + interval.as_millis() as u64
+    fn ping_due(&self, interval: u64) -> u64 {
+        self.last_client_rx_ms.max(self.last_ping_ms) + interval
     }
 
     fn next_deadline(&self) -> u64 {
@@ -360,19 +399,19 @@ impl Relay {
             }
         }
         if !self.closing {
-            if let Some(idle) = self.settings.idle_timeout {
-                d = d.min(self.last_data_ms + idle.as_millis() as u64);
+            if let Some(idle) = self.timers.idle() {
+                d = d.min(self.last_data_ms + idle);
             }
-            if let Some(interval) = self.settings.ping_interval {
+            if let Some(interval) = self.timers.ping() {
                 if self.awaiting_pong_ms != 0 {
-                    d = d.min(self.awaiting_pong_ms + self.settings.ping_timeout.as_millis() as u64);
+                    d = d.min(self.awaiting_pong_ms + self.timers.ping_timeout());
                 } else if !self.ping_queued {
                     d = d.min(self.ping_due(interval));
                 }
             }
-            if let Some(interval) = self.settings.backend_ping_interval {
+            if let Some(interval) = self.timers.backend_ping() {
                 if self.awaiting_backend_pong_ms != 0 {
-                    d = d.min(self.awaiting_backend_pong_ms + self.settings.ping_timeout.as_millis() as u64);
+                    d = d.min(self.awaiting_backend_pong_ms + self.timers.ping_timeout());
                 } else if !self.backend_ping_queued {
                     d = d.min(self.backend_ping_due(interval));
                 }

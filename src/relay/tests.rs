@@ -120,5 +120,5 @@ async fn an_idle_relay_holds_its_state_once() {
     let relay_size = std::mem::size_of::<Relay>();
     let run = relay.run();
     assert_eq!(std::mem::size_of_val(&run), relay_size);
-    assert!(relay_size <= 600, "Relay is {relay_size} bytes");
+    assert!(relay_size <= 540, "Relay is {relay_size} bytes");
 }
