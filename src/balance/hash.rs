@@ -64,7 +64,13 @@ impl ConsistentHash {
                 ring.push((mix(fnv1a(base, &v.to_le_bytes())), i as u32));
             }
         }
-        ring.sort_unstable();
+        // Ties (two backends' points equal, a 64-bit collision) are broken by address, not
+        // list position: the ring depends only on the set of addresses and weights, so
+        // instances given the same backends in any order (e.g. DNS answers) agree.
+        ring.sort_unstable_by(|a, b| {
+            let addr = |p: &(u64, u32)| backends[p.1 as usize].address.as_str();
+            a.0.cmp(&b.0).then_with(|| addr(a).cmp(addr(b)))
+        });
         let bounded_load = cfg.bounded_load.filter(|c| c.is_finite()).map(|c| c.max(1.0));
         ConsistentHash {
             key: cfg.key.clone(),

@@ -75,6 +75,29 @@ fn placement_ignores_list_order() {
 }
 
 #[test]
+fn placement_depends_only_on_the_set_of_backends() {
+    // Mixed weights, a shuffled list (as DNS answers come): same keys, same addresses.
+    let bs: Vec<_> = (0..24u32).map(|i| Backend::for_test(&format!("10.1.0.{i}:9000"), 1 + i % 3)).collect();
+    let mut shuffled = bs.clone();
+    let mut seed = 0x9e37_79b9_u64;
+    for i in (1..shuffled.len()).rev() {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        shuffled.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    assert_ne!(
+        bs.iter().map(|b| &b.address).collect::<Vec<_>>(),
+        shuffled.iter().map(|b| &b.address).collect::<Vec<_>>()
+    );
+    for bounded in [None, Some(1.25)] {
+        let q = || HashKey::Query("user".into());
+        assert_eq!(
+            placement(&ring(q(), bounded, &bs), &bs, 5_000),
+            placement(&ring(q(), bounded, &shuffled), &shuffled, 5_000)
+        );
+    }
+}
+
+#[test]
 fn weights_change_the_ring_share() {
     let bs = backends(&[1, 1, 3, 1]);
     let addrs = placement(&ring(HashKey::Query("user".into()), None, &bs), &bs, 20_000);
