@@ -177,6 +177,8 @@ impl Backend {
                 weight,
                 max_connections: None,
                 tls: None,
+                discover: None,
+                discovered_from: None,
             },
         )
     }

@@ -10,6 +10,8 @@ pub mod clock;
 pub mod config;
 pub mod conns;
 pub mod demo;
+pub mod discovered;
+pub mod discovery;
 pub mod handshake;
 pub mod health;
 pub mod http;

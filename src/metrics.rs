@@ -75,6 +75,8 @@ struct BackendValues {
     serving: Option<usize>,
     protocol_errors: u64,
     custom_load_errors: u64,
+    /// The discovery entry it was found by (of the object whose state is shown).
+    discovered_from: Option<String>,
 }
 
 fn render_backends(out: &mut String, now_ms: u64) {
@@ -102,6 +104,7 @@ fn render_backends(out: &mut String, now_ms: u64) {
             // successor's state is the one that serves.
             if matches!(v.serving, None | Some(3)) {
                 v.serving = Some(serving);
+                v.discovered_from.clone_from(&b.config.discovered_from);
             }
             let m = &b.metrics;
             for (sum, c) in v.http.iter_mut().zip(&m.http) {
@@ -183,6 +186,23 @@ fn render_backends(out: &mut String, now_ms: u64) {
     sparse(out, "switchyard_custom_load_errors_total", "", &|v| {
         vec![("", v.custom_load_errors)]
     });
+    // An info series per backend found by DNS discovery: which entry it came from.
+    let mut lines = String::new();
+    for (k, v) in &values {
+        if let Some(name) = &v.discovered_from {
+            let _ = writeln!(
+                lines,
+                "switchyard_backend_discovered_from{{{},name=\"{}\"}} 1",
+                labels(k),
+                escape(name)
+            );
+        }
+    }
+    if !lines.is_empty() {
+        out.push_str("# TYPE switchyard_backend_discovered_from gauge\n");
+        out.push_str(&lines);
+        out.push('\n');
+    }
 }
 
 /// A label value escaped for the text exposition format.
@@ -325,6 +345,16 @@ pub fn rebalance_unreturned(pool: &str, n: u64) {
 /// Counts connections closed by the rebalancer.
 pub fn rebalance_moves(pool: &str, n: u64) {
     counter!("switchyard_rebalance_moves_total", "pool" => pool.to_string()).increment(n);
+}
+
+/// Counts one failed DNS discovery round of entry `name` of `pool`.
+pub fn discovery_error(pool: &str, name: &str, reason: &'static str) {
+    counter!("switchyard_discovery_errors_total", "pool" => pool.to_string(), "name" => name.to_string(), "reason" => reason).increment(1);
+}
+
+/// Sets how many backends entry `name` of `pool` stands for (its last good answer).
+pub fn discovered_backends(pool: &str, name: &str, n: usize) {
+    metrics::gauge!("switchyard_discovered_backends", "pool" => pool.to_string(), "name" => name.to_string()).set(n as f64);
 }
 
 /// Counts one backend stopped at the edge for breaking RFC 6455 (an invalid frame).

@@ -42,6 +42,14 @@ fn file_problems(cfg: &Config, text: &str) -> Vec<crate::config::ConfigError> {
     for p in cfg.pools.values() {
         for b in &p.backends {
             if let Some(t) = &b.tls {
+                // A discovery entry's backends are checked against its name (see `discovered`).
+                let t = match &b.discover {
+                    Some(d) if t.server_name.is_none() => &crate::config::BackendTls {
+                        server_name: Some(d.tls_name().to_string()),
+                        ..t.clone()
+                    },
+                    _ => t,
+                };
                 if let Err(message) = crate::tls::client_connector(t, &b.address) {
                     let (line, col) = t.ca.as_deref().map(locate).unwrap_or((1, 1));
                     out.push(crate::config::ConfigError {
@@ -79,9 +87,12 @@ pub(crate) fn spawn_queue(shared: &Arc<Shared>) {
         while let Some(job) = rx.recv().await {
             let Some(shared) = weak.upgrade() else { break };
             let Job { source, reply } = job;
-            let outcome = tokio::task::spawn_blocking(move || run(&shared, source))
-                .await
-                .unwrap_or_else(|e| Err(vec![format!("reload failed: {e}")]));
+            let outcome = tokio::task::spawn_blocking(move || match source {
+                Source::Found(answer) => crate::discovery::apply_answer(&shared, answer),
+                source => run(&shared, source),
+            })
+            .await
+            .unwrap_or_else(|e| Err(vec![format!("reload failed: {e}")]));
             match reply {
                 Reply::None => {}
                 Reply::Blocking(tx) => {
@@ -134,7 +145,7 @@ fn run(shared: &Arc<Shared>, source: Source) -> Outcome {
             let name = path.display().to_string();
             let text = match source {
                 Source::Text(t) => Ok(t),
-                Source::File => crate::config::read_text(&path).map_err(|e| {
+                Source::File | Source::Found(_) => crate::config::read_text(&path).map_err(|e| {
                     vec![crate::config::ConfigError {
                         line: 1,
                         col: 1,
@@ -181,7 +192,8 @@ fn check_text(path: &std::path::Path, text: &str) -> Result<Config, Vec<crate::c
 /// are the kept backends' settings written, the runtime swapped and the difference applied.
 fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     let old = shared.runtime.load_full();
-    let prepared = Runtime::prepare(cfg, Some(&old)).map_err(|e| vec![e])?;
+    // Discovered backends stay: the entries that stay keep their last answers.
+    let prepared = Runtime::prepare(cfg, Some(&old), &old.discovered).map_err(|e| vec![e])?;
     // Listeners to open: new names, or a changed bind address. A new name on the address
     // of a listener this reload removes is a rename: its sockets are handed over, since
     // binding the address again while they are open would fail.
@@ -253,23 +265,7 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
         }
         tracing::info!(listener = %b.name, addr = %b.actual, "listener closed by reload");
     }
-    // Backends gone: no new connections, live ones closed with 1012 spread over drain_timeout.
-    // The state is set before the connections are selected: one that registers later sees
-    // it and closes itself (`upgrade::start`).
-    for pool in old.pools.values() {
-        for b in &pool.backends {
-            let kept = rt
-                .pools
-                .get(&*pool.name)
-                .is_some_and(|p| p.backends.iter().any(|n| Arc::ptr_eq(n, b)));
-            if !kept {
-                b.set_state(crate::backend::BackendState::Draining, now);
-                let conns = shared.conns.select(|c| Arc::ptr_eq(&c.backend, b));
-                tracing::info!(pool = %pool.name, backend = %b.address, connections = conns.len(), "backend removed by reload: draining");
-                ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::ServiceRestart.code());
-            }
-        }
-    }
+    shared.drain_removed(&old, &rt, now);
     Ok(())
 }
 

@@ -10,7 +10,8 @@ use crate::backend::{Backend, BackendState};
 use crate::balance::sticky::{Sticky, StickyResult};
 use crate::balance::{self, Balancer, PickContext};
 use crate::clock;
-use crate::config::{Config, PoolConfig};
+use crate::config::{BackendConfig, Config, PoolConfig};
+use crate::discovered::{Found, FoundSets};
 
 /// TLS settings to reach one backend.
 pub type BackendTlsConnector = (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
@@ -119,7 +120,7 @@ impl Pool {
     }
 }
 
-/// Everything derived from one config.
+/// Everything derived from one config (and the backends DNS discovery found for it).
 pub struct Runtime {
     /// The config it was built from.
     pub config: Config,
@@ -127,6 +128,9 @@ pub struct Runtime {
     pub pools: HashMap<String, Arc<Pool>>,
     /// TLS acceptors by listener name.
     pub tls: HashMap<String, tokio_rustls::TlsAcceptor>,
+    /// The last good answer of every discovery entry of `config` that has had one; the
+    /// pools' backends were expanded from them.
+    pub discovered: Arc<FoundSets>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -142,13 +146,90 @@ pub struct Prepared {
     config: Config,
     pools: Vec<PreparedPool>,
     tls: HashMap<String, tokio_rustls::TlsAcceptor>,
+    discovered: Arc<FoundSets>,
 }
 
 struct PreparedPool {
     name: Arc<str>,
     config: PoolConfig,
+    /// The concrete backends' settings (configured ones and those found by discovery), in
+    /// the order of `backends`.
+    settings: Vec<BackendConfig>,
     backends: Vec<Arc<Backend>>,
     tls: HashMap<String, BackendTlsConnector>,
+}
+
+impl PreparedPool {
+    /// Builds a pool's backends aside: those of `old` with the same address, TLS settings
+    /// and discovery source are kept (not written to); new ones ramp when `ramp`.
+    fn new(name: &str, pc: &PoolConfig, old: Option<&Pool>, found: &FoundSets, ramp: bool, reuse_tls: bool) -> Result<Self, String> {
+        let now = clock::now_ms();
+        let pname: Arc<str> = old.map(|o| o.name.clone()).unwrap_or_else(|| Arc::from(name));
+        let settings = crate::discovered::expand(name, pc, found);
+        let mut backends = Vec::with_capacity(settings.len());
+        let mut tls = HashMap::new();
+        let slow_ms = pc.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
+        for bc in &settings {
+            let kept = old
+                .and_then(|o| o.backend(&bc.address))
+                .filter(|b| b.config.tls == bc.tls && b.config.discovered_from == bc.discovered_from);
+            let b = match kept {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Backend::new(pname.clone(), bc.clone());
+                    b.slow_start_ms.store(slow_ms, Relaxed);
+                    if ramp {
+                        b.start_ramp(now);
+                    }
+                    b
+                }
+            };
+            if let Some(t) = &bc.tls {
+                let reused = reuse_tls
+                    .then(|| kept.and(old).and_then(|o| o.tls_for(&bc.address)).cloned())
+                    .flatten();
+                let c = match reused {
+                    Some(c) => c,
+                    None => {
+                        crate::tls::client_connector(t, &bc.address).map_err(|e| format!("pool {name}, backend {}: {e}", bc.address))?
+                    }
+                };
+                tls.insert(bc.address.clone(), c);
+            }
+            backends.push(b);
+        }
+        Ok(PreparedPool {
+            name: pname,
+            config: pc.clone(),
+            settings,
+            backends,
+            tls,
+        })
+    }
+
+    /// Writes the new weight, `max_connections` and slow start into every backend (the kept
+    /// ones are live) and builds the balancer from them; `tcp_keepalive` is the config's.
+    fn commit(self, tcp_keepalive: Option<std::time::Duration>) -> Pool {
+        let slow_ms = self.config.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
+        for (b, bc) in self.backends.iter().zip(&self.settings) {
+            b.set_weight(bc.weight);
+            b.set_max_connections(bc.max_connections);
+            b.slow_start_ms.store(slow_ms, Relaxed);
+        }
+        let balancer = balance::build(&self.config, &self.backends);
+        let sticky = self.config.sticky.as_ref().map(|s| Sticky::new(s, &self.backends));
+        Pool {
+            handshake_duration: crate::metrics::handshake_histogram(&self.name),
+            request_duration: crate::metrics::request_histogram(&self.name),
+            sticky,
+            tcp_keepalive,
+            name: self.name,
+            config: self.config,
+            backends: self.backends,
+            balancer,
+            tls: self.tls,
+        }
+    }
 }
 
 impl Prepared {
@@ -160,84 +241,42 @@ impl Prepared {
     /// Writes the new weight, `max_connections` and slow start into every backend (the kept
     /// ones are live) and builds the balancers from them: the point of no return.
     pub fn commit(self) -> Runtime {
-        let mut pools = HashMap::new();
-        for p in self.pools {
-            let slow_ms = p.config.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
-            for (b, bc) in p.backends.iter().zip(&p.config.backends) {
-                b.set_weight(bc.weight);
-                b.set_max_connections(bc.max_connections);
-                b.slow_start_ms.store(slow_ms, Relaxed);
-            }
-            let balancer = balance::build(&p.config, &p.backends);
-            let sticky = p.config.sticky.as_ref().map(|s| Sticky::new(s, &p.backends));
-            pools.insert(
-                p.name.to_string(),
-                Arc::new(Pool {
-                    handshake_duration: crate::metrics::handshake_histogram(&p.name),
-                    request_duration: crate::metrics::request_histogram(&p.name),
-                    sticky,
-                    tcp_keepalive: self.config.limits.tcp_keepalive,
-                    name: p.name,
-                    config: p.config,
-                    backends: p.backends,
-                    balancer,
-                    tls: p.tls,
-                }),
-            );
-        }
+        let keepalive = self.config.limits.tcp_keepalive;
+        let pools = self
+            .pools
+            .into_iter()
+            .map(|p| (p.name.to_string(), Arc::new(p.commit(keepalive))))
+            .collect();
         Runtime {
             config: self.config,
             pools,
             tls: self.tls,
+            discovered: self.discovered,
         }
     }
 }
 
 impl Runtime {
     /// Builds the runtime at once ([`Runtime::prepare`] then [`Prepared::commit`]).
-    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
-        Ok(Runtime::prepare(config, previous)?.commit())
+    pub fn build(config: Config, previous: Option<&Runtime>, found: &FoundSets) -> Result<Runtime, String> {
+        Ok(Runtime::prepare(config, previous, found)?.commit())
     }
 
     /// Builds everything that can fail, aside: backends of `previous` with the same pool,
     /// address and TLS settings are kept with all their live state (a drain in progress,
     /// health, ejection, counters) and are not written to; new ones start their slow-start
-    /// ramp.
-    pub fn prepare(config: Config, previous: Option<&Runtime>) -> Result<Prepared, String> {
-        let now = clock::now_ms();
+    /// ramp. Discovery entries expand to the backends of their answer in `found` (answers
+    /// of entries `config` no longer has are dropped).
+    pub fn prepare(config: Config, previous: Option<&Runtime>, found: &FoundSets) -> Result<Prepared, String> {
+        let found: FoundSets = found
+            .iter()
+            .filter(|((pool, entry), _)| config.pools.get(pool).is_some_and(|p| crate::discovered::is_entry(p, entry)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut pools = Vec::with_capacity(config.pools.len());
         for (name, pc) in &config.pools {
-            let pname: Arc<str> = Arc::from(name.as_str());
-            let old = previous.and_then(|p| p.pools.get(name));
-            let mut backends = Vec::with_capacity(pc.backends.len());
-            let mut tls = HashMap::new();
-            let slow_ms = pc.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
-            for bc in &pc.backends {
-                let kept = old.and_then(|o| o.backend(&bc.address)).filter(|b| b.config.tls == bc.tls);
-                let b = match kept {
-                    Some(b) => b.clone(),
-                    None => {
-                        let b = Backend::new(pname.clone(), bc.clone());
-                        b.slow_start_ms.store(slow_ms, Relaxed);
-                        if previous.is_some() {
-                            b.start_ramp(now);
-                        }
-                        b
-                    }
-                };
-                if let Some(t) = &bc.tls {
-                    let c =
-                        crate::tls::client_connector(t, &bc.address).map_err(|e| format!("pool {name}, backend {}: {e}", bc.address))?;
-                    tls.insert(bc.address.clone(), c);
-                }
-                backends.push(b);
-            }
-            pools.push(PreparedPool {
-                name: pname,
-                config: pc.clone(),
-                backends,
-                tls,
-            });
+            let old = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
+            pools.push(PreparedPool::new(name, pc, old, &found, previous.is_some(), false)?);
         }
         let mut tls_acceptors = HashMap::new();
         for l in &config.listeners {
@@ -250,7 +289,34 @@ impl Runtime {
             config,
             pools,
             tls: tls_acceptors,
+            discovered: Arc::new(found),
         })
+    }
+
+    /// This runtime with discovery entry `entry` of pool `pool` answered by `found`
+    /// (canonical): only that pool is rebuilt — its backends that stay are shared, new ones
+    /// ramp like a reload's additions — and every other pool is the same object. `Ok(None)`
+    /// when the answer is the one in use or the entry is no longer configured.
+    pub fn with_found(&self, pool: &str, entry: &str, found: Vec<Found>) -> Result<Option<Runtime>, String> {
+        let Some(pc) = self.config.pools.get(pool).filter(|pc| crate::discovered::is_entry(pc, entry)) else {
+            return Ok(None);
+        };
+        let key = (pool.to_string(), entry.to_string());
+        if self.discovered.get(&key) == Some(&found) {
+            return Ok(None);
+        }
+        let mut sets = (*self.discovered).clone();
+        sets.insert(key, found);
+        let old = self.pools.get(pool).map(|p| &**p);
+        let rebuilt = PreparedPool::new(pool, pc, old, &sets, true, true)?.commit(self.config.limits.tcp_keepalive);
+        let mut pools = self.pools.clone();
+        pools.insert(pool.to_string(), Arc::new(rebuilt));
+        Ok(Some(Runtime {
+            config: self.config.clone(),
+            pools,
+            tls: self.tls.clone(),
+            discovered: Arc::new(sets),
+        }))
     }
 
     /// Is `b` a backend of this runtime (the same object, not just the same address), and

@@ -38,8 +38,33 @@ pub struct Shared {
     pub(crate) workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
     /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.
     pub last_reload: std::sync::Mutex<Option<(u64, ReloadOutcome)>>,
-    /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order.
+    /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order; DNS
+    /// discovery's answers go through it too.
     pub reloads: ReloadQueue,
+}
+
+impl Shared {
+    /// Backends of `old` that `new` no longer has: no new connections, live ones closed with
+    /// 1012 spread over drain_timeout. The state is set before the connections are selected:
+    /// one that registers later sees it and closes itself (`upgrade::start`).
+    pub fn drain_removed(&self, old: &Runtime, new: &Runtime, now: u64) {
+        let drain_ms = new.config.limits.drain_timeout.as_millis() as u64;
+        for pool in old.pools.values() {
+            let now_pool = new.pools.get(&*pool.name);
+            if now_pool.is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                continue;
+            }
+            for b in &pool.backends {
+                let kept = now_pool.is_some_and(|p| p.backends.iter().any(|n| Arc::ptr_eq(n, b)));
+                if !kept {
+                    b.set_state(crate::backend::BackendState::Draining, now);
+                    let conns = self.conns.select(|c| Arc::ptr_eq(&c.backend, b));
+                    tracing::info!(pool = %pool.name, backend = %b.address, connections = conns.len(), "backend removed: draining");
+                    ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::ServiceRestart.code());
+                }
+            }
+        }
+    }
 }
 
 /// The outcome of one reload: `Ok`, or every error (one per line in the API's answer).
@@ -51,6 +76,20 @@ pub enum ReloadSource {
     File,
     /// This text of the config file (what `--watch` saw settle).
     Text(String),
+    /// Not a reload: a discovery entry's new answer, applied to the live runtime on the same
+    /// queue, so an answer and a reload never build from the same runtime and undo each other.
+    Found(FoundAnswer),
+}
+
+/// A discovery entry's new answer (canonical, never empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundAnswer {
+    /// The pool of the entry.
+    pub pool: String,
+    /// The entry (its `address`, or SRV name).
+    pub entry: String,
+    /// What DNS answered.
+    pub found: Vec<crate::discovered::Found>,
 }
 
 /// Where a reload's outcome goes.

@@ -29,6 +29,7 @@ pub(crate) fn pools(shared: &Shared) -> Value {
                 "name": name,
                 "algorithm": p.config.algorithm.name(),
                 "backends": p.backends.iter().map(|b| backend(b)).collect::<Vec<_>>(),
+                "discovery": discovery(&rt, name, &p.config),
             })
         })
         .collect();
@@ -45,6 +46,7 @@ fn backend(b: &Backend) -> Value {
     let max = b.max_connections();
     json!({
         "address": b.address,
+        "discovered_from": b.config.discovered_from,
         "state": b.state().name(),
         "weight": b.weight(),
         "max_connections": (max != 0).then_some(max),
@@ -62,6 +64,27 @@ fn backend(b: &Backend) -> Value {
         "custom_load": (load != LOAD_UNKNOWN).then_some(load),
         "last_check": last_check(b),
     })
+}
+
+/// The pool's DNS discovery entries: each with what it asks and how many backends its last
+/// good answer holds (`answered: false` before the first one).
+fn discovery(rt: &crate::runtime::Runtime, pool: &str, config: &crate::config::PoolConfig) -> Vec<Value> {
+    config
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let d = b.discover.as_ref()?;
+            let found = rt.discovered.get(&(pool.to_string(), b.address.clone()));
+            Some(json!({
+                "name": b.address,
+                "kind": d.kind(),
+                "query": d.name(),
+                "refresh_ms": d.refresh().as_millis() as u64,
+                "answered": found.is_some(),
+                "backends": found.map_or(0, Vec::len),
+            }))
+        })
+        .collect()
 }
 
 /// The last active check: `{"ok": bool, "age_ms": n}`, or null before the first one.

@@ -77,7 +77,9 @@ fn placement_ignores_list_order() {
 #[test]
 fn placement_depends_only_on_the_set_of_backends() {
     // Mixed weights, a shuffled list (as DNS answers come): same keys, same addresses.
-    let bs: Vec<_> = (0..24u32).map(|i| Backend::for_test(&format!("10.1.0.{i}:9000"), 1 + i % 3)).collect();
+    let bs: Vec<_> = (0..24u32)
+        .map(|i| Backend::for_test(&format!("10.1.0.{i}:9000"), 1 + i % 3))
+        .collect();
     let mut shuffled = bs.clone();
     let mut seed = 0x9e37_79b9_u64;
     for i in (1..shuffled.len()).rev() {

@@ -119,3 +119,31 @@ pub(crate) mod testutil {
         counts
     }
 }
+
+#[cfg(test)]
+mod empty_pool_tests {
+    use super::*;
+
+    /// A pool whose discovery has not answered yet has no backends: every algorithm (and the
+    /// exhaustion reason) copes.
+    #[test]
+    fn every_algorithm_picks_nothing_from_an_empty_pool() {
+        let text =
+            "listeners: [{name: l, bind: \"127.0.0.1:0\", routes: [{pool: p}]}]\npools: {p: {backends: [{address: \"127.0.0.1:1\"}]}}\n";
+        let mut pool = crate::config::parse(text, std::path::Path::new("."))
+            .unwrap()
+            .pools
+            .remove("p")
+            .unwrap();
+        for (_, algorithm) in Algorithm::ALL {
+            pool.algorithm = algorithm;
+            pool.hash = (algorithm == Algorithm::Hash).then_some(HashConfig {
+                key: HashKey::ClientIp,
+                bounded_load: Some(1.25),
+            });
+            let b = build(&pool, &[]);
+            assert_eq!(b.pick(&[], &PickContext::bare(1_000)), None, "{}", algorithm.name());
+        }
+        assert_eq!(exhaustion_reason(&[], 1_000), "no_backend");
+    }
+}

@@ -12,7 +12,7 @@ use super::validate::{check_binds, did_you_mean, Ctx, Fields};
 use super::yaml::{parse_tree, Node, NodeKind};
 use super::*;
 
-const TOP_KEYS: &[&str] = &["listeners", "admin", "pools", "limits", "shedding", "process"];
+const TOP_KEYS: &[&str] = &["listeners", "admin", "pools", "limits", "shedding", "process", "resolver"];
 const LISTENER_KEYS: &[&str] = &["name", "bind", "tls", "routes", "allowed_origins"];
 const LIMITS_KEYS: &[&str] = &[
     "max_connections",
@@ -106,6 +106,7 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
     let limits = f.get("limits").map_or_else(Limits::default, |n| decode_limits(ctx, n));
     let shedding = f.get("shedding").map_or_else(Shedding::default, |n| decode_shedding(ctx, n));
     let process = f.get("process").map_or_else(ProcessConfig::default, |n| decode_process(ctx, n));
+    let resolver = f.get("resolver").map_or_else(ResolverConfig::default, |n| decode_resolver(ctx, n));
 
     check_binds(ctx, &mut binds);
     if let Some(pools_node) = pools_node {
@@ -125,6 +126,7 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
         limits,
         shedding,
         process,
+        resolver,
     })
 }
 
@@ -480,6 +482,45 @@ fn decode_process(ctx: &mut Ctx, node: &Node) -> ProcessConfig {
         set(&mut p.access_log, ctx.bool(n, "`process.access_log`"));
     }
     p
+}
+
+fn decode_resolver(ctx: &mut Ctx, node: &Node) -> ResolverConfig {
+    let mut r = ResolverConfig::default();
+    let Some(f) = ctx.fields(node, "`resolver`", &["servers", "timeout"]) else {
+        return r;
+    };
+    if let Some(n) = f.get("servers") {
+        if let Some(items) = ctx.seq(n, "`resolver.servers`") {
+            if items.is_empty() {
+                ctx.error(
+                    n,
+                    "`resolver.servers` must list at least one server (or leave it out for /etc/resolv.conf)",
+                );
+            }
+            let servers: Vec<SocketAddr> = items.iter().filter_map(|item| name_server(ctx, item)).collect();
+            if servers.len() == items.len() && !servers.is_empty() {
+                r.servers = Some(servers);
+            }
+        }
+    }
+    if let Some(n) = f.get("timeout") {
+        set(&mut r.timeout, ctx.positive_duration(n, "`resolver.timeout`"));
+    }
+    r
+}
+
+/// One `resolver.servers` entry: `IP:PORT`, `[IPv6]:PORT`, or an IP alone (port 53).
+fn name_server(ctx: &mut Ctx, node: &Node) -> Option<SocketAddr> {
+    let text = ctx.string(node, "each of `resolver.servers`")?;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, defaults::RESOLVER_PORT));
+    }
+    let hint = Some("write an IP address with an optional port, e.g. `10.96.0.10:53` or `[fd00::10]:53`".to_string());
+    ctx.error_hint(node, format!("name server `{text}` is not an IP address"), hint);
+    None
 }
 
 #[cfg(test)]

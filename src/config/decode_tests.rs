@@ -428,3 +428,64 @@ fn dead_peer_settings() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].message.contains("at least 1s"), "{e:#?}");
 }
+
+#[test]
+fn discovery_entries_and_resolver() {
+    let text = format!(
+        "{MINIMAL}      - address: chat.example.com:9000\n        discover: dns\n        refresh: 2s\n        weight: 3\n        max_connections: 50\n      - srv: _ws._tcp.chat.example.com\n        tls: true\n      - address: plain.example.com:80\nresolver:\n  servers: [\"10.96.0.10:53\", \"fd00::10\", \"[fd00::11]:5353\"]\n  timeout: 500ms\n"
+    );
+    let c = parse(&text, Path::new("/etc/sy")).unwrap_or_else(|e| panic!("{e:#?}"));
+    let b = &c.pools["p"].backends;
+    assert_eq!(b[0].discover, None);
+    assert_eq!(
+        b[1].discover,
+        Some(Discover::Hosts {
+            name: "chat.example.com".into(),
+            port: 9000,
+            refresh: Duration::from_secs(2),
+        })
+    );
+    assert_eq!((b[1].weight, b[1].max_connections), (3, Some(50)));
+    assert_eq!(
+        b[2].discover,
+        Some(Discover::Srv {
+            name: "_ws._tcp.chat.example.com".into(),
+            refresh: defaults::DISCOVERY_REFRESH,
+        })
+    );
+    assert_eq!(b[2].address, "_ws._tcp.chat.example.com");
+    assert_eq!(b[2].discover.as_ref().unwrap().tls_name(), "chat.example.com");
+    assert_eq!(b[3].discover, None, "a host name without `discover` is one backend, as before");
+    let servers: Vec<SocketAddr> = ["10.96.0.10:53", "[fd00::10]:53", "[fd00::11]:5353"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(c.resolver.servers, Some(servers));
+    assert_eq!(c.resolver.timeout, Duration::from_millis(500));
+    // Absent: the system's resolv.conf, 2 s.
+    assert_eq!(parse(MINIMAL, Path::new("/etc/sy")).unwrap().resolver, ResolverConfig::default());
+}
+
+#[test]
+fn discovery_rules() {
+    let e = errors(&format!(
+        "{MINIMAL}      - address: 10.0.0.1:80\n        discover: dns\n      - address: a.example:80\n        discover: dsn\n      - address: b.example:80\n        refresh: 1s\n      - srv: _ws._tcp.c.example\n        address: c.example:80\n      - srv: _ws._tcp.d.example\n        weight: 2\n        discover: dns\n      - srv: \"bad name!\"\n      - address: e.example:80\n        discover: dns\n        refresh: 10ms\n      - weight: 1\n      - srv: _ws._tcp.d.example\nresolver:\n  servers: [dns.example]\n  timeout: 0s\n"
+    ));
+    has(&e, 11, 19, "`discover: dns` needs a host name; `10.0.0.1` is an IP address already");
+    has(&e, 13, 19, "unknown discovery `dsn`");
+    has(&e, 15, 18, "refresh only applies with `discover: dns` or `srv`");
+    has(
+        &e,
+        16,
+        14,
+        "set `address` (with `discover: dns` for every A/AAAA record) or `srv`, not both",
+    );
+    has(&e, 19, 17, "weight does not apply to an `srv` entry");
+    has(&e, 20, 19, "discover does not apply to an `srv` entry");
+    has(&e, 21, 14, "is not a valid DNS name");
+    has(&e, 24, 18, "refresh must be at least 100ms");
+    has(&e, 25, 9, "is missing required key `address` (or `srv`)");
+    has(&e, 26, 14, "backend `_ws._tcp.d.example` is already listed on line 18");
+    has(&e, 28, 13, "name server `dns.example` is not an IP address");
+    has(&e, 29, 12, "`resolver.timeout` must be greater than 0");
+}

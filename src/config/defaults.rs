@@ -38,6 +38,14 @@ pub const SHED_CLOSE_CODE: u16 = 1013;
 pub const RETRY_HINT: Duration = Duration::from_secs(5);
 /// `pools.*.backends[].weight`.
 pub const WEIGHT: u32 = 1;
+/// `pools.*.backends[].refresh` (DNS discovery).
+pub const DISCOVERY_REFRESH: Duration = Duration::from_secs(5);
+/// Shortest `pools.*.backends[].refresh` accepted.
+pub const DISCOVERY_REFRESH_MIN: Duration = Duration::from_millis(100);
+/// `resolver.timeout`.
+pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Port of a `resolver.servers` entry written without one.
+pub const RESOLVER_PORT: u16 = 53;
 /// `pools.*.connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `pools.*.max_attempts`.

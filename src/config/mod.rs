@@ -3,6 +3,7 @@
 //! Every default lives in [`defaults`]; every problem found is reported at once, each
 //! with its line and column ([`ConfigError`]).
 
+mod backends;
 mod decode;
 pub mod defaults;
 mod pools;
@@ -111,6 +112,27 @@ pub struct Config {
     pub shedding: Shedding,
     /// Process settings (threads, access log).
     pub process: ProcessConfig,
+    /// Where DNS discovery of backends asks.
+    pub resolver: ResolverConfig,
+}
+
+/// `resolver:`: the name servers DNS discovery asks (`backends[].discover`, `srv`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolverConfig {
+    /// Name servers, asked over UDP (TCP when an answer is truncated); `None` = the
+    /// system's `/etc/resolv.conf`.
+    pub servers: Option<Vec<SocketAddr>>,
+    /// Timeout of one query to one server.
+    pub timeout: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            servers: None,
+            timeout: defaults::RESOLVER_TIMEOUT,
+        }
+    }
 }
 
 /// A client-facing listener.
@@ -306,10 +328,11 @@ pub struct HashConfig {
     pub bounded_load: Option<f64>,
 }
 
-/// One backend.
+/// One backend, or one entry of backends found by DNS (`discover`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
-    /// `host:port` as written (also the backend's label in metrics and the admin API).
+    /// `host:port` as written (also the backend's label in metrics and the admin API); for
+    /// an `srv` entry the SRV name. A backend found by discovery has its `IP:port` here.
     pub address: String,
     /// Relative share, ≥ 1.
     pub weight: u32,
@@ -317,6 +340,76 @@ pub struct BackendConfig {
     pub max_connections: Option<u64>,
     /// `wss://` to this backend, if set.
     pub tls: Option<BackendTls>,
+    /// `Some`: this entry is not a backend but stands for every backend DNS finds; its other
+    /// settings apply to each of them.
+    pub discover: Option<Discover>,
+    /// For a backend found by discovery: the entry it came from as written (the `address` of a
+    /// `discover: dns` entry, or the `srv` name); `None` for a configured backend.
+    pub discovered_from: Option<String>,
+}
+
+/// How a backend entry finds its backends in DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Discover {
+    /// `address: NAME:PORT` with `discover: dns`: every A and AAAA record of `name`, at `port`.
+    Hosts {
+        /// The host name asked for.
+        name: String,
+        /// The port of every backend found.
+        port: u16,
+        /// How often DNS is asked again.
+        refresh: Duration,
+    },
+    /// `srv: NAME`: every SRV record of `name` (port and weight from the record), each
+    /// target's A and AAAA records.
+    Srv {
+        /// The SRV name asked for (e.g. `_ws._tcp.chat.example.com`).
+        name: String,
+        /// How often DNS is asked again.
+        refresh: Duration,
+    },
+}
+
+impl Discover {
+    /// The name asked for (its label in metrics and the admin API).
+    pub fn name(&self) -> &str {
+        match self {
+            Discover::Hosts { name, .. } | Discover::Srv { name, .. } => name,
+        }
+    }
+
+    /// How often DNS is asked again.
+    pub fn refresh(&self) -> Duration {
+        match self {
+            Discover::Hosts { refresh, .. } | Discover::Srv { refresh, .. } => *refresh,
+        }
+    }
+
+    /// `dns` or `srv`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Discover::Hosts { .. } => "dns",
+            Discover::Srv { .. } => "srv",
+        }
+    }
+
+    /// The name a discovered backend's TLS certificate is checked against by default: the
+    /// host name, or the SRV name without its `_service._proto.` labels.
+    pub fn tls_name(&self) -> &str {
+        match self {
+            Discover::Hosts { name, .. } => name,
+            Discover::Srv { name, .. } => {
+                let mut rest = name.as_str();
+                while let Some((label, tail)) = rest.split_once('.') {
+                    if !label.starts_with('_') {
+                        break;
+                    }
+                    rest = tail;
+                }
+                rest
+            }
+        }
+    }
 }
 
 /// TLS to a backend.

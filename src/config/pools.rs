@@ -1,11 +1,12 @@
-//! Decoding of `pools:`: algorithms, hashing, backends, health checks, custom load and
-//! rebalancing, with the same error collection as the rest of the decoder.
+//! Decoding of `pools:`: algorithms, hashing, health checks, custom load and rebalancing
+//! (backends: `backends.rs`), with the same error collection as the rest of the decoder.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::decode::{optional, resolve, set};
-use super::validate::{check_address, did_you_mean, Ctx, Fields};
+use super::backends::decode_backends;
+use super::decode::{optional, set};
+use super::validate::{did_you_mean, Ctx, Fields};
 use super::yaml::{Node, NodeKind};
 use super::*;
 
@@ -241,72 +242,6 @@ fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {
             Err((format!("unknown hash key `{text}`; expected one of {}", forms.join(", ")), hint))
         }
     }
-}
-
-fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Option<Vec<BackendConfig>> {
-    let items = ctx.seq(node, &format!("{pool}.backends"))?;
-    if items.is_empty() {
-        ctx.error(node, format!("{pool}.backends must list at least one backend"));
-        return None;
-    }
-    let mut seen: Vec<(String, usize)> = Vec::new();
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let what = format!("{pool}.backends[{i}]");
-        let Some(f) = ctx.fields(item, &what, &["address", "weight", "max_connections", "tls"]) else {
-            continue;
-        };
-        let address = ctx.required(&f, "address", &what).and_then(|n| {
-            let text = ctx.string(n, &format!("{what}.address"))?;
-            if let Err(e) = check_address(&text) {
-                ctx.error(n, e);
-                return None;
-            }
-            let lower = text.to_ascii_lowercase();
-            match seen.iter().find(|(a, _)| *a == lower) {
-                Some((_, line)) => ctx.error(n, format!("backend `{text}` is already listed on line {line}")),
-                None => seen.push((lower, n.line)),
-            }
-            Some(text)
-        });
-        let weight = f
-            .get("weight")
-            .map_or(Some(defaults::WEIGHT), |n| ctx.u32(n, &format!("{what}.weight"), 1));
-        let max_connections = f
-            .get("max_connections")
-            .map(|n| ctx.int(n, &format!("{what}.max_connections"), 1, u64::MAX));
-        let tls = f.get("tls").map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
-        let (Some(address), Some(weight)) = (address, weight) else {
-            continue;
-        };
-        let (Some(max_connections), Some(tls)) = (optional(max_connections), tls.unwrap_or(Some(None))) else {
-            continue;
-        };
-        out.push(BackendConfig {
-            address,
-            weight,
-            max_connections,
-            tls,
-        });
-    }
-    (out.len() == items.len()).then_some(out)
-}
-
-fn decode_backend_tls(ctx: &mut Ctx, node: &Node, what: &str, base: &Path) -> Option<Option<BackendTls>> {
-    if node.as_str().is_some() {
-        return ctx.bool(node, what).map(|on| on.then(BackendTls::default));
-    }
-    let f = ctx.fields(node, what, &["ca", "server_name", "insecure_skip_verify"])?;
-    let ca = f.get("ca").map(|n| ctx.name(n, &format!("{what}.ca")).map(|p| resolve(base, p)));
-    let server_name = f.get("server_name").map(|n| ctx.name(n, &format!("{what}.server_name")));
-    let skip = f
-        .get("insecure_skip_verify")
-        .map_or(Some(false), |n| ctx.bool(n, &format!("{what}.insecure_skip_verify")));
-    Some(Some(BackendTls {
-        ca: optional(ca)?,
-        server_name: optional(server_name)?,
-        insecure_skip_verify: skip?,
-    }))
 }
 
 fn decode_health_check(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<HealthCheckConfig> {

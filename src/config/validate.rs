@@ -318,6 +318,17 @@ fn is_dns_name(host: &str) -> bool {
         })
 }
 
+/// A name SRV records may sit under: a DNS name whose labels may also start with `_`
+/// (`_ws._tcp.chat.example.com`).
+pub fn is_srv_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let plain: Vec<String> = name
+        .split('.')
+        .map(|label| label.strip_prefix('_').unwrap_or(label).to_string())
+        .collect();
+    !name.is_empty() && name.len() <= 253 && is_dns_name(&plain.join("."))
+}
+
 /// Reports a bind address used twice (port 0 excepted), at its later use in the file.
 pub fn check_binds(ctx: &mut Ctx, binds: &mut [(SocketAddr, &Node)]) {
     binds.sort_by_key(|(_, n)| (n.line, n.col));

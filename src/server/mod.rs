@@ -71,7 +71,9 @@ impl Server {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        let runtime = Runtime::build(config, None)?;
+        // Discovery entries are asked once before the pools are built (bounded).
+        let found = crate::discovery::initial(&config);
+        let runtime = Runtime::build(config, None, &found)?;
         let admin_listener = match &runtime.config.admin {
             Some(a) => Some(std::net::TcpListener::bind(a.bind).map_err(|e| format!("admin: cannot bind {}: {e}", a.bind))?),
             None => None,
@@ -148,6 +150,7 @@ impl Server {
         }
         crate::health::spawn_all(&self.shared);
         crate::reload::spawn_queue(&self.shared);
+        crate::discovery::spawn(&self.shared);
         tokio::spawn(crate::rebalance::run(self.shared.clone()));
     }
 

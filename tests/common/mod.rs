@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod control;
+pub mod dns;
 pub mod http;
 
 use std::net::SocketAddr;
