@@ -163,5 +163,8 @@ mod tests {
         let tls = all[2].tls.as_ref().unwrap();
         assert_eq!(tls.server_name.as_deref(), Some("chat.test"), "checked against the service's name");
         assert!(all.iter().all(|b| b.discover.is_none()));
+        // AAAA records: the address is written with brackets.
+        sets.insert(key("chat.test:80"), vec![found("[fd00::1]:80", 0)]);
+        assert_eq!(expand("p", &p, &sets)[1].address, "[fd00::1]:80");
     }
 }

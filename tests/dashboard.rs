@@ -139,3 +139,47 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
     })
     .await
 }
+
+#[tokio::test]
+async fn dashboard_names_the_dns_entry_of_discovered_backends() {
+    if !chromium_available() {
+        eprintln!(
+            "SKIPPED dashboard_names_the_dns_entry_of_discovered_backends: no `chromium` on PATH (apt-get install chromium; .ci/run does)"
+        );
+        return;
+    }
+    bounded(async {
+        let found = backend("found").await;
+        let fixed = backend("fixed").await;
+        let dns = common::dns::Dns::start();
+        dns.set_addrs("dash.sy.test.", &["127.0.0.1"]).await;
+        let entry = format!("dash.sy.test:{}", found.addr.port());
+        let p = Proxy::start(&format!(
+            "{}      - address: \"{entry}\"\n        discover: dns\n        refresh: 1s\nadmin:\n  bind: \"127.0.0.1:0\"\n{}",
+            config("round_robin", &[fixed.addr], ""),
+            dns.resolver_yaml("1s")
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("profile");
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut browser = Browser::start(&profile).expect("chromium starts");
+        let port = browser.devtools_port(&profile).await;
+        let mut cdp = Cdp::open(port).await;
+        cdp.viewport(1280, 700, 1.0, false).await;
+        cdp.call("Page.navigate", json!({ "url": format!("http://{}/", p.admin()) })).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let source = |addr: String| {
+            format!(r#"[...document.querySelectorAll('[data-pool="p"] [data-backend]')].find(e => e.dataset.backend === {addr:?})?.querySelector('.source')?.textContent ?? null"#)
+        };
+        assert_eq!(cdp.eval(&source(found.addr.to_string())).await, format!("via DNS {entry}"));
+        assert_eq!(cdp.eval(&source(fixed.addr.to_string())).await, "", "a configured backend names no entry");
+        let summary = cdp.eval(r#"document.querySelector('[data-pool="p"] .pool-discovery').textContent"#).await;
+        assert_eq!(summary, format!("DNS {entry}: 1 found"));
+        let shots = std::env::var_os("DASHBOARD_SCREENSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
+        let shot = shots.join("dashboard-discovery.png");
+        let size = cdp.screenshot(&shot).await;
+        eprintln!("dashboard screenshot: {} ({size} bytes)", shot.display());
+        drop(browser);
+    })
+    .await
+}

@@ -435,13 +435,13 @@ async fn reloads_keep_discovered_backends_and_the_entry_follows_the_config() {
         let other = backend("other").await;
         let dns = Dns::start();
         dns.set_addrs("keep.sy.test.", &["127.0.0.1", "127.0.0.8"]).await;
-        let resolver = dns.resolver_yaml("1s");
-        let yaml = |entries: &str, bind: &str| {
+        let yaml = |entries: &str, bind: &str, timeout: &str| {
+            let resolver = dns.resolver_yaml(timeout);
             discovery_config("round_robin", entries, "", &format!("limits:\n  drain_timeout: 200ms\n{resolver}"))
                 .replace("bind: \"127.0.0.1:0\"\n    routes", &format!("bind: \"{bind}\"\n    routes"))
         };
         let dir = tempfile::tempdir().unwrap();
-        let (p, path) = Proxy::start_file(dir.path(), &yaml(&dns_entry("keep.sy.test", port, "200ms"), "127.0.0.1:0"));
+        let (p, path) = Proxy::start_file(dir.path(), &yaml(&dns_entry("keep.sy.test", port, "200ms"), "127.0.0.1:0", "1s"));
         let bind = p.addr.to_string();
         let found: Vec<_> = (0..2).map(|i| p.backend(i)).collect();
         let mut clients = Vec::new();
@@ -457,14 +457,15 @@ async fn reloads_keep_discovered_backends_and_the_entry_follows_the_config() {
         };
 
         // The same config again: nothing is drained or rebuilt.
-        std::fs::write(&path, yaml(&dns_entry("keep.sy.test", port, "200ms"), &bind)).unwrap();
+        std::fs::write(&path, yaml(&dns_entry("keep.sy.test", port, "200ms"), &bind, "1s")).unwrap();
         switchyard::reload::reload(&p.server.shared).expect("reload ok");
         assert!(same_objects(&p));
-        // Another refresh: the entry's task restarts with it; the backends stay.
-        std::fs::write(&path, yaml(&dns_entry("keep.sy.test", port, "400ms"), &bind)).unwrap();
+        // Another refresh and resolver timeout: the entry's task restarts with them (a new
+        // resolver); the backends stay.
+        std::fs::write(&path, yaml(&dns_entry("keep.sy.test", port, "400ms"), &bind, "2s")).unwrap();
         switchyard::reload::reload(&p.server.shared).expect("reload ok");
         assert!(same_objects(&p));
-        // A record added after that reload is found at the new period.
+        // A record removed after that reload is seen by the restarted task.
         dns.set_addrs("keep.sy.test.", &["127.0.0.1"]).await;
         assert!(eventually(T, || pool_addrs(&p).len() == 1).await.is_some());
         let (name8, ws8) = clients.iter_mut().find(|(n, _)| n == "b8").expect("a client on b8");
@@ -479,7 +480,7 @@ async fn reloads_keep_discovered_backends_and_the_entry_follows_the_config() {
         // The entry removed: its backends drain with 1012, and it is no longer asked.
         let mut on_found = connect(&p.url("/")).await;
         let _ = ask(&mut on_found, "whoami").await;
-        std::fs::write(&path, yaml(&format!("      - address: \"{}\"\n", other.addr), &bind)).unwrap();
+        std::fs::write(&path, yaml(&format!("      - address: \"{}\"\n", other.addr), &bind, "2s")).unwrap();
         switchyard::reload::reload(&p.server.shared).expect("reload ok");
         assert_eq!(expect_close(&mut on_found).await.0, 1012);
         assert_eq!(pool_addrs(&p), [other.addr.to_string()]);
