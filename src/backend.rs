@@ -177,6 +177,7 @@ impl Backend {
                 weight,
                 max_connections: None,
                 tls: None,
+                proxy_protocol: None,
             },
         )
     }

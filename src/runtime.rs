@@ -210,7 +210,11 @@ impl Runtime {
             let mut tls = HashMap::new();
             let slow_ms = pc.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
             for bc in &pc.backends {
-                let kept = old.and_then(|o| o.backend(&bc.address)).filter(|b| b.config.tls == bc.tls);
+                // How the backend is spoken to (TLS, PROXY header) is part of what it is: a
+                // change makes a new backend, so a connection never uses a stale setting.
+                let kept = old
+                    .and_then(|o| o.backend(&bc.address))
+                    .filter(|b| b.config.tls == bc.tls && b.config.proxy_protocol == bc.proxy_protocol);
                 let b = match kept {
                     Some(b) => b.clone(),
                     None => {

@@ -28,6 +28,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// `limits.keepalive_timeout` (plain HTTP: idle client keep-alive connection).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `limits.max_connections_per_client` (0 = no limit).
+pub const MAX_CONNECTIONS_PER_CLIENT: u64 = 0;
+/// `limits.max_connections_per_client_per_second` (0 = no limit).
+pub const MAX_CONNECTIONS_PER_CLIENT_PER_SECOND: u64 = 0;
 /// `pools.*.sticky.secret` when absent: stable across instances, but guessable.
 pub const STICKY_SECRET: &str = "switchyard";
 /// `shedding.close_code`.

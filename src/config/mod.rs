@@ -3,6 +3,7 @@
 //! Every default lives in [`defaults`]; every problem found is reported at once, each
 //! with its line and column ([`ConfigError`]).
 
+mod cidr;
 mod decode;
 pub mod defaults;
 mod pools;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cidr::{any_contains, Cidr};
 pub use decode::parse;
 pub use units::{parse_duration, parse_size};
 
@@ -126,6 +128,9 @@ pub struct ListenerConfig {
     pub routes: Vec<Route>,
     /// Allowed `Origin` values; `None` = any.
     pub allowed_origins: Option<Vec<String>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), accepted only from
+    /// `limits.trusted_proxies`.
+    pub proxy_protocol: bool,
 }
 
 /// Certificates a TLS listener serves (`tls: {cert, key}` is one entry with no SNI names).
@@ -317,6 +322,15 @@ pub struct BackendConfig {
     pub max_connections: Option<u64>,
     /// `wss://` to this backend, if set.
     pub tls: Option<BackendTls>,
+    /// Each connection to it starts with a PROXY protocol header carrying the client.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// The PROXY protocol version the balancer sends to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// The binary header (haproxy.org proxy-protocol.txt §2.2).
+    V2,
 }
 
 /// TLS to a backend.
@@ -411,6 +425,13 @@ pub struct Limits {
     pub max_request_body_bytes: u64,
     /// Plain HTTP: an idle keep-alive client connection is closed after this.
     pub keepalive_timeout: Duration,
+    /// Live connections per client (IPv4 address or IPv6 /64); 0 = no limit.
+    pub max_connections_per_client: u64,
+    /// New connections per second per client (token bucket, burst = one second's worth);
+    /// 0 = no limit.
+    pub max_connections_per_client_per_second: u64,
+    /// Peers whose `X-Forwarded-For` and PROXY protocol header are believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// `shedding:`.
@@ -469,6 +490,9 @@ impl Default for Limits {
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_request_body_bytes: defaults::MAX_REQUEST_BODY_BYTES,
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
+            max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
+            max_connections_per_client_per_second: defaults::MAX_CONNECTIONS_PER_CLIENT_PER_SECOND,
+            trusted_proxies: Vec::new(),
         }
     }
 }

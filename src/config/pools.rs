@@ -253,7 +253,7 @@ fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Optio
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let what = format!("{pool}.backends[{i}]");
-        let Some(f) = ctx.fields(item, &what, &["address", "weight", "max_connections", "tls"]) else {
+        let Some(f) = ctx.fields(item, &what, &["address", "weight", "max_connections", "tls", "proxy_protocol"]) else {
             continue;
         };
         let address = ctx.required(&f, "address", &what).and_then(|n| {
@@ -276,7 +276,17 @@ fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Optio
             .get("max_connections")
             .map(|n| ctx.int(n, &format!("{what}.max_connections"), 1, u64::MAX));
         let tls = f.get("tls").map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
+        let proxy_protocol = f.get("proxy_protocol").map(|n| {
+            ctx.choice(
+                n,
+                &format!("{what}.proxy_protocol version"),
+                &[("v2", ProxyProtocolVersion::V2)],
+            )
+        });
         let (Some(address), Some(weight)) = (address, weight) else {
+            continue;
+        };
+        let Some(proxy_protocol) = optional(proxy_protocol) else {
             continue;
         };
         let (Some(max_connections), Some(tls)) = (optional(max_connections), tls.unwrap_or(Some(None))) else {
@@ -287,6 +297,7 @@ fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Optio
             weight,
             max_connections,
             tls,
+            proxy_protocol,
         });
     }
     (out.len() == items.len()).then_some(out)
