@@ -16,6 +16,7 @@ pub mod http;
 pub mod limits;
 pub mod listeners;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod rebalance;
 pub mod relay;
 pub mod reload;

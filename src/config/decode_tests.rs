@@ -422,7 +422,10 @@ fn client_address_settings() {
     // Defaults: off, nothing trusted.
     let d = parse(MINIMAL, Path::new("")).unwrap();
     assert!(!d.listeners[0].proxy_protocol && d.limits.trusted_proxies.is_empty());
-    assert_eq!(d.limits.max_connections_per_client + d.limits.max_connections_per_client_per_second, 0);
+    assert_eq!(
+        d.limits.max_connections_per_client + d.limits.max_connections_per_client_per_second,
+        0
+    );
 
     let bad = yaml
         .replace("proxy_protocol: v2", "proxy_protocol: v3")

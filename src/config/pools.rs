@@ -276,13 +276,9 @@ fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Optio
             .get("max_connections")
             .map(|n| ctx.int(n, &format!("{what}.max_connections"), 1, u64::MAX));
         let tls = f.get("tls").map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
-        let proxy_protocol = f.get("proxy_protocol").map(|n| {
-            ctx.choice(
-                n,
-                &format!("{what}.proxy_protocol version"),
-                &[("v2", ProxyProtocolVersion::V2)],
-            )
-        });
+        let proxy_protocol = f
+            .get("proxy_protocol")
+            .map(|n| ctx.choice(n, &format!("{what}.proxy_protocol version"), &[("v2", ProxyProtocolVersion::V2)]));
         let (Some(address), Some(weight)) = (address, weight) else {
             continue;
         };
