@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod conns;
