@@ -279,7 +279,7 @@ pub struct PoolConfig {
 /// Where the hash key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
-    /// The client's IP address (after TCP; no trust of X-Forwarded-For).
+    /// The client's IP address (`client_addr`: the peer, or what a trusted proxy names).
     ClientIp,
     /// A request header.
     Header(String),
