@@ -193,13 +193,14 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, mut sock: TcpS
         }
         // A keep-alive connection from a trusted proxy carries requests of many clients:
         // each request is counted for its own client instead (`plain`).
-        let own = (!any_contains(&limits.trusted_proxies, peer.addr.ip())).then_some(peer.addr.ip());
+        let per_request = any_contains(&limits.trusted_proxies, peer.addr.ip());
+        let own = (!per_request).then_some(peer.addr.ip());
         return match shared
             .admission
             .admit(pending, own, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
         {
             Ok(slot) => {
-                super::plain::serve(shared.clone(), listener.clone(), stream, buf, slot, peer).await;
+                super::plain::serve(shared.clone(), listener.clone(), stream, buf, slot, peer, per_request).await;
                 None
             }
             Err(reason) => {

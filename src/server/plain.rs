@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use super::connection::{self, linger, shed_close, shed_head};
 use super::upgrade::{self, Admit, Answer, Prepared};
 use crate::client_addr::{resolve, Peer};
-use crate::config::{any_contains, HttpMode, ListenerConfig};
+use crate::config::{HttpMode, ListenerConfig};
 use crate::handshake::{header, wants_websocket, Refusal};
 use crate::http::body::{Limited, RequestTally};
 use crate::http::client::Pinned;
@@ -66,14 +66,23 @@ enum PendingUpgrade {
 }
 
 /// Serves a plain HTTP connection until it closes, upgrades or the balancer drains.
-/// `read` holds what was read while looking at the first request head.
-pub(super) async fn serve(shared: Arc<Shared>, listener: Arc<str>, stream: Stream, read: Vec<u8>, slot: Slot, peer: Peer) {
+/// `read` holds what was read while looking at the first request head; `per_request`: the
+/// peer is a trusted proxy, and `slot` counts for no client.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: Stream,
+    read: Vec<u8>,
+    slot: Slot,
+    peer: Peer,
+    per_request: bool,
+) {
     let limits = shared.runtime.load().config.limits.clone();
     let cx = Arc::new(ClientConn {
         shared: shared.clone(),
         listener: listener.clone(),
         peer,
-        per_request: any_contains(&limits.trusted_proxies, peer.addr.ip()),
+        per_request,
         tls: stream.is_tls(),
         pinned: Arc::new(Pinned::default()),
         upgrade: Mutex::new(None),
