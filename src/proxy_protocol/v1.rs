@@ -45,10 +45,12 @@ const TCP6_FIELDS: [Field; 4] = [Field::Ip6, Field::Ip6, Field::Port, Field::Por
 /// Parses a v1 header at the start of `buf` (which starts with `P`).
 pub(super) fn parse(buf: &[u8]) -> Result<Header, ParseError> {
     let window = &buf[..buf.len().min(V1_MAX)];
-    if let Some(end) = window.windows(2).position(|w| w == b"\r\n") {
-        return match v1_line(&buf[..end]) {
+    if let Some(lf) = window.iter().position(|&c| c == b'\n') {
+        // The line ends at the first `\n`, which must follow a `\r`.
+        let line = lf.checked_sub(1).filter(|&cr| buf[cr] == b'\r').map(|cr| &buf[..cr]);
+        return match line.and_then(v1_line) {
             Some(addresses) => Ok(Header {
-                len: end + 2,
+                len: lf + 1,
                 version: Version::V1,
                 addresses,
             }),
@@ -79,7 +81,9 @@ fn v1_line(line: &[u8]) -> Option<Option<Addresses>> {
     if parts.next().is_some() {
         return None;
     }
-    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+    fn text(b: &[u8]) -> Option<&str> {
+        std::str::from_utf8(b).ok()
+    }
     let (src, dst): (IpAddr, IpAddr) = match proto {
         b"TCP4" => (
             text(src)?.parse::<Ipv4Addr>().ok()?.into(),
@@ -99,10 +103,17 @@ fn v1_line(line: &[u8]) -> Option<Option<Addresses>> {
 
 /// A decimal port, 1 to 5 digits.
 fn port(b: &[u8]) -> Option<u16> {
-    if b.is_empty() || b.len() > 5 || !b.iter().all(u8::is_ascii_digit) {
+    if b.is_empty() || b.len() > 5 {
         return None;
     }
-    std::str::from_utf8(b).ok()?.parse().ok()
+    let mut n: u32 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(c - b'0');
+    }
+    u16::try_from(n).ok()
 }
 
 /// For a v1 line without its `\r\n` yet: the fewest bytes any valid completion still has,
@@ -148,19 +159,22 @@ fn v1_needs(buf: &[u8]) -> Result<usize, ParseError> {
         _ => return invalid(Invalid::Malformed),
     };
     // Every field before the last one is whole; the last one may be partial.
-    let seen: Vec<&[u8]> = std::iter::once(first_field).chain(tokens).collect();
-    if seen.len() > fields.len() {
-        return invalid(Invalid::Malformed);
-    }
-    let last = seen.len() - 1;
-    for (i, (text, field)) in seen.iter().zip(fields).enumerate() {
-        let whole_ok = field.min() <= text.len();
-        if text.len() > field.max() || !text.iter().all(|&c| field.allows(c)) || (i < last && !whole_ok) {
+    let mut last = (0, first_field);
+    for (i, text) in std::iter::once(first_field).chain(tokens).enumerate() {
+        let Some(field) = fields.get(i) else {
+            return invalid(Invalid::Malformed);
+        };
+        // The field before this one had to be whole.
+        if i > 0 && last.1.len() < fields[i - 1].min() {
             return invalid(Invalid::Malformed);
         }
+        if text.len() > field.max() || !text.iter().all(|&c| field.allows(c)) {
+            return invalid(Invalid::Malformed);
+        }
+        last = (i, text);
     }
-    let partial = seen[last].len();
-    let this = fields[last].min().saturating_sub(partial);
-    let later: usize = fields[last + 1..].iter().map(|f| 1 + f.min()).sum();
+    let (i, partial) = last;
+    let this = fields[i].min().saturating_sub(partial.len());
+    let later: usize = fields[i + 1..].iter().map(|f| 1 + f.min()).sum();
     Ok(this + later + 2)
 }
