@@ -179,6 +179,7 @@ impl Backend {
                 tls: None,
                 discover: None,
                 discovered_from: None,
+                proxy_protocol: None,
             },
         )
     }

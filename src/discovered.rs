@@ -83,6 +83,7 @@ fn found_backend(entry: &BackendConfig, discover: &Discover, f: &Found, address:
         tls,
         discover: None,
         discovered_from: Some(entry.address.clone()),
+        proxy_protocol: entry.proxy_protocol,
     }
 }
 
@@ -121,6 +122,7 @@ mod tests {
             tls: None,
             discover,
             discovered_from: None,
+            proxy_protocol: None,
         }
     }
 

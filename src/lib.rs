@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod conns;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod limits;
 pub mod listeners;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod rebalance;
 pub mod relay;
 pub mod reload;

@@ -329,12 +329,27 @@ pub fn reload(ok: bool) {
 
 /// Pre-registers the label-free-ish series so `/metrics` shows them from the start.
 pub fn describe() {
-    for r in ["max_connections", "rate", "no_backend", "backend_full", "idle", "local_resources"] {
+    for r in [
+        "max_connections",
+        "rate",
+        "no_backend",
+        "backend_full",
+        "idle",
+        "local_resources",
+        "per_client",
+        "client_table_full",
+    ] {
         counter!("switchyard_shed_total", "reason" => r).increment(0);
     }
     for r in ["ok", "error"] {
         counter!("switchyard_config_reloads_total", "result" => r).increment(0);
     }
+}
+
+/// Counts a connection closed on a `proxy_protocol` listener before its request: the
+/// header was missing, malformed, too long, late, cut short, or came from an untrusted peer.
+pub fn proxy_protocol_error(reason: &'static str) {
+    counter!("switchyard_proxy_protocol_errors_total", "reason" => reason).increment(1);
 }
 
 /// Counts rebalancing moves whose clients did not come back within the reconnect window.

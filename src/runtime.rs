@@ -172,7 +172,11 @@ impl PreparedPool {
         for bc in &settings {
             let kept = old
                 .and_then(|o| o.backend(&bc.address))
-                .filter(|b| b.config.tls == bc.tls && b.config.discovered_from == bc.discovered_from);
+                // How the backend is spoken to (TLS, PROXY header) is part of what it is: a
+                // change makes a new backend, so a connection never uses a stale setting.
+                .filter(|b| {
+                    b.config.tls == bc.tls && b.config.discovered_from == bc.discovered_from && b.config.proxy_protocol == bc.proxy_protocol
+                });
             let b = match kept {
                 Some(b) => b.clone(),
                 None => {

@@ -1,6 +1,7 @@
-//! Opening the backend side: pick, connect (bounded), forward the rewritten upgrade
-//! request, verify the backend's 101, and move on to the next backend when one fails
-//! before its 101 (the client never sees a single dead backend).
+//! Opening the backend side: pick, connect (bounded; a PROXY protocol header first for a
+//! backend with `proxy_protocol: v2`), forward the rewritten upgrade request, verify the
+//! backend's 101, and move on to the next backend when one fails before its 101 (the client
+//! never sees a single dead backend).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -11,9 +12,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::{ActiveGuard, Backend};
+use crate::client_addr::ClientAddr;
 use crate::clock;
 use crate::handshake::{accept_key, any_has_token, header, read_head};
 use crate::limits::ShedReason;
+use crate::proxy_protocol::{Addresses, V2Header};
 use crate::runtime::Pool;
 use crate::stream::Stream;
 
@@ -63,8 +66,10 @@ pub struct ClientRequest<'a> {
     pub host: &'a str,
     /// `Sec-WebSocket-Key`.
     pub key: &'a str,
-    /// Client address.
-    pub peer: SocketAddr,
+    /// The client.
+    pub client: &'a ClientAddr,
+    /// What the client connected to (the destination in a backend's PROXY header).
+    pub local: SocketAddr,
     /// Whether the client connection is TLS.
     pub tls: bool,
 }
@@ -76,14 +81,18 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..pool.config.max_attempts.max(1) {
         let (i, sticky) = pool
-            .pick_next(req.peer.ip(), req.target, req.headers, &mut tried)
+            .pick_next(req.client.ip(), req.target, req.headers, &mut tried)
             .map_err(UpstreamError::Exhausted)?;
         let backend = &pool.backends[i];
         // Count the connection on the backend from the first attempt, so concurrent picks
         // see it (least-connections) and `max_connections` cannot be overshot by a burst.
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
-        match tokio::time::timeout(pool.config.connect_timeout, attempt(pool, backend, &head)).await {
+        let for_client = Addresses {
+            source: req.client.addr,
+            destination: req.local,
+        };
+        match tokio::time::timeout(pool.config.connect_timeout, attempt(pool, backend, for_client, &head)).await {
             Ok(Ok((stream, response, head_len))) => match verify(&response[..head_len], &expected) {
                 Ok(rsv_allowed) => {
                     backend.observe_latency(started.elapsed().as_secs_f64(), clock::now_ms(), LATENCY_TAU_MS);
@@ -139,8 +148,8 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
 }
 
 /// Connects, sends the head, reads the answer's head.
-async fn attempt(pool: &Pool, backend: &Arc<Backend>, head: &[u8]) -> std::io::Result<(Stream, Vec<u8>, usize)> {
-    let mut stream = connect(pool, backend).await?;
+async fn attempt(pool: &Pool, backend: &Arc<Backend>, for_client: Addresses, head: &[u8]) -> std::io::Result<(Stream, Vec<u8>, usize)> {
+    let mut stream = connect(pool, backend, Some(for_client)).await?;
     stream.write_all(head).await?;
     let (buf, end) = read_head(&mut stream, MAX_RESPONSE_HEAD).await.map_err(std::io::Error::other)?;
     Ok((stream, buf, end))
@@ -160,10 +169,20 @@ fn is_tls_error(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
-/// TCP (and TLS when configured) connection to a backend.
-pub async fn connect(pool: &Pool, backend: &Backend) -> std::io::Result<Stream> {
-    let tcp = TcpStream::connect(backend.address.as_str()).await?;
+/// TCP (and TLS when configured) connection to a backend. A backend with `proxy_protocol`
+/// first gets a v2 header (before TLS, as the specification wants): `PROXY` with the
+/// client's addresses, or `LOCAL` for the balancer's own connections (`for_client: None`:
+/// health checks, load polls), which the backend must accept as its peer's.
+pub async fn connect(pool: &Pool, backend: &Backend, for_client: Option<Addresses>) -> std::io::Result<Stream> {
+    let mut tcp = TcpStream::connect(backend.address.as_str()).await?;
     crate::stream::tune_tcp(&tcp, pool.tcp_keepalive);
+    if backend.config.proxy_protocol.is_some() {
+        let header = match for_client {
+            Some(a) => V2Header::proxy(a.source, a.destination),
+            None => V2Header::local(),
+        };
+        tcp.write_all(header.as_bytes()).await?;
+    }
     match pool.tls_for(&backend.address) {
         None => Ok(Stream::Tcp(tcp)),
         Some((connector, name)) => {
@@ -173,39 +192,33 @@ pub async fn connect(pool: &Pool, backend: &Backend) -> std::io::Result<Stream> 
     }
 }
 
-/// The request the backend gets: the client's, plus `X-Forwarded-For`,
-/// `X-Forwarded-Proto` and `Forwarded` (RFC 7239).
+/// The request the backend gets: the client's, with `X-Forwarded-For` (the client last,
+/// see [`ClientAddr::forwarded_for`]), `X-Forwarded-Proto` (replaced) and `Forwarded`
+/// (RFC 7239, this hop's element appended). A list sent on several lines is one list
+/// (RFC 9110 §5.3), written back as one line.
 fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    let ip = req.peer.ip();
     let proto = crate::http::headers::scheme(req.tls);
     let _ = write!(out, "GET {} HTTP/1.1\r\n", req.target);
-    let mut xff_done = false;
-    let mut fwd_done = false;
-    let fwd_elem = crate::http::headers::forwarded_element(ip, req.tls, req.host);
+    let mut forwarded = Vec::new();
     for h in req.headers {
-        if h.name.eq_ignore_ascii_case("x-forwarded-proto") {
+        if h.name.eq_ignore_ascii_case("x-forwarded-proto") || h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            continue;
+        }
+        if h.name.eq_ignore_ascii_case("forwarded") {
+            forwarded.extend_from_slice(h.value.trim_ascii());
+            forwarded.extend_from_slice(b", ");
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") && !xff_done {
-            let _ = write!(out, ", {ip}");
-            xff_done = true;
-        } else if h.name.eq_ignore_ascii_case("forwarded") && !fwd_done {
-            let _ = write!(out, ", {fwd_elem}");
-            fwd_done = true;
-        }
         out.extend_from_slice(b"\r\n");
     }
-    if !xff_done {
-        let _ = write!(out, "X-Forwarded-For: {ip}\r\n");
-    }
-    if !fwd_done {
-        let _ = write!(out, "Forwarded: {fwd_elem}\r\n");
-    }
-    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n\r\n");
+    let _ = write!(out, "X-Forwarded-For: {}\r\nForwarded: ", req.client.forwarded_for);
+    out.extend_from_slice(&forwarded);
+    let elem = crate::http::headers::forwarded_element(req.client.ip(), req.tls, req.host);
+    let _ = write!(out, "{elem}\r\nX-Forwarded-Proto: {proto}\r\n\r\n");
     out
 }
 
@@ -271,12 +284,15 @@ mod tests {
                 value: b"chat",
             },
         ];
+        let peer = crate::client_addr::Peer::socket("192.0.2.7:5".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+        let client = crate::client_addr::resolve(&peer, &hs, &[]);
         let req = ClientRequest {
             headers: &hs,
             target: "/a?b",
             host: "h",
             key: "k",
-            peer: "192.0.2.7:5".parse().unwrap(),
+            client: &client,
+            local: peer.local,
             tls: false,
         };
         let out = String::from_utf8(rewrite_request(&req)).unwrap();

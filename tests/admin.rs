@@ -338,3 +338,31 @@ async fn public_metrics_are_readable_without_the_token() {
     })
     .await
 }
+
+/// The only test of this binary that sheds by a per-client limit: the count is exact.
+#[tokio::test]
+async fn per_client_sheds_are_counted_exactly_by_reason() {
+    bounded(async {
+        let b = backend("b").await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[b.addr],
+            &format!("{ADMIN}limits:\n  max_connections_per_client: 1\n"),
+        ));
+        let (_, before) = http_get(p.admin(), "/metrics").await;
+        let mut held = connect_via("127.0.0.1", &p.url("/"), b"", &[]).await;
+        assert_eq!(ask(&mut held, "x").await, "x");
+        for _ in 0..3 {
+            let mut ws = connect_via("127.0.0.1", &p.url("/"), b"", &[]).await;
+            assert_eq!(expect_close(&mut ws).await.0, 1013);
+        }
+        // Plain HTTP from the same client is shed by the same limit.
+        let (code, _) = http_get(p.addr, "/").await;
+        assert_eq!(code, 503);
+        let (_, after) = http_get(p.admin(), "/metrics").await;
+        let per_client = |m: &str| series(m, "switchyard_shed_total", &[("reason", "per_client")]);
+        assert_eq!(per_client(&after) - per_client(&before), 4.0, "{after}");
+        assert!(after.contains("switchyard_shed_total{reason=\"client_table_full\"} 0"), "{after}");
+    })
+    .await
+}

@@ -196,3 +196,100 @@ proptest! {
         }
     }
 }
+
+// ---- PROXY protocol headers (src/proxy_protocol.rs) ----
+
+use std::net::{IpAddr, SocketAddr};
+use switchyard::proxy_protocol::{self as pp, ParseError, V2Header};
+
+/// A valid header and the source address it carries (`None`: the socket's stands).
+fn proxy_header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
+    let v4 = (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port));
+    let v6 = (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port));
+    let any_addr = prop_oneof![v4.clone(), v6.clone()];
+    let tlvs = proptest::collection::vec(any::<u8>(), 0..300);
+    prop_oneof![
+        (v4.clone(), v4).prop_map(|(s, d)| {
+            let line = format!("PROXY TCP4 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port());
+            (line.into_bytes(), Some(s))
+        }),
+        (v6.clone(), v6).prop_map(|(s, d)| {
+            let line = format!("PROXY TCP6 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port());
+            (line.into_bytes(), Some(s))
+        }),
+        "[ -~]{0,80}".prop_map(|rest| {
+            let line = if rest.is_empty() {
+                "PROXY UNKNOWN\r\n".to_string()
+            } else {
+                format!("PROXY UNKNOWN {rest}\r\n")
+            };
+            (line.into_bytes(), None)
+        }),
+        (any_addr.clone(), any_addr, tlvs.clone()).prop_map(|(s, d, tlvs)| {
+            let mut h = V2Header::proxy(s, d).as_bytes().to_vec();
+            let len = u16::from_be_bytes([h[14], h[15]]) + tlvs.len() as u16;
+            h[14..16].copy_from_slice(&len.to_be_bytes());
+            h.extend(tlvs);
+            (h, Some(s))
+        }),
+        (0u8..4, 0u8..3, tlvs).prop_map(|(family, transport, body)| {
+            // LOCAL: whatever the family and body, the socket's endpoints stand.
+            let mut h = V2Header::local().as_bytes().to_vec();
+            h[13] = family << 4 | transport;
+            h[14..16].copy_from_slice(&(body.len() as u16).to_be_bytes());
+            h.extend(body);
+            (h, None)
+        }),
+    ]
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn proxy_header_round_trips_and_every_truncation_is_incomplete(
+        (header, source) in proxy_header(),
+        after in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut bytes = header.clone();
+        bytes.extend(&after);
+        let h = pp::parse(&bytes).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(h.len, header.len(), "the bytes after the header are not the header's");
+        prop_assert_eq!(h.addresses.map(|a| canonical(a.source)), source.map(canonical));
+        for cut in 0..header.len() {
+            match pp::parse(&header[..cut]) {
+                // Never asks for a byte past the header: a reader taking exactly what is asked
+                // leaves the request that follows in the socket.
+                Err(ParseError::Incomplete(n)) => prop_assert!(n >= 1 && cut + n <= header.len(), "cut {} asks {}", cut, n),
+                other => prop_assert!(false, "cut {}: {:?}", cut, other),
+            }
+        }
+        // What `read` does: take exactly what is asked until the header is whole.
+        let mut have = 0;
+        loop {
+            match pp::parse(&bytes[..have]) {
+                Ok(h) => { prop_assert_eq!(h.len, have); break; }
+                Err(ParseError::Incomplete(n)) => have += n,
+                Err(e) => prop_assert!(false, "{:?}", e),
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_parser_never_panics_nor_asks_past_the_bounds(
+        prefix in prop_oneof![Just(&b""[..]), Just(&b"PROXY "[..]), Just(&b"PROXY TCP4 "[..]), Just(&b"PROXY TCP6 "[..]), Just(&pp::V2_SIGNATURE[..])],
+        tail in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut bytes = prefix.to_vec();
+        bytes.extend(tail);
+        match pp::parse(&bytes) {
+            Ok(h) => prop_assert!(h.len <= bytes.len()),
+            Err(ParseError::Incomplete(n)) => prop_assert!(n >= 1 && bytes.len() + n <= pp::V2_MAX),
+            Err(ParseError::Invalid(_)) => {}
+        }
+    }
+}

@@ -122,6 +122,42 @@ async fn wss_is_terminated_with_sni_selection_and_forwarded_proto_https() {
     .await
 }
 
+#[tokio::test]
+async fn a_proxy_protocol_header_comes_before_tls() {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let (crt, key) = pki.leaf("a", &["a.test"], false);
+        let b = backend("b").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    proxy_protocol: true\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\nlimits:\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
+            crt.display(),
+            key.display(),
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+        let header = switchyard::proxy_protocol::V2Header::proxy("198.51.100.7:40000".parse().unwrap(), p.addr);
+        tcp.write_all(header.as_bytes()).await.unwrap();
+        let tls = pki
+            .connector()
+            .connect(ServerName::try_from("a.test".to_string()).unwrap(), tcp)
+            .await
+            .expect("TLS right after the header");
+        let (mut ws, _) = tokio_tungstenite::client_async("wss://a.test/", tls).await.unwrap();
+        ws.send(Message::text("behind a header")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
+            "behind a header"
+        );
+        let h = b.last_headers.lock().unwrap().clone();
+        assert!(h.iter().any(|(k, v)| k == "x-forwarded-for" && v == "198.51.100.7"), "{h:?}");
+        assert!(h.iter().any(|(k, v)| k == "x-forwarded-proto" && v == "https"), "{h:?}");
+    })
+    .await
+}
+
 /// A wss:// echo backend with this certificate.
 async fn tls_backend(cert: &Path, key: &Path) -> std::net::SocketAddr {
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).unwrap()))

@@ -9,7 +9,16 @@ use super::validate::{check_address, is_srv_name, Ctx, Fields};
 use super::yaml::Node;
 use super::*;
 
-const BACKEND_KEYS: &[&str] = &["address", "srv", "discover", "refresh", "weight", "max_connections", "tls"];
+const BACKEND_KEYS: &[&str] = &[
+    "address",
+    "srv",
+    "discover",
+    "refresh",
+    "weight",
+    "max_connections",
+    "tls",
+    "proxy_protocol",
+];
 
 pub(super) fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Path) -> Option<Vec<BackendConfig>> {
     let items = ctx.seq(node, &format!("{pool}.backends"))?;
@@ -48,7 +57,13 @@ pub(super) fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Pat
             .map(|n| ctx.int(n, &format!("{what}.max_connections"), 1, u64::MAX));
         let tls = f.get("tls").map(|n| decode_backend_tls(ctx, n, &format!("{what}.tls"), base));
         let discover = target.as_ref().and_then(|(a, _)| decode_discover(ctx, &f, &what, a));
+        let proxy_protocol = f
+            .get("proxy_protocol")
+            .map(|n| ctx.choice(n, &format!("{what}.proxy_protocol version"), &[("v2", ProxyProtocolVersion::V2)]));
         let (Some((address, _)), Some(weight), Some(discover)) = (target, weight, discover) else {
+            continue;
+        };
+        let Some(proxy_protocol) = optional(proxy_protocol) else {
             continue;
         };
         let (Some(max_connections), Some(tls)) = (optional(max_connections), tls.unwrap_or(Some(None))) else {
@@ -61,6 +76,7 @@ pub(super) fn decode_backends(ctx: &mut Ctx, node: &Node, pool: &str, base: &Pat
             tls,
             discover,
             discovered_from: None,
+            proxy_protocol,
         });
     }
     (out.len() == items.len()).then_some(out)

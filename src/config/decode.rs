@@ -13,7 +13,7 @@ use super::yaml::{parse_tree, Node, NodeKind};
 use super::*;
 
 const TOP_KEYS: &[&str] = &["listeners", "admin", "pools", "limits", "shedding", "process", "resolver"];
-const LISTENER_KEYS: &[&str] = &["name", "bind", "tls", "routes", "allowed_origins"];
+const LISTENER_KEYS: &[&str] = &["name", "bind", "tls", "routes", "allowed_origins", "proxy_protocol"];
 const LIMITS_KEYS: &[&str] = &[
     "max_connections",
     "max_connections_per_second",
@@ -30,6 +30,9 @@ const LIMITS_KEYS: &[&str] = &[
     "keepalive_timeout",
     "tcp_keepalive",
     "backend_ping_interval",
+    "max_connections_per_client",
+    "max_connections_per_client_per_second",
+    "trusted_proxies",
 ];
 /// Close codes a peer must never send (RFC 6455 §7.4.1).
 const RESERVED_CLOSE_CODES: [u64; 4] = [1004, 1005, 1006, 1015];
@@ -97,9 +100,10 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
     let f = ctx.fields(root, "the config", TOP_KEYS)?;
     let mut pool_refs = Vec::new();
     let mut binds = Vec::new();
+    let mut proxied = Vec::new();
     let listeners = ctx
         .required(&f, "listeners", "the config")
-        .and_then(|n| decode_listeners(ctx, n, base, &mut pool_refs, &mut binds));
+        .and_then(|n| decode_listeners(ctx, n, base, &mut pool_refs, &mut binds, &mut proxied));
     let admin = f.get("admin").map(|n| decode_admin(ctx, n, base, &mut binds));
     let pools_node = ctx.required(&f, "pools", "the config");
     let pools = pools_node.and_then(|n| decode_pools(ctx, n, base));
@@ -109,6 +113,17 @@ fn decode_config(ctx: &mut Ctx, root: &Node, base: &Path) -> Option<Config> {
     let resolver = f.get("resolver").map_or_else(ResolverConfig::default, |n| decode_resolver(ctx, n));
 
     check_binds(ctx, &mut binds);
+    if limits.trusted_proxies.is_empty() {
+        // PROXY headers are only believed from trusted peers: with none, every connection
+        // to such a listener would be closed.
+        for n in proxied {
+            ctx.error_hint(
+                n,
+                "`proxy_protocol: true` needs `limits.trusted_proxies`: headers are only accepted from those peers",
+                Some("list the addresses of the load balancers in front, e.g. `trusted_proxies: [\"10.0.0.0/8\"]`".into()),
+            );
+        }
+    }
     if let Some(pools_node) = pools_node {
         let defined = pool_names(pools_node);
         for (name, node) in pool_refs {
@@ -217,6 +232,7 @@ fn decode_listeners<'a>(
     base: &Path,
     pool_refs: &mut Vec<(String, &'a Node)>,
     binds: &mut Vec<(SocketAddr, &'a Node)>,
+    proxied: &mut Vec<&'a Node>,
 ) -> Option<Vec<ListenerConfig>> {
     let items = ctx.seq(node, "`listeners`")?;
     if items.is_empty() {
@@ -246,7 +262,17 @@ fn decode_listeners<'a>(
             .required(&f, "routes", &what)
             .and_then(|n| decode_routes(ctx, n, &what, pool_refs));
         let origins = f.get("allowed_origins").map(|n| ctx.strings(n, &format!("{what}.allowed_origins")));
-        if let (Some(name), Some(bind), Some(routes)) = (name, addr, routes) {
+        let proxy_protocol = match f.get("proxy_protocol") {
+            None => Some(false),
+            Some(n) => {
+                let on = ctx.bool(n, &format!("{what}.proxy_protocol"));
+                if on == Some(true) {
+                    proxied.push(n);
+                }
+                on
+            }
+        };
+        if let (Some(name), Some(bind), Some(routes), Some(proxy_protocol)) = (name, addr, routes, proxy_protocol) {
             let (Some(tls), Some(allowed_origins)) = (optional(tls), optional(origins)) else {
                 continue;
             };
@@ -256,6 +282,7 @@ fn decode_listeners<'a>(
                 tls,
                 routes,
                 allowed_origins,
+                proxy_protocol,
             });
         }
     }
@@ -438,7 +465,32 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
     if let Some((n, w)) = get("backend_ping_interval") {
         set(&mut l.backend_ping_interval, ctx.optional_duration(n, &w));
     }
+    if let Some((n, w)) = get("max_connections_per_client") {
+        set(&mut l.max_connections_per_client, ctx.int(n, &w, 0, u64::from(u32::MAX)));
+    }
+    if let Some((n, w)) = get("max_connections_per_client_per_second") {
+        set(&mut l.max_connections_per_client_per_second, ctx.int(n, &w, 0, u64::from(u32::MAX)));
+    }
+    if let Some((n, w)) = get("trusted_proxies") {
+        set(&mut l.trusted_proxies, trusted_proxies(ctx, n, &w));
+    }
     l
+}
+
+/// `limits.trusted_proxies`: a list of networks, each error at its own item.
+fn trusted_proxies(ctx: &mut Ctx, node: &Node, what: &str) -> Option<Vec<Cidr>> {
+    let items = ctx.seq(node, what)?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(text) = ctx.string(item, &format!("each of {what}")) else {
+            continue;
+        };
+        match Cidr::parse(&text) {
+            Ok(c) => out.push(c),
+            Err(e) => ctx.error(item, format!("{what}: {e}")),
+        }
+    }
+    (out.len() == items.len()).then_some(out)
 }
 
 fn decode_shedding(ctx: &mut Ctx, node: &Node) -> Shedding {

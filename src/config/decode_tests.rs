@@ -489,3 +489,44 @@ fn discovery_rules() {
     has(&e, 28, 13, "name server `dns.example` is not an IP address");
     has(&e, 29, 12, "`resolver.timeout` must be greater than 0");
 }
+
+#[test]
+fn client_address_settings() {
+    let yaml = "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    proxy_protocol: true\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9001\"\n        proxy_protocol: v2\n      - address: \"127.0.0.1:9002\"\nlimits:\n  max_connections_per_client: 2\n  max_connections_per_client_per_second: 5\n  trusted_proxies: [\"10.0.0.0/8\", \"127.0.0.1\", \"2001:db8::/32\"]\n";
+    let c = parse(yaml, &PathBuf::from(".")).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(c.listeners[0].proxy_protocol);
+    let b = &c.pools["p"].backends;
+    assert_eq!((b[0].proxy_protocol, b[1].proxy_protocol), (Some(ProxyProtocolVersion::V2), None));
+    assert_eq!(
+        (c.limits.max_connections_per_client, c.limits.max_connections_per_client_per_second),
+        (2, 5)
+    );
+    let nets: Vec<String> = c.limits.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "2001:db8::/32"]);
+    // Defaults: off, nothing trusted.
+    let d = parse(MINIMAL, Path::new("")).unwrap();
+    assert!(!d.listeners[0].proxy_protocol && d.limits.trusted_proxies.is_empty());
+    assert_eq!(
+        d.limits.max_connections_per_client + d.limits.max_connections_per_client_per_second,
+        0
+    );
+
+    let bad = yaml
+        .replace("proxy_protocol: v2", "proxy_protocol: v3")
+        .replace("proxy_protocol: true", "proxy_protocol: yes")
+        .replace("client: 2", "client: -2")
+        .replace("\"10.0.0.0/8\"", "\"10.0.0.1/8\"")
+        .replace("\"2001:db8::/32\"", "\"2001:db8::/129\"");
+    let e = errors(&bad);
+    has(&e, 4, 21, "must be `true` or `false`");
+    has(&e, 11, 25, "unknown pools.p.backends[0].proxy_protocol version `v3`");
+    has(&e, 14, 31, "must not be negative");
+    has(&e, 16, 21, "host bits set; the network is `10.0.0.0/8`");
+    has(&e, 16, 48, "from 0 to 128");
+    assert_eq!(e.len(), 5, "{e:#?}");
+
+    // PROXY headers are only believed from trusted peers: a listener that wants them needs some.
+    let e = errors(&yaml.replace("  trusted_proxies: [\"10.0.0.0/8\", \"127.0.0.1\", \"2001:db8::/32\"]\n", ""));
+    has(&e, 4, 21, "needs `limits.trusted_proxies`");
+    assert_eq!(e.len(), 1, "{e:#?}");
+}

@@ -30,6 +30,10 @@ pub const MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `limits.tcp_keepalive` (idle time before the first TCP keepalive probe).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// `limits.max_connections_per_client` (0 = no limit).
+pub const MAX_CONNECTIONS_PER_CLIENT: u64 = 0;
+/// `limits.max_connections_per_client_per_second` (0 = no limit).
+pub const MAX_CONNECTIONS_PER_CLIENT_PER_SECOND: u64 = 0;
 /// `pools.*.sticky.secret` when absent: stable across instances, but guessable.
 pub const STICKY_SECRET: &str = "switchyard";
 /// `shedding.close_code`.

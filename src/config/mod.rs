@@ -4,6 +4,7 @@
 //! with its line and column ([`ConfigError`]).
 
 mod backends;
+mod cidr;
 mod decode;
 pub mod defaults;
 mod pools;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cidr::{any_contains, Cidr};
 pub use decode::parse;
 pub use units::{parse_duration, parse_size};
 
@@ -148,6 +150,9 @@ pub struct ListenerConfig {
     pub routes: Vec<Route>,
     /// Allowed `Origin` values; `None` = any.
     pub allowed_origins: Option<Vec<String>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), accepted only from
+    /// `limits.trusted_proxies`.
+    pub proxy_protocol: bool,
 }
 
 /// Certificates a TLS listener serves (`tls: {cert, key}` is one entry with no SNI names).
@@ -296,7 +301,7 @@ pub struct PoolConfig {
 /// Where the hash key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
-    /// The client's IP address (after TCP; no trust of X-Forwarded-For).
+    /// The client's IP address (`client_addr`: the peer, or what a trusted proxy names).
     ClientIp,
     /// A request header.
     Header(String),
@@ -346,6 +351,8 @@ pub struct BackendConfig {
     /// For a backend found by discovery: the entry it came from as written (the `address` of a
     /// `discover: dns` entry, or the `srv` name); `None` for a configured backend.
     pub discovered_from: Option<String>,
+    /// Each connection to it starts with a PROXY protocol header carrying the client.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 /// How a backend entry finds its backends in DNS.
@@ -410,6 +417,13 @@ impl Discover {
             }
         }
     }
+}
+
+/// The PROXY protocol version the balancer sends to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// The binary header (haproxy.org proxy-protocol.txt §2.2).
+    V2,
 }
 
 /// TLS to a backend.
@@ -511,6 +525,13 @@ pub struct Limits {
     /// Proxy pings the backend of a relayed connection when it has been silent this long
     /// (a frozen backend process is found: the client gets 1011); `None` = never.
     pub backend_ping_interval: Option<Duration>,
+    /// Live connections per client (IPv4 address or IPv6 /64); 0 = no limit.
+    pub max_connections_per_client: u64,
+    /// New connections per second per client (token bucket, burst = one second's worth);
+    /// 0 = no limit.
+    pub max_connections_per_client_per_second: u64,
+    /// Peers whose `X-Forwarded-For` and PROXY protocol header are believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// `shedding:`.
@@ -571,6 +592,9 @@ impl Default for Limits {
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             tcp_keepalive: Some(defaults::TCP_KEEPALIVE),
             backend_ping_interval: None,
+            max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
+            max_connections_per_client_per_second: defaults::MAX_CONNECTIONS_PER_CLIENT_PER_SECOND,
+            trusted_proxies: Vec::new(),
         }
     }
 }

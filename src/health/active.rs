@@ -45,7 +45,7 @@ pub async fn check(pool: &Pool, b: &Backend, hc: &HealthCheckConfig) -> Result<(
 }
 
 async fn check_unbounded(pool: &Pool, b: &Backend, hc: &HealthCheckConfig) -> Result<(), CheckError> {
-    let mut s = crate::upstream::connect(pool, b).await?;
+    let mut s = crate::upstream::connect(pool, b, None).await?;
     let r = match hc.kind {
         CheckKind::Tcp => Ok(()),
         CheckKind::Http => {

@@ -46,7 +46,7 @@ pub enum PollError {
 pub async fn poll(pool: &Pool, b: &Backend, cfg: &CustomLoadConfig) -> Result<Report, PollError> {
     let limit = cfg.interval.min(MAX_POLL_TIMEOUT);
     let fetch = async {
-        let mut s = crate::upstream::connect(pool, b).await?;
+        let mut s = crate::upstream::connect(pool, b, None).await?;
         let resp = super::http::get(&mut s, &b.address, &cfg.path, MAX_REPORT_BYTES).await;
         let _ = s.shutdown().await;
         Ok::<_, PollError>(resp?)

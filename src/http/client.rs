@@ -4,9 +4,15 @@
 //! complete. Idle connections are kept per backend address, at most [`MAX_IDLE_PER_BACKEND`]
 //! of them, and never reused after [`IDLE_TTL`] (backends close idle keep-alive
 //! connections themselves; Node's default is 5 s).
+//!
+//! A backend with `proxy_protocol` is told the client in a header at the start of each
+//! connection, so such a connection speaks for one client only: it is never put in the
+//! shared pool but kept by the client connection that opened it ([`Pinned`]) for that
+//! connection's next request of the same client, and closed with it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -14,6 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use super::Body;
 use crate::backend::Backend;
+use crate::proxy_protocol::Addresses;
 use crate::runtime::Pool;
 
 /// Most idle connections kept for one backend.
@@ -56,25 +63,20 @@ impl ClientPool {
     /// ready for the next request: that moment is waited for (briefly).
     pub async fn take(&self, backend: &Backend) -> Option<Conn> {
         loop {
-            let (mut sender, since) = {
+            let (sender, since) = {
                 let mut idle = self.idle.lock().ok()?;
                 idle.get_mut(&backend.address)?.pop()?
             };
-            if since.elapsed() >= IDLE_TTL || sender.is_closed() {
-                continue;
-            }
-            if sender.is_ready() {
-                return Some(Conn { sender, reused: true });
-            }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(Conn { sender, reused: true });
+            if let Some(c) = reusable(sender, since).await {
+                return Some(c);
             }
         }
     }
 
-    /// Opens a new connection to `backend` (connect errors are the caller's to count).
-    pub async fn open(&self, pool: &Pool, backend: &Backend) -> std::io::Result<Conn> {
-        let stream = crate::upstream::connect(pool, backend).await?;
+    /// Opens a new connection to `backend` (connect errors are the caller's to count);
+    /// `for_client` goes in its PROXY header when it has `proxy_protocol`.
+    pub async fn open(&self, pool: &Pool, backend: &Backend, for_client: Addresses) -> std::io::Result<Conn> {
+        let stream = crate::upstream::connect(pool, backend, Some(for_client)).await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(MAX_BUF)
             .handshake(TokioIo::new(stream))
@@ -113,5 +115,64 @@ impl ClientPool {
     /// Backend connections opened since start.
     pub fn opened(&self) -> u64 {
         self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A connection put back `since` then, if it is still open and fresh, once it is ready for
+/// the next request (put back as soon as its response is complete, a moment before hyper's
+/// dispatcher is: that moment is waited for, briefly).
+async fn reusable(mut sender: SendRequest<Body>, since: Instant) -> Option<Conn> {
+    if since.elapsed() >= IDLE_TTL || sender.is_closed() {
+        return None;
+    }
+    if sender.is_ready() {
+        return Some(Conn { sender, reused: true });
+    }
+    match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+        Ok(Ok(())) => Some(Conn { sender, reused: true }),
+        _ => None,
+    }
+}
+
+/// The backend connection a client connection keeps for a backend with `proxy_protocol`:
+/// at most one, reused only for the same backend and the same client (a trusted proxy's
+/// keep-alive connection carries several).
+#[derive(Default)]
+pub struct Pinned(Mutex<Option<PinnedConn>>);
+
+struct PinnedConn {
+    backend: Weak<Backend>,
+    client: SocketAddr,
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pinned")
+    }
+}
+
+impl Pinned {
+    /// The kept connection, if it is to `backend` for `client` and still usable (any other
+    /// is closed).
+    pub async fn take(&self, backend: &Arc<Backend>, client: SocketAddr) -> Option<Conn> {
+        let kept = self.0.lock().ok()?.take()?;
+        if kept.backend.as_ptr() != Arc::as_ptr(backend) || kept.client != client {
+            return None;
+        }
+        reusable(kept.sender, kept.since).await
+    }
+
+    /// Keeps `sender` (its last response is complete) in place of any other.
+    pub fn put(&self, backend: &Arc<Backend>, client: SocketAddr, sender: SendRequest<Body>) {
+        if let Ok(mut kept) = self.0.lock() {
+            *kept = Some(PinnedConn {
+                backend: Arc::downgrade(backend),
+                client,
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 }

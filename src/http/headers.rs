@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 
+use crate::client_addr::ClientAddr;
+
 /// Hop-by-hop fields, never forwarded (plus any the `Connection` header names).
 const HOP_BY_HOP: [&str; 10] = [
     "connection",
@@ -67,18 +69,17 @@ pub fn forwarded_element(ip: IpAddr, tls: bool, host: &str) -> String {
     }
 }
 
-/// Adds the client's address and scheme: `X-Forwarded-For` (appended to the list),
-/// `X-Forwarded-Proto` (replaced: a client must not choose it) and `Forwarded`.
-pub fn add_forwarded(headers: &mut HeaderMap, ip: IpAddr, tls: bool, host: &str) {
+/// Adds the client's address and scheme: `X-Forwarded-For` (the client last, see
+/// [`ClientAddr::forwarded_for`]), `X-Forwarded-Proto` (replaced: a client must not choose
+/// it) and `Forwarded` (this hop's element appended; several lines are one list).
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, tls: bool, host: &str) {
     let proto = scheme(tls);
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
-    };
-    let elem = forwarded_element(ip, tls, host);
-    let fwd = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {elem}"),
-        None => elem,
+    let xff = client.forwarded_for.clone();
+    let elem = forwarded_element(client.ip(), tls, host);
+    let prev: Vec<&str> = headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()).collect();
+    let fwd = match prev.is_empty() {
+        true => elem,
+        false => format!("{}, {elem}", prev.join(", ")),
     };
     let mut set = |name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -198,11 +199,25 @@ mod tests {
     #[test]
     fn forwarded_fields_append() {
         let mut m = HeaderMap::new();
-        m.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        m.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        m.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         m.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
-        add_forwarded(&mut m, "192.0.2.7".parse().unwrap(), false, "h");
-        assert_eq!(m["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        m.append("forwarded", HeaderValue::from_static("for=a"));
+        m.append("forwarded", HeaderValue::from_static("for=b"));
+        let hs: Vec<httparse::Header<'_>> = m
+            .iter()
+            .map(|(n, v)| httparse::Header {
+                name: n.as_str(),
+                value: v.as_bytes(),
+            })
+            .collect();
+        let peer = crate::client_addr::Peer::socket("192.0.2.7:5".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+        let client = crate::client_addr::resolve(&peer, &hs, &[]);
+        drop(hs);
+        add_forwarded(&mut m, &client, false, "h");
+        assert_eq!(m["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(m.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(m["x-forwarded-proto"], "http");
-        assert_eq!(m["forwarded"], "for=192.0.2.7;proto=http;host=\"h\"");
+        assert_eq!(m["forwarded"], "for=a, for=b, for=192.0.2.7;proto=http;host=\"h\"");
     }
 }

@@ -1,5 +1,12 @@
-//! Admission: the process-wide connection cap, the new-connection rate (token bucket) and
-//! the hard ceiling past which connections are refused before their handshake.
+//! Admission: the process-wide connection cap, the new-connection rate (token bucket), the
+//! hard ceiling past which connections are refused before their handshake, and the
+//! per-client limits ([`per_client`]).
+//!
+//! Order, for a connection whose request head was read: the client's own limits first (so a
+//! client over them does not use up the process-wide rate others need), then the
+//! process-wide rate, then `max_connections`.
+
+pub mod per_client;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -7,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Limits, Shedding};
 use crate::conns::ConnTable;
+use per_client::{ClientSlot, ClientTable, Refused};
 
 /// Why a connection is shed (the `reason` label of `switchyard_shed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +32,10 @@ pub enum ShedReason {
     /// A backend connection could not be opened for lack of local resources (descriptors,
     /// socket buffers, ports): the balancer's own limit, not a backend's fault.
     LocalResources,
+    /// Over `limits.max_connections_per_client` or `max_connections_per_client_per_second`.
+    PerClient,
+    /// A new client while the per-client table is full of clients with live connections.
+    ClientTableFull,
 }
 
 impl ShedReason {
@@ -36,6 +48,8 @@ impl ShedReason {
             ShedReason::BackendFull => "backend_full",
             ShedReason::Idle => "idle",
             ShedReason::LocalResources => "local_resources",
+            ShedReason::PerClient => "per_client",
+            ShedReason::ClientTableFull => "client_table_full",
         }
     }
 
@@ -95,13 +109,16 @@ pub struct Admission {
     /// TCP connections accepted and not yet admitted or refused.
     pending: AtomicU64,
     bucket: TokenBucket,
+    /// Live connections and rates per client.
+    pub clients: Arc<ClientTable>,
 }
 
-/// Holds one unit of a counter until dropped.
+/// Holds one unit of a counter until dropped (and the client's, when it was counted).
 #[derive(Debug)]
 pub struct Slot {
     admission: Arc<Admission>,
     active: bool,
+    _client: Option<ClientSlot>,
 }
 
 impl Drop for Slot {
@@ -123,6 +140,7 @@ impl Admission {
         let slot = Slot {
             admission: self.clone(),
             active: false,
+            _client: None,
         };
         if pending + self.active.load(Relaxed) > limits.max_connections.saturating_mul(2) {
             return None;
@@ -130,16 +148,23 @@ impl Admission {
         Some(slot)
     }
 
-    /// Admits a connection that completed a valid request, or says why it is shed.
-    /// With `evict_idle`, a full process closes its longest-idle connection to make room.
+    /// Admits a connection that completed a valid request, or says why it is shed: the
+    /// limits of `client` (when the connection belongs to one client; a proxy's keep-alive
+    /// connection does not), then the process-wide ones. With `evict_idle`, a full process
+    /// closes its longest-idle connection to make room.
     pub fn admit(
         self: &Arc<Self>,
         pending: Slot,
+        client: Option<std::net::IpAddr>,
         limits: &Limits,
         shedding: &Shedding,
         conns: &ConnTable,
         now_ms: u64,
     ) -> Result<Slot, ShedReason> {
+        let client = match client {
+            Some(ip) => self.admit_client(ip, limits, true, now_ms)?,
+            None => None,
+        };
         if !self.bucket.take(limits.max_connections_per_second, Instant::now()) {
             return Err(ShedReason::RateLimited);
         }
@@ -148,6 +173,7 @@ impl Admission {
         let slot = Slot {
             admission: self.clone(),
             active: true,
+            _client: client,
         };
         if active >= limits.max_connections {
             if shedding.evict_idle && evict_longest_idle(conns, now_ms) {
@@ -157,6 +183,21 @@ impl Admission {
             return Err(ShedReason::MaxConnections);
         }
         Ok(slot)
+    }
+
+    /// Counts one connection of the client at `ip` against its limits (`new_connection`:
+    /// and takes a token of its rate); `None` when per-client limits are off.
+    pub fn admit_client(
+        &self,
+        ip: std::net::IpAddr,
+        limits: &Limits,
+        new_connection: bool,
+        now_ms: u64,
+    ) -> Result<Option<ClientSlot>, ShedReason> {
+        self.clients.admit(ip, limits, new_connection, now_ms).map_err(|r| match r {
+            Refused::OverLimit => ShedReason::PerClient,
+            Refused::TableFull => ShedReason::ClientTableFull,
+        })
     }
 
     /// Admitted connections now.

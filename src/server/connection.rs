@@ -13,9 +13,11 @@ use tokio::net::TcpStream;
 
 use super::upgrade::{self, Admit, Answer};
 use crate::backend::ActiveGuard;
-use crate::config::Shedding;
+use crate::client_addr::{ClientAddr, Peer};
+use crate::config::{any_contains, Shedding};
 use crate::conns::Registration;
 use crate::handshake::{accept_key, header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
+use crate::limits::per_client::ClientSlot;
 use crate::limits::{retry_reason, ShedReason, Slot};
 use crate::metrics::{self, CloseOrigin};
 use crate::relay::{NotStarted, Relay, MAX_EARLY_BYTES};
@@ -33,9 +35,30 @@ pub(super) struct Ready {
     pub reg: Registration,
     /// The admission slot (held by the plain HTTP path instead when it upgraded).
     pub _slot: Option<Slot>,
+    /// The client's count, when the connection was not admitted as its own: an upgrade on
+    /// a trusted proxy's keep-alive connection.
+    pub _client_slot: Option<ClientSlot>,
     pub _guard: ActiveGuard,
     pub started: Instant,
     pub access_log: bool,
+    /// Who the connection is for, for the access log.
+    pub client: Logged,
+}
+
+/// The addresses an access-log line names: the client, and the TCP peer it came through.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Logged {
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Logged {
+    pub(super) fn new(client: &ClientAddr, peer: &Peer) -> Logged {
+        Logged {
+            client: client.addr,
+            peer: peer.socket,
+        }
+    }
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -45,7 +68,7 @@ pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, pe
     // The relay future is made inside a block: the values it is made from end with the
     // block, so the long-lived task does not keep their storage beside it (an async fn keeps
     // a moved-from local's slot until its scope ends).
-    let (run, reg, started, access_log, _held) = {
+    let (run, reg, started, access_log, client, _held) = {
         // Boxed in its own statement: a temporary in the awaiting statement would keep the
         // unboxed future's size in this task's state for the connection's whole life. A
         // plain HTTP connection is served to its end inside it.
@@ -56,38 +79,42 @@ pub async fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, pe
             reg,
             started,
             access_log,
+            client,
             _slot,
+            _client_slot,
             _guard,
         } = ready;
-        (relay.run(), reg, started, access_log, (_slot, _guard))
+        (relay.run(), reg, started, access_log, client, (_slot, _client_slot, _guard))
     };
     let out = run.await;
     if access_log {
-        access_line(&out, &reg, started, peer, &listener);
+        access_line(&out, &reg, started, client, &listener);
     }
 }
 
 /// Relays frames until the connection ends, then writes its access-log line.
-pub(super) async fn relay(ready: Ready, peer: SocketAddr, listener: &str) {
+pub(super) async fn relay(ready: Ready, listener: &str) {
     let Ready {
         relay,
         reg,
         started,
         access_log,
+        client,
         ..
     } = ready;
     let out = relay.run().await;
     if access_log {
-        access_line(&out, &reg, started, peer, listener);
+        access_line(&out, &reg, started, client, listener);
     }
 }
 
 /// The access-log line of a finished WebSocket connection.
-fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant, peer: SocketAddr, listener: &str) {
+fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant, who: Logged, listener: &str) {
     {
         tracing::info!(
             target: "switchyard::access",
-            client = %peer,
+            client = %who.client,
+            peer = %who.peer,
             listener = %listener,
             pool = %reg.shared.pool,
             backend = %reg.shared.backend.address,
@@ -103,7 +130,7 @@ fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant
     }
 }
 
-async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStream, peer: SocketAddr) -> Option<Ready> {
+async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, mut sock: TcpStream, socket: SocketAddr) -> Option<Ready> {
     let started = Instant::now();
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
@@ -120,12 +147,19 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
     };
     let lcfg = rt.config.listeners.iter().find(|l| *l.name == **listener)?;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let local = sock.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    // Who the connection is from is settled before anything else is read (TLS included).
+    let peer = if lcfg.proxy_protocol {
+        super::proxied::read_peer(&mut sock, socket, local, &limits.trusted_proxies, deadline).await?
+    } else {
+        Peer::socket(socket, local)
+    };
     let mut stream = match rt.tls_acceptor(listener) {
         None => Stream::Tcp(sock),
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(sock)).await {
             Ok(Ok(s)) => Stream::TlsServer(Box::new(s)),
             Ok(Err(e)) => {
-                tracing::debug!(client = %peer, "TLS handshake failed: {e}");
+                tracing::debug!(client = %peer.addr, "TLS handshake failed: {e}");
                 metrics::handshake_failure("tls");
                 return None;
             }
@@ -157,12 +191,16 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
         if let Err(s) = crate::http::headers::check_framing(req.headers) {
             return refuse(&mut stream, Refusal::BadRequest(s.reason())).await;
         }
+        // A keep-alive connection from a trusted proxy carries requests of many clients:
+        // each request is counted for its own client instead (`plain`).
+        let per_request = any_contains(&limits.trusted_proxies, peer.addr.ip());
+        let own = (!per_request).then_some(peer.addr.ip());
         return match shared
             .admission
-            .admit(pending, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
+            .admit(pending, own, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
         {
             Ok(slot) => {
-                super::plain::serve(shared.clone(), listener.clone(), stream, buf, slot, peer).await;
+                super::plain::serve(shared.clone(), listener.clone(), stream, buf, slot, peer, per_request).await;
                 None
             }
             Err(reason) => {
@@ -181,7 +219,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or("")
         .trim();
-    let prepared = match upgrade::prepare(shared, &rt, lcfg, &req, peer, stream.is_tls(), Admit::Pending(pending)).await {
+    let prepared = match upgrade::prepare(shared, &rt, lcfg, &req, &peer, stream.is_tls(), Admit::Pending(pending)).await {
         Ok(p) => p,
         Err(Answer::Refuse(r)) => return refuse(&mut stream, r).await,
         Err(Answer::Shed(reason)) => return shed(&mut stream, key, req.headers, reason, &rt.config.shedding).await,
@@ -193,7 +231,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, sock: TcpStrea
     match upgrade::start(shared, &rt, listener, stream, prepared, &buf[end..], started) {
         Ok(ready) => Some(ready),
         Err(ns) => {
-            not_started(ns, peer).await;
+            not_started(ns, peer.addr).await;
             None
         }
     }

@@ -4,7 +4,7 @@
 //! back; the backend connection returns to the pool when the response is complete.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use http_body_util::BodyExt;
@@ -14,14 +14,17 @@ use hyper::header::{HeaderValue, SET_COOKIE};
 use hyper::{Method, Request, Response};
 
 use super::plain::{empty, overloaded, refusal, ClientConn};
-use crate::backend::ActiveGuard;
+use crate::backend::{ActiveGuard, Backend};
+use crate::client_addr::ClientAddr;
 use crate::clock;
 use crate::handshake::Refusal;
 use crate::http::body::{OnEnd, Relayed, RequestTally};
-use crate::http::client::Conn;
+use crate::http::client::{Conn, Pinned};
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::{Body, ClientPool};
+use crate::limits::per_client::ClientSlot;
 use crate::limits::ShedReason;
+use crate::proxy_protocol::Addresses;
 use crate::runtime::{Pool, Runtime};
 
 /// What the balancer knows of a request on its way to a backend.
@@ -32,6 +35,11 @@ pub(super) struct Forward<'a> {
     pub(super) target: &'a str,
     /// The client's headers, for picking (sticky cookie, hash keys).
     pub(super) headers: &'a [httparse::Header<'a>],
+    /// The request's client.
+    pub(super) client: &'a ClientAddr,
+    /// Its count against the per-client limits, held until the response ends (a request
+    /// through a trusted proxy).
+    pub(super) client_slot: Option<ClientSlot>,
     /// What the request body did (bytes passed, over the limit).
     pub(super) tally: Arc<RequestTally>,
 }
@@ -42,26 +50,36 @@ pub(super) async fn forward(
     cx: &ClientConn,
     rt: &Runtime,
     pool: &Arc<Pool>,
-    req: Forward<'_>,
+    mut req: Forward<'_>,
     out: Request<Body>,
     started: Instant,
 ) -> Response<Body> {
     let limits = &rt.config.limits;
     let clients = &cx.shared.http_clients;
+    let for_client = Addresses {
+        source: req.client.addr,
+        destination: cx.peer.local,
+    };
     let retryable = out.body().is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
     // The request while it has not gone out (a refused send hands it back).
     let mut pending = Some(out);
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..pool.config.max_attempts.max(1) {
-        let (i, sticky) = match pool.pick_next(cx.peer.ip(), req.target, req.headers, &mut tried) {
+        let (i, sticky) = match pool.pick_next(req.client.ip(), req.target, req.headers, &mut tried) {
             Ok(p) => p,
             Err(reason) => return overloaded(rt, reason),
         };
         let backend = pool.backends[i].clone();
         let guard = ActiveGuard::request(backend.clone());
-        let mut conn = match clients.take(&backend).await {
+        // A connection that starts with a PROXY header speaks for one client: never shared.
+        let pinned = backend.config.proxy_protocol.is_some();
+        let kept = match pinned {
+            true => cx.pinned.take(&backend, req.client.addr).await,
+            false => clients.take(&backend).await,
+        };
+        let mut conn = match kept {
             Some(c) => c,
-            None => match open(cx, pool, i).await {
+            None => match open(cx, pool, i, for_client).await {
                 Some(c) => c,
                 None => continue,
             },
@@ -94,7 +112,7 @@ pub(super) async fn forward(
                     if conn.reused && may_retry && (unsent.is_some() || spare.is_some()) {
                         may_retry = false;
                         pending = unsent.or(spare);
-                        match open(cx, pool, i).await {
+                        match open(cx, pool, i, for_client).await {
                             Some(c) => conn = c,
                             None => break Err(None),
                         }
@@ -139,12 +157,18 @@ pub(super) async fn forward(
         if let Some(c) = pool.sticky_cookie(i, sticky, cx.tls).and_then(|c| HeaderValue::from_str(&c).ok()) {
             parts.headers.append(SET_COOKIE, c);
         }
+        let home = match pinned {
+            true => Home::Pinned(cx.pinned.clone(), Arc::downgrade(&backend), req.client.addr),
+            false => Home::Shared(clients.clone(), backend.address.clone()),
+        };
         let end = Finished {
             _guard: guard,
-            sender: Some((clients.clone(), backend.address.clone(), conn.sender)),
+            _client_slot: req.client_slot.take(),
+            sender: Some((home, conn.sender)),
             log: (rt.config.process.access_log && tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)).then(|| {
                 AccessLine {
-                    client: cx.peer,
+                    client: req.client.addr,
+                    peer: cx.peer.socket,
                     method: req.method.clone(),
                     path: req.target.split('?').next().unwrap_or("/").to_string(),
                     status: status.as_u16(),
@@ -181,9 +205,9 @@ async fn answer_within<F: std::future::Future>(send: F, limit: std::time::Durati
 }
 
 /// Opens a new connection to backend `i`, counting a failure the backend is responsible for.
-async fn open(cx: &ClientConn, pool: &Pool, i: usize) -> Option<Conn> {
+async fn open(cx: &ClientConn, pool: &Pool, i: usize, for_client: Addresses) -> Option<Conn> {
     let backend = &pool.backends[i];
-    match tokio::time::timeout(pool.config.connect_timeout, cx.shared.http_clients.open(pool, backend)).await {
+    match tokio::time::timeout(pool.config.connect_timeout, cx.shared.http_clients.open(pool, backend, for_client)).await {
         Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
             tracing::debug!(backend = %backend.address, "connect failed: {e}");
@@ -203,6 +227,7 @@ async fn open(cx: &ClientConn, pool: &Pool, i: usize) -> Option<Conn> {
 /// The access-log line of one plain request, written when its response body ends.
 struct AccessLine {
     client: SocketAddr,
+    peer: SocketAddr,
     method: Method,
     path: String,
     status: u16,
@@ -212,24 +237,41 @@ struct AccessLine {
     tally: Arc<RequestTally>,
 }
 
-/// Held until the response body ends: the request counts on its backend until then.
+/// Where a backend connection goes back to once its response is complete.
+enum Home {
+    /// The shared idle pool, under the backend's address.
+    Shared(Arc<ClientPool>, String),
+    /// The client connection's own slot (a backend with `proxy_protocol`), for this client.
+    Pinned(Arc<Pinned>, Weak<Backend>, SocketAddr),
+}
+
+/// Held until the response body ends: the request counts on its backend (and for its
+/// client, through a trusted proxy) until then.
 struct Finished {
     _guard: ActiveGuard,
-    /// The backend connection, back to the idle pool once the response is complete (a
-    /// response cut short leaves the connection mid-message: it is closed instead).
-    sender: Option<(Arc<ClientPool>, String, SendRequest<Body>)>,
+    _client_slot: Option<ClientSlot>,
+    /// The backend connection, back home once the response is complete (a response cut
+    /// short leaves the connection mid-message: it is closed instead).
+    sender: Option<(Home, SendRequest<Body>)>,
     log: Option<AccessLine>,
 }
 
 impl OnEnd for Finished {
     fn ended(&mut self, bytes: u64, complete: bool) {
-        if let (true, Some((pool, address, sender))) = (complete, self.sender.take()) {
-            pool.put(address, sender);
+        match (complete, self.sender.take()) {
+            (true, Some((Home::Shared(pool, address), sender))) => pool.put(address, sender),
+            (true, Some((Home::Pinned(kept, backend, client), sender))) => {
+                if let Some(b) = backend.upgrade() {
+                    kept.put(&b, client, sender);
+                }
+            }
+            _ => {}
         }
         let Some(l) = self.log.take() else { return };
         tracing::info!(
             target: "switchyard::access",
             client = %l.client,
+            peer = %l.peer,
             method = %l.method,
             path = %l.path,
             status = l.status,

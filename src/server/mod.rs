@@ -9,6 +9,7 @@ mod connection;
 
 mod forward;
 mod plain;
+mod proxied;
 mod upgrade;
 
 use std::net::SocketAddr;

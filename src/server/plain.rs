@@ -10,7 +10,6 @@
 //! backend is responsible for feed passive health.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,9 +26,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::connection::{self, linger, shed_close, shed_head};
 use super::upgrade::{self, Admit, Answer, Prepared};
+use crate::client_addr::{resolve, Peer};
 use crate::config::{HttpMode, ListenerConfig};
 use crate::handshake::{header, wants_websocket, Refusal};
 use crate::http::body::{Limited, RequestTally};
+use crate::http::client::Pinned;
 use crate::http::headers::{add_forwarded, strip_hop_by_hop};
 use crate::http::{Body, ClientIo};
 use crate::limits::{retry_after_secs, ShedReason, Slot};
@@ -43,10 +44,15 @@ pub(super) struct ClientConn {
     /// The process's shared state (the backend connection pool among it).
     pub(super) shared: Arc<Shared>,
     listener: Arc<str>,
-    /// The client's address.
-    pub(super) peer: SocketAddr,
+    /// Where the connection comes from.
+    pub(super) peer: Peer,
+    /// The peer is a trusted proxy: each request names its own client, and is counted for
+    /// it while in flight (the connection was admitted without a client).
+    per_request: bool,
     /// Whether the client connection is TLS.
     pub(super) tls: bool,
+    /// The backend connection kept for a backend with `proxy_protocol`.
+    pub(super) pinned: Arc<Pinned>,
     /// Set by a request that upgraded: what to do with the connection once hyper lets go.
     upgrade: Mutex<Option<PendingUpgrade>>,
 }
@@ -60,14 +66,25 @@ enum PendingUpgrade {
 }
 
 /// Serves a plain HTTP connection until it closes, upgrades or the balancer drains.
-/// `read` holds what was read while looking at the first request head.
-pub(super) async fn serve(shared: Arc<Shared>, listener: Arc<str>, stream: Stream, read: Vec<u8>, slot: Slot, peer: SocketAddr) {
+/// `read` holds what was read while looking at the first request head; `per_request`: the
+/// peer is a trusted proxy, and `slot` counts for no client.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: Stream,
+    read: Vec<u8>,
+    slot: Slot,
+    peer: Peer,
+    per_request: bool,
+) {
     let limits = shared.runtime.load().config.limits.clone();
     let cx = Arc::new(ClientConn {
         shared: shared.clone(),
         listener: listener.clone(),
         peer,
+        per_request,
         tls: stream.is_tls(),
+        pinned: Arc::new(Pinned::default()),
         upgrade: Mutex::new(None),
     });
     let io = TokioIo::new(ClientIo::new(Bytes::from(read), stream));
@@ -98,7 +115,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: Arc<str>, stream: Strea
         }
     };
     if let Err(e) = ended {
-        tracing::debug!(client = %peer, "plain HTTP connection ended: {e}");
+        tracing::debug!(client = %peer.addr, "plain HTTP connection ended: {e}");
     }
     let pending = cx.upgrade.lock().ok().and_then(|mut u| u.take());
     match pending {
@@ -113,8 +130,8 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: Arc<str>, stream: Strea
             let Some((stream, early)) = upgraded(on).await else { return };
             let rt = shared.runtime.load_full();
             match upgrade::start(&shared, &rt, &listener, stream, *prepared, &early, started) {
-                Ok(ready) => connection::relay(ready, peer, &listener).await,
-                Err(ns) => connection::not_started(ns, peer).await,
+                Ok(ready) => connection::relay(ready, &listener).await,
+                Err(ns) => connection::not_started(ns, peer.addr).await,
             }
         }
     }
@@ -163,6 +180,16 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
         return refusal(Refusal::NoRoute);
     };
     let limits = &rt.config.limits;
+    let client = resolve(&cx.peer, &hs, &limits.trusted_proxies);
+    // Through a trusted proxy, the request is its client's connection while in flight (no
+    // rate token: a proxy's keep-alive requests are not new connections).
+    let client_slot = match cx.per_request {
+        false => None,
+        true => match cx.shared.admission.admit_client(client.ip(), limits, false, crate::clock::now_ms()) {
+            Ok(s) => s,
+            Err(reason) => return overloaded(&rt, reason),
+        },
+    };
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -180,7 +207,7 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     };
     out.headers = parts.headers.clone();
     strip_hop_by_hop(&mut out.headers);
-    add_forwarded(&mut out.headers, cx.peer.ip(), cx.tls, host);
+    add_forwarded(&mut out.headers, &client, cx.tls, host);
     let tally = Arc::new(RequestTally::default());
     let mut body = Limited::new(body, limits.max_request_body_bytes, tally.clone()).boxed_unsync();
     if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
@@ -198,6 +225,8 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
         method: &parts.method,
         target,
         headers: &hs,
+        client: &client,
+        client_slot,
         tally,
     };
     super::forward::forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
@@ -226,7 +255,10 @@ async fn upgrade_request<'h>(
         version: Some(1),
         headers: hs,
     };
-    let result = upgrade::prepare(&cx.shared, rt, lcfg, &head, cx.peer, cx.tls, Admit::Held).await;
+    let admit = Admit::Held {
+        client_counted: !cx.per_request,
+    };
+    let result = upgrade::prepare(&cx.shared, rt, lcfg, &head, &cx.peer, cx.tls, admit).await;
     let (answer, pending) = match result {
         Ok(prepared) => {
             let raw = prepared.response_head();

@@ -4,15 +4,16 @@
 //! steps serve an upgrade that is the first request of a connection (written raw) and one
 //! that follows plain requests on a keep-alive connection (answered through hyper).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::connection::Ready;
+use super::connection::{Logged, Ready};
+use crate::client_addr::{resolve, Peer};
 use crate::clock;
 use crate::config::ListenerConfig;
 use crate::handshake::{origin_allowed, validate, Refusal};
+use crate::limits::per_client::ClientSlot;
 use crate::limits::{ShedReason, Slot};
 use crate::relay::{Relay, RelaySettings};
 use crate::route::route;
@@ -26,7 +27,9 @@ pub(super) enum Admit {
     /// Accepted, not yet admitted: the upgrade takes a slot (or is shed).
     Pending(Slot),
     /// Already admitted (a keep-alive connection that held plain requests first).
-    Held,
+    /// `client_counted`: the connection counts for its client already (it is not a trusted
+    /// proxy's, whose requests each name their own client).
+    Held { client_counted: bool },
 }
 
 /// Why an upgrade is answered by the balancer itself.
@@ -41,6 +44,8 @@ pub(super) enum Answer {
 pub(super) struct Prepared {
     upstream: Upstream,
     slot: Option<Slot>,
+    client_slot: Option<ClientSlot>,
+    logged: Logged,
     pool: Arc<Pool>,
     /// `Set-Cookie` for a sticky pool that (re)assigned the backend.
     pub set_cookie: Option<String>,
@@ -70,7 +75,7 @@ pub(super) async fn prepare(
     rt: &Runtime,
     lcfg: &ListenerConfig,
     req: &httparse::Request<'_, '_>,
-    peer: SocketAddr,
+    peer: &Peer,
     tls: bool,
     admit: Admit,
 ) -> Result<Prepared, Answer> {
@@ -83,21 +88,33 @@ pub(super) async fn prepare(
         .and_then(|r| rt.pools.get(&r.pool))
         .ok_or(Answer::Refuse(Refusal::NoRoute))?;
     let limits = &rt.config.limits;
-    let slot = match admit {
-        Admit::Pending(pending) => Some(
-            shared
+    let client = resolve(peer, headers, &limits.trusted_proxies);
+    let now = clock::now_ms();
+    let (slot, client_slot) = match admit {
+        Admit::Pending(pending) => {
+            let slot = shared
                 .admission
-                .admit(pending, limits, &rt.config.shedding, &shared.conns, clock::now_ms())
-                .map_err(Answer::Shed)?,
-        ),
-        Admit::Held => None,
+                .admit(pending, Some(client.ip()), limits, &rt.config.shedding, &shared.conns, now)
+                .map_err(Answer::Shed)?;
+            (Some(slot), None)
+        }
+        // A WebSocket on a proxy's keep-alive connection is a new connection of its client.
+        Admit::Held { client_counted: false } => {
+            let counted = shared
+                .admission
+                .admit_client(client.ip(), limits, true, now)
+                .map_err(Answer::Shed)?;
+            (None, counted)
+        }
+        Admit::Held { client_counted: true } => (None, None),
     };
     let creq = ClientRequest {
         headers,
         target: up.target,
         host: up.host,
         key: up.key,
-        peer,
+        client: &client,
+        local: peer.local,
         tls,
     };
     let upstream = match upstream::open(pool, &creq).await {
@@ -117,6 +134,8 @@ pub(super) async fn prepare(
     Ok(Prepared {
         upstream,
         slot,
+        client_slot,
+        logged: Logged::new(&client, peer),
         pool: pool.clone(),
         set_cookie,
     })
@@ -134,7 +153,14 @@ pub(super) fn start(
     client_early: &[u8],
     started: Instant,
 ) -> Result<Ready, crate::relay::NotStarted> {
-    let Prepared { upstream, slot, pool, .. } = prepared;
+    let Prepared {
+        upstream,
+        slot,
+        client_slot,
+        logged,
+        pool,
+        ..
+    } = prepared;
     let limits = &rt.config.limits;
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
     let now = clock::now_ms();
@@ -166,8 +192,10 @@ pub(super) fn start(
         relay,
         reg,
         _slot: slot,
+        _client_slot: client_slot,
         _guard: upstream.guard,
         started,
         access_log: rt.config.process.access_log,
+        client: logged,
     })
 }

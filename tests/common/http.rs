@@ -31,6 +31,9 @@ pub struct Seen {
     pub sse_sent: Mutex<Vec<Instant>>,
     /// The last request's headers, one `name: value` a line.
     pub last_headers: Mutex<String>,
+    /// A backend with the PROXY protocol: the source each connection's header named
+    /// (`None` for `LOCAL`), in order.
+    pub proxy_headers: Mutex<Vec<Option<SocketAddr>>>,
 }
 
 /// A running HTTP backend.
@@ -50,17 +53,33 @@ impl Drop for HttpBackend {
 /// `/upload` counts the body, `/slow` answers after 3 s, `/headers` echoes the request
 /// headers, `/ws` upgrades and echoes.
 pub async fn http_backend(name: &'static str) -> HttpBackend {
+    serve_http(name, false).await
+}
+
+/// [`http_backend`] behind the PROXY protocol: every connection must start with a v1 or v2
+/// header (recorded in `seen.proxy_headers`), or it is closed.
+pub async fn proxy_protocol_backend(name: &'static str) -> HttpBackend {
+    serve_http(name, true).await
+}
+
+async fn serve_http(name: &'static str, proxy_protocol: bool) -> HttpBackend {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let s2 = seen.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = l.accept().await else { return };
+            let Ok((mut sock, _)) = l.accept().await else { return };
             let _ = sock.set_nodelay(true);
             s2.conns.fetch_add(1, Ordering::SeqCst);
             let seen = s2.clone();
             tokio::spawn(async move {
+                if proxy_protocol {
+                    let Ok(h) = switchyard::proxy_protocol::read(&mut sock).await else {
+                        return;
+                    };
+                    seen.proxy_headers.lock().unwrap().push(h.addresses.map(|a| a.source));
+                }
                 let svc = hyper::service::service_fn(move |req| answer(name, seen.clone(), req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(sock), svc)

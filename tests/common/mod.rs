@@ -321,6 +321,43 @@ pub async fn connect_with_headers(url: &str, headers: &[(&'static str, &str)]) -
     ws
 }
 
+/// A TCP connection to `addr` from the local address `from` (`127.0.0.2`: a second client).
+pub async fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    tokio::time::timeout(T, sock.connect(addr)).await.expect("connect in time").unwrap()
+}
+
+/// A WebSocket client connecting from `from`, which first writes `prefix` (a PROXY header)
+/// and sends extra request headers.
+pub async fn connect_via(from: &str, url: &str, prefix: &[u8], headers: &[(&'static str, &str)]) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    let host = req.uri().authority().unwrap().as_str().parse().unwrap();
+    let mut s = tcp_from(from, host).await;
+    s.write_all(prefix).await.unwrap();
+    let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+    let (ws, _) = tokio::time::timeout(
+        T,
+        tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(s), Some(cfg)),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect ok");
+    ws
+}
+
+/// The value of one series in a Prometheus text exposition (0 when absent), e.g.
+/// `metric(&text, "switchyard_shed_total{reason=\"per_client\"}")`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `cond` every 10 ms until it holds (returns how long that took) or `limit` passes.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let start = std::time::Instant::now();

@@ -1,0 +1,225 @@
+//! Per-client limits: live connections (`limits.max_connections_per_client`) and new
+//! connections per second (`limits.max_connections_per_client_per_second`, a token bucket
+//! with a burst of one second's worth) of one client. A client is an IPv4 address or an
+//! IPv6 /64 (one subscriber usually holds a whole /64); an IPv4-mapped IPv6 address is its
+//! IPv4 address.
+//!
+//! The table is bounded. It is sharded (one lock per shard, taken once when a connection is
+//! admitted and once when it ends; never per frame), and a client's entry goes when its last
+//! connection ends and its bucket is full again. Entries with no live connection but a bucket
+//! still refilling are swept when a shard doubles, and evicted first when a shard is full
+//! (the client then starts over with a full bucket). A shard full of clients that all hold
+//! live connections refuses new clients ([`Refused::TableFull`]): admitting them untracked
+//! would let a new client open any number of connections exactly when the balancer is under
+//! the heaviest load, while the bound ([`capacity`]: twice `max_connections`, at least
+//! 65,536) is only reached when the process itself is at its connection cap.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::config::Limits;
+
+/// Shards of the table (a power of two).
+const SHARDS: usize = 64;
+/// Fewest clients the table holds whatever `max_connections` is.
+pub const MIN_CAPACITY: usize = 65_536;
+/// Most clients the table holds whatever `max_connections` is.
+pub const MAX_CAPACITY: usize = 1 << 23;
+/// A shard is swept of refilled entries when it reaches twice its size after the last sweep
+/// (and at least this).
+const MIN_SWEEP: usize = 64;
+
+/// The key of a client: the /64 of an IPv6 address, or an IPv4 address in a range no /64
+/// can be a source in (`ffff:ffff::/32`, multicast).
+pub fn key(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => 0xFFFF_FFFF_0000_0000 | u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+    }
+}
+
+/// How many clients the table may hold for these limits.
+pub fn capacity(limits: &Limits) -> usize {
+    let conns = usize::try_from(limits.max_connections).unwrap_or(usize::MAX);
+    conns.saturating_mul(2).clamp(MIN_CAPACITY, MAX_CAPACITY)
+}
+
+/// Why a client is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Over one of its limits.
+    OverLimit,
+    /// A new client, and the table is full of clients with live connections.
+    TableFull,
+}
+
+/// One client's state: 16 bytes (24 with its key in the map).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Live connections admitted.
+    count: u32,
+    /// Tokens left in its bucket at `last_ms`.
+    tokens: f32,
+    /// When `tokens` was computed (process clock, ms).
+    last_ms: u64,
+}
+
+impl Entry {
+    /// Tokens now at `rate`/s, at most `rate` (the burst).
+    fn refill(&mut self, rate: u64, now_ms: u64) {
+        let gained = now_ms.saturating_sub(self.last_ms) as f64 * rate as f64 / 1000.0;
+        self.tokens = (f64::from(self.tokens) + gained).min(rate as f64) as f32;
+        self.last_ms = now_ms;
+    }
+
+    /// No live connection and a full bucket: the entry says nothing a new one would not.
+    fn idle(&self, rate: u64, now_ms: u64) -> bool {
+        if self.count > 0 {
+            return false;
+        }
+        let mut e = *self;
+        e.refill(rate, now_ms);
+        rate == 0 || f64::from(e.tokens) >= rate as f64
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<u64, Entry>,
+    sweep_at: usize,
+}
+
+impl Shard {
+    /// Removes the entries of clients with no live connection and a full bucket; with
+    /// `evict_refilling`, those whose bucket is still refilling too.
+    fn sweep(&mut self, rate: u64, now_ms: u64, evict_refilling: bool) {
+        self.map.retain(|_, e| e.count > 0 || (!evict_refilling && !e.idle(rate, now_ms)));
+        self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP);
+        // Give back what an attack made it grow to.
+        if self.map.capacity() > 4 * self.sweep_at {
+            self.map.shrink_to(self.sweep_at);
+        }
+    }
+}
+
+/// The per-client table, shared by every worker.
+#[derive(Debug)]
+pub struct ClientTable {
+    shards: Box<[Mutex<Shard>]>,
+    /// The per-client rate in force (written at each admission), for releases.
+    rate: AtomicU64,
+    /// Per-process seed of the shard choice, so nobody can aim at one shard.
+    seed: u64,
+}
+
+impl Default for ClientTable {
+    fn default() -> Self {
+        ClientTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            rate: AtomicU64::new(0),
+            seed: rand::random(),
+        }
+    }
+}
+
+/// Holds one live connection of a client until dropped.
+#[derive(Debug)]
+pub struct ClientSlot {
+    table: Arc<ClientTable>,
+    key: u64,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.table.release(self.key);
+    }
+}
+
+impl ClientTable {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
+        let i = ((key ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits one connection of the client at `ip`: counts it (the slot gives it back), and
+    /// with `new_connection` takes a token of its rate (a request of a client carried on a
+    /// proxy's connection is not a new connection). `Ok(None)` when both limits are off.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits, new_connection: bool, now_ms: u64) -> Result<Option<ClientSlot>, Refused> {
+        let (max, rate) = (limits.max_connections_per_client, limits.max_connections_per_client_per_second);
+        if max == 0 && rate == 0 {
+            return Ok(None);
+        }
+        self.rate.store(rate, Relaxed);
+        let per_shard = capacity(limits) / SHARDS;
+        let key = key(ip);
+        let mut shard = self.shard(key);
+        if !shard.map.contains_key(&key) {
+            if shard.map.len() >= shard.sweep_at.max(MIN_SWEEP) {
+                shard.sweep(rate, now_ms, false);
+            }
+            if shard.map.len() >= per_shard {
+                shard.sweep(rate, now_ms, true);
+                if shard.map.len() >= per_shard {
+                    return Err(Refused::TableFull);
+                }
+            }
+        }
+        let e = shard.map.entry(key).or_insert(Entry {
+            count: 0,
+            tokens: rate as f32,
+            last_ms: now_ms,
+        });
+        if max != 0 && u64::from(e.count) >= max {
+            return Err(Refused::OverLimit);
+        }
+        if rate != 0 && new_connection {
+            e.refill(rate, now_ms);
+            if e.tokens < 1.0 {
+                return Err(Refused::OverLimit);
+            }
+            e.tokens -= 1.0;
+        }
+        e.count += 1;
+        Ok(Some(ClientSlot { table: self.clone(), key }))
+    }
+
+    fn release(&self, key: u64) {
+        let rate = self.rate.load(Relaxed);
+        let now_ms = crate::clock::now_ms();
+        let mut shard = self.shard(key);
+        if let Some(e) = shard.map.get_mut(&key) {
+            e.count = e.count.saturating_sub(1);
+            if e.idle(rate, now_ms) {
+                shard.map.remove(&key);
+            }
+        }
+    }
+
+    /// Clients tracked now.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
+            .sum()
+    }
+
+    /// Bytes the table's maps have allocated (buckets and control bytes, estimated from
+    /// their capacity), for measurements.
+    pub fn allocated_bytes(&self) -> usize {
+        let per_bucket = std::mem::size_of::<(u64, Entry)>() + 1;
+        self.shards
+            .iter()
+            .map(|s| {
+                let c = s.lock().unwrap_or_else(PoisonError::into_inner).map.capacity();
+                // hashbrown keeps buckets at a power of two with at most 7/8 of them used.
+                (c * 8 / 7).next_power_of_two() * per_bucket
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+#[path = "per_client_tests.rs"]
+mod tests;

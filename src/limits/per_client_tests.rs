@@ -1,0 +1,136 @@
+//! Tests of the per-client table: keys, both limits, release, sweeping, the bound.
+
+use super::*;
+use crate::clock;
+
+fn limits(max: u64, rate: u64) -> Limits {
+    Limits {
+        max_connections_per_client: max,
+        max_connections_per_client_per_second: rate,
+        ..Limits::default()
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn v4(n: u32) -> IpAddr {
+    IpAddr::from(n.to_be_bytes())
+}
+
+#[test]
+fn keys_are_ipv4_addresses_and_ipv6_slash_64s() {
+    assert_eq!(key(ip("192.0.2.1")), key(ip("::ffff:192.0.2.1")), "IPv4-mapped is IPv4");
+    assert_ne!(key(ip("192.0.2.1")), key(ip("192.0.2.2")));
+    assert_eq!(key(ip("2001:db8:1:2::1")), key(ip("2001:db8:1:2:ffff::9")), "one /64");
+    assert_ne!(key(ip("2001:db8:1:2::1")), key(ip("2001:db8:1:3::1")));
+    // No unicast /64 shares a key with an IPv4 address.
+    assert_ne!(key(ip("192.0.2.1")), key(ip("ffff:ffff:c000:201::")) ^ 1);
+    assert_eq!(key(ip("0.0.0.0")) >> 32, 0xFFFF_FFFF);
+}
+
+#[test]
+fn the_connection_cap_counts_live_connections_per_client() {
+    let t = Arc::new(ClientTable::default());
+    let l = limits(2, 0);
+    let now = clock::now_ms();
+    let a1 = t.admit(ip("127.0.0.1"), &l, true, now).unwrap();
+    let a2 = t.admit(ip("127.0.0.1"), &l, true, now).unwrap();
+    assert!(a1.is_some() && a2.is_some());
+    assert_eq!(t.admit(ip("127.0.0.1"), &l, true, now).unwrap_err(), Refused::OverLimit);
+    assert_eq!(t.admit(ip("::ffff:127.0.0.1"), &l, true, now).unwrap_err(), Refused::OverLimit);
+    let b = t.admit(ip("127.0.0.2"), &l, true, now).unwrap();
+    assert!(b.is_some(), "another client has its own count");
+    drop(a1);
+    let a3 = t.admit(ip("127.0.0.1"), &l, true, now).unwrap();
+    assert!(a3.is_some(), "a connection that ended gave its place back");
+    assert_eq!(t.tracked(), 2);
+    drop((a2, a3, b));
+    assert_eq!(t.tracked(), 0, "no rate: an entry goes with its last connection");
+    // Both limits off: nothing is counted.
+    assert!(t.admit(ip("127.0.0.1"), &limits(0, 0), true, now).unwrap().is_none());
+    assert_eq!(t.tracked(), 0);
+}
+
+#[test]
+fn the_rate_bursts_one_second_then_refills_and_only_new_connections_pay() {
+    let t = Arc::new(ClientTable::default());
+    let l = limits(0, 3);
+    let now = clock::now_ms();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(t.admit(ip("10.0.0.1"), &l, true, now).unwrap());
+    }
+    assert_eq!(t.admit(ip("10.0.0.1"), &l, true, now).unwrap_err(), Refused::OverLimit);
+    // A request carried on a proxy's connection is counted but takes no token.
+    assert!(t.admit(ip("10.0.0.1"), &l, false, now).unwrap().is_some());
+    assert_eq!(t.admit(ip("10.0.0.1"), &l, true, now + 200).unwrap_err(), Refused::OverLimit);
+    assert!(
+        t.admit(ip("10.0.0.1"), &l, true, now + 340).unwrap().is_some(),
+        "one token after 1/3 s"
+    );
+    assert!(t.admit(ip("10.0.0.2"), &l, true, now).unwrap().is_some(), "another client");
+    drop(held);
+    // Its bucket is still refilling: the entry stays after its connections end.
+    assert!(t.tracked() >= 1);
+}
+
+#[test]
+fn refilled_entries_are_swept_and_refilling_ones_evicted_when_full() {
+    let t = Arc::new(ClientTable::default());
+    let l = limits(0, 10);
+    let now = clock::now_ms();
+    for n in 0..10_000u32 {
+        drop(t.admit(v4(n), &l, true, now).unwrap());
+    }
+    let after_burst = t.tracked();
+    assert!(after_burst > 0 && after_burst <= 10_000);
+    // A second later every bucket is full again: the next insertions sweep them out.
+    let later = now + 1_000;
+    for n in 0..10_000u32 {
+        drop(t.admit(v4(1_000_000 + n), &l, true, later).unwrap());
+    }
+    assert!(
+        t.tracked() < 2 * 10_000 / SHARDS * SHARDS,
+        "refilled entries were swept: {}",
+        t.tracked()
+    );
+}
+
+#[test]
+fn a_million_distinct_clients_never_grow_the_table_past_its_bound() {
+    // Rate only: every client leaves an entry that is still refilling.
+    let t = Arc::new(ClientTable::default());
+    let l = limits(0, 5);
+    let cap = capacity(&l);
+    assert_eq!(cap, 2 * 100_000, "twice the default max_connections");
+    let now = clock::now_ms();
+    for n in 0..1_000_000u32 {
+        let slot = t.admit(v4(n), &l, true, now).expect("a free entry is evicted to make room");
+        drop(slot);
+    }
+    assert!(t.tracked() <= cap, "{} > {cap}", t.tracked());
+
+    // Live connections: the table refuses new clients once full, and only then.
+    let t = Arc::new(ClientTable::default());
+    let l = Limits {
+        max_connections: 1_000,
+        ..limits(1, 0)
+    };
+    assert_eq!(capacity(&l), MIN_CAPACITY);
+    let mut held = Vec::new();
+    let mut full = 0;
+    for n in 0..1_000_000u32 {
+        match t.admit(v4(n), &l, true, now) {
+            Ok(slot) => held.push(slot),
+            Err(Refused::TableFull) => full += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(t.tracked() <= MIN_CAPACITY);
+    assert_eq!(held.len() + full, 1_000_000);
+    assert!(held.len() > MIN_CAPACITY / 2, "shards fill evenly: {}", held.len());
+    drop(held);
+    assert_eq!(t.tracked(), 0);
+}
