@@ -48,7 +48,7 @@ YAML
 }
 spreader() { # PORT INSTANCE_PORTS...
   local p=$1; shift
-  { printf 'global\n  maxconn 100000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n'
+  { printf 'global\n  maxconn 9000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n'
     printf 'frontend fe\n  bind 127.0.0.1:%s\n  default_backend be\nbackend be\n  balance roundrobin\n' "$p"
     for ip in "$@"; do printf '  server s%s 127.0.0.1:%s send-proxy-v2\n' "$ip" "$ip"; done; } > "$run/h$p.cfg"
   haproxy -f "$run/h$p.cfg" -db >/dev/null 2>&1 & pids+=($!); wait_port "$p"
