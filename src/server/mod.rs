@@ -303,3 +303,23 @@ async fn accept_loop(
     drop(listener);
     open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
 }
+
+#[cfg(test)]
+mod tests {
+    /// What every idle connection's task holds: the relay state and little else (not the
+    /// handshake's arguments and buffers, which an `async fn` would keep for the connection's
+    /// whole life). Every byte here is a byte per idle connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_connection_task_holds_the_relay_and_little_else() {
+        let yaml = "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9\"\n";
+        let cfg = crate::config::parse(yaml, std::path::Path::new(".")).unwrap();
+        let server = super::Server::start(cfg, None).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        let task = super::connection::handle(server.shared.clone(), std::sync::Arc::from("l"), s, peer);
+        let (task_size, relay_size) = (std::mem::size_of_val(&task), std::mem::size_of::<crate::relay::Relay>());
+        assert_eq!(task_size, std::mem::size_of::<super::connection::Connection>());
+        assert!(task_size <= relay_size + 176, "task {task_size} bytes for a relay of {relay_size}");
+    }
+}
