@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Idle memory only: resident bytes per idle proxied connection (8,000 by default) for HAProxy
+# and Switchyard, measured like the idle column of ../shared/perf/compare.sh (same templates,
+# without their TLS listeners), in one run, in a minute instead of ten.
+# usage: [IDLE=8000] [TARGETS="haproxy switchyard"] benches/idle.sh [target/release/switchyard]
+set -u
+here="$(cd "$(dirname "$0")/.." && pwd)/../shared/perf"; LG=$here/loadgen/target/release/loadgen; SY_BIN=${1:-target/release/switchyard}; IDLE=${IDLE:-8000}
+[ -x "$LG" ] || (cd "$here/loadgen" && cargo build --release -q)
+ulimit -n "$(ulimit -Hn)"; run=$(mktemp -d); pids=()
+trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; rm -rf $run' EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+for t in ${TARGETS:-haproxy switchyard}; do
+  bport=$(port); lport=$(port); tport=$(port)
+  $LG backend --port $bport >/dev/null & bpid=$!; pids+=($bpid); wait_port $bport
+  fill() { sed "s/LISTEN_PORT/$lport/;s/BACKEND_PORT/$bport/;s/TLS_PORT/$tport/;s#CERT_AND_KEY_PEM#/dev/null#g;s#CERT_FILE#x#g;s#KEY_FILE#x#g;s#RUNDIR#$run#g" "$1"; }
+  case $t in
+    haproxy) fill $here/peers/haproxy.cfg.in | grep -v "ssl crt" > $run/h.cfg; haproxy -f $run/h.cfg -db >/dev/null 2>&1 & ppid=$! ;;
+    switchyard) fill $here/switchyard.yaml.in | python3 -c "
+import sys; t=sys.stdin.read(); i=t.index('  - name: bench-tls'); j=t.index('pools:'); print(t[:i]+t[j:])" > $run/sy.yaml
+       RUST_LOG=warn $SY_BIN run -c $run/sy.yaml > $run/sy.log 2>&1 & ppid=$! ;;
+  esac
+  pids+=($ppid); wait_port $lport || { echo "$t did not start"; cat $run/sy.log; continue; }
+  echo "$t $($LG idle --url ws://127.0.0.1:$lport/ --conns $IDLE --hold 1 --pid $ppid)"
+  kill $ppid $bpid; wait $ppid $bpid 2>/dev/null
+done
