@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod limits;
 pub mod listeners;
+pub mod memory;
 pub mod metrics;
 pub mod rebalance;
 pub mod relay;

@@ -149,6 +149,7 @@ impl Server {
         crate::health::spawn_all(&self.shared);
         crate::reload::spawn_queue(&self.shared);
         tokio::spawn(crate::rebalance::run(self.shared.clone()));
+        tokio::spawn(crate::memory::run(self.shared.clone()));
         tokio::spawn(crate::metrics::run_upkeep());
     }
 
