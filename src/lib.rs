@@ -18,6 +18,7 @@ pub mod health;
 pub mod http;
 pub mod limits;
 pub mod listeners;
+pub mod memory;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod rebalance;

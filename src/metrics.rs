@@ -38,6 +38,29 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// How often histogram samples are folded into their buckets without a scrape.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the histogram samples recorded since the last scrape or upkeep into their buckets.
+/// The exporter keeps every sample (8 bytes each, in blocks) until then, so without this a
+/// balancer nobody scrapes would grow by every handshake and plain request it served.
+pub fn upkeep() {
+    if let Some(h) = HANDLE.get().and_then(|h| h.as_ref()) {
+        h.run_upkeep();
+    }
+}
+
+/// The control thread's task: [`upkeep`] every [`UPKEEP_EVERY`] (what the exporter's own
+/// HTTP server would do; this process serves `/metrics` itself).
+pub async fn run_upkeep() {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        upkeep();
+    }
+}
+
 /// Renders the Prometheus text exposition: the registry's series (empty when no recorder
 /// could be installed) and the per-backend series of every live backend.
 pub fn render() -> String {

@@ -204,6 +204,11 @@ impl Admission {
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
     }
+
+    /// Accepted connections not yet admitted or refused (request heads still coming).
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Relaxed)
+    }
 }
 
 /// Asks the connection idle the longest to close now (1001); false when there is none.

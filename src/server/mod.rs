@@ -153,6 +153,8 @@ impl Server {
         crate::reload::spawn_queue(&self.shared);
         crate::discovery::spawn(&self.shared);
         tokio::spawn(crate::rebalance::run(self.shared.clone()));
+        tokio::spawn(crate::memory::run(self.shared.clone()));
+        tokio::spawn(crate::metrics::run_upkeep());
     }
 
     /// The bound address of a listener (useful with port 0).

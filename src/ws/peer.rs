@@ -131,7 +131,13 @@ document.getElementById('b').onclick=()=>ws.send(document.getElementById('m').va
 /// Serves one connection as an echo backend: data messages come back as sent, pings are
 /// answered, a close is returned. A plain HTTP GET gets `200 ok` (for health checks), the
 /// text of `load` for `/load`, or a small echo page for `/`.
-pub async fn serve_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, load: Option<&str>) -> io::Result<()> {
+pub async fn serve_echo<S: AsyncRead + AsyncWrite + Unpin>(s: S, load: Option<&str>) -> io::Result<()> {
+    serve_echo_named(s, load, None).await
+}
+
+/// As [`serve_echo`], except that a text message `whoami` is answered with `name` when one
+/// is given (the chaos run asks which backend process each of its connections reached).
+pub async fn serve_echo_named<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, load: Option<&str>, name: Option<&str>) -> io::Result<()> {
     let mut pending = match server_handshake(&mut s).await? {
         Incoming::Upgrade(p) => p,
         Incoming::Http(path) => {
@@ -157,7 +163,32 @@ pub async fn serve_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, load: Optio
                 return s.shutdown().await;
             }
             Opcode::Pong => {}
+            Opcode::Text if f.fin && f.payload == b"whoami" => {
+                let answer = name.map_or(&f.payload[..], str::as_bytes);
+                write_frame(&mut s, true, Opcode::Text, answer, false).await?
+            }
             op => write_frame(&mut s, f.fin, op, &f.payload, false).await?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ask(name: Option<&'static str>, text: &[u8]) -> Frame {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve_echo_named(server, None, name));
+        let mut pending = client_handshake(&mut client, "test", "/").await.expect("101");
+        write_frame(&mut client, true, Opcode::Text, text, true).await.expect("write");
+        read_frame(&mut client, &mut pending).await.expect("answer")
+    }
+
+    #[tokio::test]
+    async fn a_named_echo_answers_whoami_with_its_name_and_echoes_the_rest() {
+        assert_eq!(ask(Some("b1 pid 7"), b"whoami").await.payload, b"b1 pid 7");
+        assert_eq!(ask(Some("b1 pid 7"), b"whoami?").await.payload, b"whoami?");
+        let unnamed = ask(None, b"whoami").await;
+        assert_eq!((unnamed.opcode, unnamed.payload), (Opcode::Text, b"whoami".to_vec()));
     }
 }
