@@ -5,8 +5,10 @@ use std::cell::RefCell;
 
 /// Size of one relay buffer.
 pub const BUF_SIZE: usize = 32 * 1024;
-/// Free buffers kept per thread; more are returned to the allocator.
-const POOL_MAX: usize = 64;
+/// Free buffers kept per thread; more are returned to the allocator. Small: a buffer is held
+/// only while its bytes are in flight, so few are out at once per thread, and what the list
+/// keeps stays resident for good (64 was up to 2 MiB per worker after any burst).
+const POOL_MAX: usize = 16;
 
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8; BUF_SIZE]>>> = const { RefCell::new(Vec::new()) };
