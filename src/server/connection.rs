@@ -113,26 +113,7 @@ impl Future for Connection {
                         *this = Connection::Done;
                         return Poll::Ready(());
                     }
-                    Poll::Ready(Some(ready)) => {
-                        let Ready {
-                            relay,
-                            reg,
-                            started,
-                            access_log,
-                            client,
-                            _slot,
-                            _client_slot,
-                            _guard,
-                        } = ready;
-                        *this = Connection::Relaying(Relaying {
-                            run: relay.run(),
-                            reg,
-                            started,
-                            access_log,
-                            client,
-                            _held: (_slot, _client_slot, _guard),
-                        });
-                    }
+                    Poll::Ready(Some(ready)) => *this = Connection::Relaying(Relaying::from(ready)),
                 },
                 Connection::Relaying(r) => {
                     let Poll::Ready(out) = Pin::new(&mut r.run).poll(cx) else {
@@ -150,20 +131,33 @@ impl Future for Connection {
     }
 }
 
-/// Relays frames until the connection ends, then writes its access-log line.
-pub(super) async fn relay(ready: Ready, listener: &str) {
-    let Ready {
-        relay,
-        reg,
-        started,
-        access_log,
-        client,
-        ..
-    } = ready;
-    let out = relay.run().await;
-    if access_log {
-        access_line(&out, &reg, started, client, listener);
+impl From<Ready> for Relaying {
+    fn from(ready: Ready) -> Relaying {
+        let Ready {
+            relay,
+            reg,
+            started,
+            access_log,
+            client,
+            _slot,
+            _client_slot,
+            _guard,
+        } = ready;
+        Relaying {
+            run: relay.run(),
+            reg,
+            started,
+            access_log,
+            client,
+            _held: (_slot, _client_slot, _guard),
+        }
     }
+}
+
+/// Relays frames until the connection ends, then writes its access-log line (an upgrade
+/// that followed plain requests on the same connection).
+pub(super) async fn relay(ready: Ready) {
+    Connection::Relaying(Relaying::from(ready)).await
 }
 
 /// The access-log line of a finished WebSocket connection.

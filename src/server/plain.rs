@@ -130,7 +130,7 @@ pub(super) async fn serve(
             let Some((stream, early)) = upgraded(on).await else { return };
             let rt = shared.runtime.load_full();
             match upgrade::start(&shared, &rt, &listener, stream, *prepared, &early, started) {
-                Ok(ready) => connection::relay(ready, &listener).await,
+                Ok(ready) => connection::relay(ready).await,
                 Err(ns) => connection::not_started(ns, peer.addr).await,
             }
         }
