@@ -91,6 +91,59 @@ impl Timers {
     }
 }
 
+/// One side's keepalive: the proxy's own ping, and the answer it waits for (a pong carrying
+/// its token, or any bytes at all: anything from the peer proves it is alive).
+#[derive(Debug, Clone, Copy)]
+struct Pinger {
+    /// A ping waits for a frame boundary (not yet on the wire).
+    queued: bool,
+    /// When the ping on the wire was written, still unanswered (0: none).
+    awaiting_ms: u64,
+    /// When the peer last sent anything. A ping is answered by bytes from the peer, so
+    /// this is never earlier than the last answered ping: the next one is due from here.
+    last_rx_ms: u64,
+}
+
+impl Pinger {
+    fn new(now: u64) -> Pinger {
+        Pinger {
+            queued: false,
+            awaiting_ms: 0,
+            last_rx_ms: now,
+        }
+    }
+
+    /// Bytes arrived from the peer.
+    fn heard(&mut self, now: u64) {
+        self.last_rx_ms = now;
+        self.awaiting_ms = 0;
+    }
+
+    /// The queued ping went on the wire.
+    fn sent(&mut self, now: u64) {
+        self.queued = false;
+        self.awaiting_ms = now;
+    }
+
+    fn timed_out(&self, now: u64, timeout: u64) -> bool {
+        self.awaiting_ms != 0 && now >= self.awaiting_ms + timeout
+    }
+
+    fn due(&self, now: u64, interval: u64) -> bool {
+        self.awaiting_ms == 0 && !self.queued && now >= self.last_rx_ms + interval
+    }
+
+    /// When this side next needs the timer: its ping timeout, or its next ping (none while
+    /// one is queued).
+    fn deadline(&self, interval: u64, timeout: u64) -> Option<u64> {
+        if self.awaiting_ms != 0 {
+            Some(self.awaiting_ms + timeout)
+        } else {
+            (!self.queued).then_some(self.last_rx_ms + interval)
+        }
+    }
+}
+
 /// How a relayed connection ended, for the access log.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
@@ -138,19 +191,11 @@ pub struct Relay {
     conn: Arc<ConnShared>,
     timers: Timers,
     ping_token: [u8; 8],
-    /// A keepalive ping waits for a frame boundary towards the client (not yet on the wire).
-    ping_queued: bool,
-    /// When the last ping went on the wire and is still unanswered (0: none).
-    awaiting_pong_ms: u64,
-    last_ping_ms: u64,
-    last_client_rx_ms: u64,
-    /// The backend-side twin of `ping_queued`, `awaiting_pong_ms`, `last_ping_ms` and
-    /// `last_client_rx_ms` (the backend's pong carries the client token with its first bit
-    /// flipped).
-    backend_ping_queued: bool,
-    awaiting_backend_pong_ms: u64,
-    last_backend_ping_ms: u64,
-    last_backend_rx_ms: u64,
+    /// The proxy's keepalive pings to the client.
+    client_ping: Pinger,
+    /// The proxy's pings to the backend (their payload is the client token with its first
+    /// bit flipped).
+    backend_ping: Pinger,
     last_data_ms: u64,
     last_flush_ms: u64,
     closing_deadline_ms: u64,
@@ -192,14 +237,8 @@ impl Relay {
             conn,
             timers: Timers::from(&settings),
             ping_token: token,
-            ping_queued: false,
-            awaiting_pong_ms: 0,
-            last_ping_ms: now,
-            last_client_rx_ms: now,
-            backend_ping_queued: false,
-            awaiting_backend_pong_ms: 0,
-            last_backend_ping_ms: now,
-            last_backend_rx_ms: now,
+            client_ping: Pinger::new(now),
+            backend_ping: Pinger::new(now),
             last_data_ms: now,
             last_flush_ms: now,
             closing_deadline_ms: 0,
@@ -233,20 +272,18 @@ impl Relay {
                 // whenever it arrives; it is always cut out.
                 let token = self.ping_token;
                 let own = self.timers.ping().is_some().then_some(&token[..]);
-                let btoken = self.backend_token();
-                let own_b = self.timers.backend_ping().is_some().then_some(&btoken[..]);
+                let btoken = self.timers.backend_ping().map(|_| self.backend_token());
+                let own_b = btoken.as_ref().map(|t| &t[..]);
                 let had_unflushed = self.has_unflushed();
                 let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
                 let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, own_b);
                 if a.rx || b.rx {
                     let now = clock::now_ms();
                     if a.rx {
-                        self.last_client_rx_ms = now;
-                        self.awaiting_pong_ms = 0; // anything from the client proves it is alive
+                        self.client_ping.heard(now);
                     }
                     if b.rx {
-                        self.last_backend_rx_ms = now;
-                        self.awaiting_backend_pong_ms = 0;
+                        self.backend_ping.heard(now);
                     }
                     if a.data_seen || b.data_seen {
                         self.last_data_ms = now;
@@ -258,20 +295,14 @@ impl Relay {
                         self.dirty = true; // the flush deadline may be the earliest now
                     }
                 }
+                // Only a ping on the wire is awaited: one queued behind a long frame has not
+                // been sent, and its peer cannot answer it yet.
                 if b.ping_sent {
-                    // Only a ping on the wire is awaited: one queued behind a long frame has
-                    // not been sent, and its client cannot answer it yet.
-                    let now = clock::now_ms();
-                    self.ping_queued = false;
-                    self.awaiting_pong_ms = now;
-                    self.last_ping_ms = now;
+                    self.client_ping.sent(clock::now_ms());
                     self.dirty = true;
                 }
                 if a.ping_sent {
-                    let now = clock::now_ms();
-                    self.backend_ping_queued = false;
-                    self.awaiting_backend_pong_ms = now;
-                    self.last_backend_ping_ms = now;
+                    self.backend_ping.sent(clock::now_ms());
                     self.dirty = true;
                 }
                 for code in [a.sent_close, b.sent_close].into_iter().flatten() {
@@ -344,26 +375,23 @@ impl Relay {
                 self.begin_close(CloseCode::GoingAway.code(), "idle timeout", now);
             }
         }
+        let timeout = self.timers.ping_timeout();
         if let Some(interval) = self.timers.ping() {
-            if self.awaiting_pong_ms != 0 {
-                if now >= self.awaiting_pong_ms + self.timers.ping_timeout() {
-                    self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);
-                }
-            } else if !self.closing && !self.ping_queued && now >= self.ping_due(interval) && self.b2c.inject.is_none() {
+            if self.client_ping.timed_out(now, timeout) {
+                self.begin_close(CloseCode::GoingAway.code(), "ping timeout", now);
+            } else if !self.closing && self.client_ping.due(now, interval) && self.b2c.inject.is_none() {
                 // Awaited from the moment it is written (see `poll_relay`), not from now.
                 self.b2c.inject = Some(Inject::Ping(self.ping_token));
-                self.ping_queued = true;
+                self.client_ping.queued = true;
                 self.injected = true;
             }
         }
         if let Some(interval) = self.timers.backend_ping() {
-            if self.awaiting_backend_pong_ms != 0 {
-                if now >= self.awaiting_backend_pong_ms + self.timers.ping_timeout() {
-                    self.backend_unresponsive(now);
-                }
-            } else if !self.closing && !self.backend_ping_queued && now >= self.backend_ping_due(interval) && self.c2b.inject.is_none() {
+            if self.backend_ping.timed_out(now, timeout) {
+                self.backend_unresponsive(now);
+            } else if !self.closing && self.backend_ping.due(now, interval) && self.c2b.inject.is_none() {
                 self.c2b.inject = Some(Inject::Ping(self.backend_token()));
-                self.backend_ping_queued = true;
+                self.backend_ping.queued = true;
                 self.injected = true;
             }
         }
@@ -380,14 +408,6 @@ impl Relay {
         t
     }
 
-    fn backend_ping_due(&self, interval: u64) -> u64 {
-        self.last_backend_rx_ms.max(self.last_backend_ping_ms) + interval
-    }
-
-    fn ping_due(&self, interval: u64) -> u64 {
-        self.last_client_rx_ms.max(self.last_ping_ms) + interval
-    }
-
     fn next_deadline(&self) -> u64 {
         let mut d = u64::MAX;
         if self.closing_deadline_ms != 0 {
@@ -402,18 +422,14 @@ impl Relay {
             if let Some(idle) = self.timers.idle() {
                 d = d.min(self.last_data_ms + idle);
             }
-            if let Some(interval) = self.timers.ping() {
-                if self.awaiting_pong_ms != 0 {
-                    d = d.min(self.awaiting_pong_ms + self.timers.ping_timeout());
-                } else if !self.ping_queued {
-                    d = d.min(self.ping_due(interval));
-                }
-            }
-            if let Some(interval) = self.timers.backend_ping() {
-                if self.awaiting_backend_pong_ms != 0 {
-                    d = d.min(self.awaiting_backend_pong_ms + self.timers.ping_timeout());
-                } else if !self.backend_ping_queued {
-                    d = d.min(self.backend_ping_due(interval));
+            let timeout = self.timers.ping_timeout();
+            let sides = [
+                (self.timers.ping(), &self.client_ping),
+                (self.timers.backend_ping(), &self.backend_ping),
+            ];
+            for (interval, pinger) in sides {
+                if let Some(at) = interval.and_then(|i| pinger.deadline(i, timeout)) {
+                    d = d.min(at);
                 }
             }
         }
