@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,25 +29,23 @@ fn backend_child_process() {
 
 /// Starts `backend_child_process` in its own process; returns it and its address.
 fn child_backend() -> (Proc, std::net::SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "backend_child_process", "--nocapture", "--test-threads=1"])
-        .env("SY_BACKEND_CHILD", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("test binary runs");
-    let out = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            // libtest prints "test NAME ... " on the same line first.
-            if let Some(p) = line.split("listening ").nth(1) {
-                let _ = tx.send(p.trim().parse::<u16>().unwrap());
-            }
+    let mut proc = Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "backend_child_process", "--nocapture", "--test-threads=1"])
+            .env("SY_BACKEND_CHILD", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("test binary runs"),
+    );
+    let lines = proc.lines();
+    // libtest prints "test NAME ... " on the same line first.
+    let port = loop {
+        let line = lines.recv_timeout(T).expect("the child backend listens");
+        if let Some(p) = line.split("listening ").nth(1) {
+            break p.trim().parse::<u16>().unwrap();
         }
-    });
-    let port = rx.recv_timeout(T).expect("the child backend listens");
+    };
     (proc, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }
 

@@ -7,7 +7,6 @@
 mod common;
 use common::*;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -33,22 +32,19 @@ fn node_ready() -> bool {
 
 /// Starts `node SCRIPT ARGS…` and waits for its `listening PORT` line.
 fn node_server(script: &str, args: &[&str]) -> (Proc, std::net::SocketAddr) {
-    let mut child = Command::new("node")
-        .arg(js_dir().join(script))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    let out = child.stdout.take().expect("stdout");
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("the server says it listens");
+    let mut proc = Proc(
+        Command::new("node")
+            .arg(js_dir().join(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node starts"),
+    );
+    let line = proc
+        .lines()
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server says it listens");
     let port: u16 = line.trim_start_matches("listening ").trim().parse().expect("a port");
     (proc, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }

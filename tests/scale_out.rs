@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use common::dns::Dns;
 use common::*;
-use std::io::{BufRead, BufReader};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -78,21 +77,8 @@ fn instance(dir: &std::path::Path, name: &str, dns: &Dns) -> (Proc, SocketAddr, 
     );
     let f = dir.join(format!("{name}.yaml"));
     std::fs::write(&f, y).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", f.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary runs");
-    let out = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut proc = Proc::spawn(&["run", "-c", f.to_str().unwrap()]);
+    let rx = proc.lines();
     let (mut listener, mut admin) = (None, None);
     while listener.is_none() || admin.is_none() {
         let line = rx.recv_timeout(T).expect("the instance announces its addresses");

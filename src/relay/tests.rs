@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{Outcome, Relay, RelaySettings};
 use crate::backend::Backend;
-use crate::conns::ConnTable;
+use crate::conns::{ConnTable, Registration};
 use crate::metrics::CloseOrigin;
 use crate::stream::Stream;
 use crate::ws::frame::{write_header, Opcode};
@@ -31,8 +31,8 @@ async fn pair() -> (TcpStream, TcpStream) {
     (ours, peer)
 }
 
-/// Starts a relay; returns its task and the client's and the backend's ends.
-async fn start(settings: RelaySettings) -> (tokio::task::JoinHandle<Outcome>, TcpStream, TcpStream) {
+/// A registered relay, not started; with the client's and the backend's ends.
+async fn relay(settings: RelaySettings) -> (Relay, Registration, TcpStream, TcpStream) {
     let (c, client) = pair().await;
     let (b, backend) = pair().await;
     let table = Arc::new(ConnTable::default());
@@ -40,6 +40,12 @@ async fn start(settings: RelaySettings) -> (tokio::task::JoinHandle<Outcome>, Tc
     let Ok(relay) = Relay::new(Stream::Tcp(c), Stream::Tcp(b), reg.shared.clone(), settings, &[], &[]) else {
         panic!("no early bytes: the relay starts");
     };
+    (relay, reg, client, backend)
+}
+
+/// Starts a relay; returns its task and the client's and the backend's ends.
+async fn start(settings: RelaySettings) -> (tokio::task::JoinHandle<Outcome>, TcpStream, TcpStream) {
+    let (relay, reg, client, backend) = relay(settings).await;
     let task = tokio::spawn(async move {
         let _reg = reg;
         relay.run().await
@@ -110,13 +116,7 @@ async fn a_close_that_could_not_be_sent_is_not_logged_as_sent() {
 /// does not grow unnoticed (every byte here is a byte per idle connection).
 #[tokio::test]
 async fn an_idle_relay_holds_its_state_once() {
-    let (c, _client) = pair().await;
-    let (b, _backend) = pair().await;
-    let table = Arc::new(ConnTable::default());
-    let reg = table.register(Backend::for_test("127.0.0.1:1", 1), Arc::from("l"), crate::clock::now_ms());
-    let Ok(relay) = Relay::new(Stream::Tcp(c), Stream::Tcp(b), reg.shared.clone(), SETTINGS, &[], &[]) else {
-        panic!("no early bytes: the relay starts");
-    };
+    let (relay, _reg, _client, _backend) = relay(SETTINGS).await;
     let relay_size = std::mem::size_of::<Relay>();
     let run = relay.run();
     assert_eq!(std::mem::size_of_val(&run), relay_size);

@@ -537,19 +537,30 @@ impl Proc {
         (Proc(child), rx)
     }
 
-    /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
-    pub fn line_after(&mut self, prefix: &str) -> String {
+    /// Every stdout line from here on, read on a thread of its own. The thread drains stdout
+    /// to its end even once nobody listens, so the child never blocks on a full pipe.
+    pub fn lines(&mut self) -> std::sync::mpsc::Receiver<String> {
         let out = self.0.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = prefix.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(rest.to_string());
-                }
+                let _ = tx.send(line);
             }
         });
-        rx.recv_timeout(Duration::from_secs(20)).expect("the binary announces its address")
+        rx
+    }
+
+    /// Reads stdout lines until one starts with `prefix`; returns the rest of it.
+    pub fn line_after(&mut self, prefix: &str) -> String {
+        let lines = self.lines();
+        let limit = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = limit.saturating_duration_since(std::time::Instant::now());
+            let line = lines.recv_timeout(left).expect("the binary announces its address");
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
     }
 
     pub fn signal(&self, sig: i32) {
