@@ -92,6 +92,16 @@ async fn wss(
     (ws, subject)
 }
 
+/// A config with one TLS listener on port 0 (its `tls` on line 4, `listener` lines after
+/// it), routing to pool `p` (`pool` lines before its one backend at `backend`), then `tail`.
+fn tls_yaml(cert: &Path, key: &Path, backend: &str, listener: &str, pool: &str, tail: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n{listener}    routes:\n      - pool: p\npools:\n  p:\n{pool}    backends:\n      - address: \"{backend}\"\n{tail}",
+        cert.display(),
+        key.display()
+    )
+}
+
 #[tokio::test]
 async fn wss_is_terminated_with_sni_selection_and_forwarded_proto_https() {
     bounded(async {
@@ -130,11 +140,13 @@ async fn a_proxy_protocol_header_comes_before_tls() {
         let pki = Pki::new(dir.path(), "ca");
         let (crt, key) = pki.leaf("a", &["a.test"], false);
         let b = backend("b").await;
-        let yaml = format!(
-            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    proxy_protocol: true\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\nlimits:\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
-            crt.display(),
-            key.display(),
-            b.addr
+        let yaml = tls_yaml(
+            &crt,
+            &key,
+            &b.addr.to_string(),
+            "    proxy_protocol: true\n",
+            "",
+            "limits:\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
         );
         let p = Proxy::start(&yaml);
         let mut tcp = TcpStream::connect(p.addr).await.unwrap();
@@ -147,10 +159,7 @@ async fn a_proxy_protocol_header_comes_before_tls() {
             .expect("TLS right after the header");
         let (mut ws, _) = tokio_tungstenite::client_async("wss://a.test/", tls).await.unwrap();
         ws.send(Message::text("behind a header")).await.unwrap();
-        assert_eq!(
-            ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
-            "behind a header"
-        );
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "behind a header");
         let h = b.last_headers.lock().unwrap().clone();
         assert!(h.iter().any(|(k, v)| k == "x-forwarded-for" && v == "198.51.100.7"), "{h:?}");
         assert!(h.iter().any(|(k, v)| k == "x-forwarded-proto" && v == "https"), "{h:?}");
@@ -234,15 +243,7 @@ fn check_reports_missing_mismatched_and_expired_certificates() {
     ];
     for (cert, key, expect) in cases {
         let f = dir.path().join("c.yaml");
-        std::fs::write(
-            &f,
-            format!(
-                "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9\"\n",
-                cert.display(),
-                key.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&f, tls_yaml(&cert, &key, "127.0.0.1:9", "", "", "")).unwrap();
         let out = std::process::Command::new(BIN).arg("check").arg(&f).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{expect}: {text}");
@@ -250,7 +251,7 @@ fn check_reports_missing_mismatched_and_expired_certificates() {
         assert!(text.contains(":4:"), "positioned at the tls line: {text}");
     }
     let f = dir.path().join("ok.yaml");
-    std::fs::write(&f, format!("listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9\"\n", good_c.display(), good_k.display())).unwrap();
+    std::fs::write(&f, tls_yaml(&good_c, &good_k, "127.0.0.1:9", "", "", "")).unwrap();
     let out = std::process::Command::new(BIN).arg("check").arg(&f).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
@@ -262,12 +263,7 @@ async fn certificates_are_read_again_on_reload() {
         let pki = Pki::new(dir.path(), "ca");
         let (crt, key) = pki.leaf("live", &["old.test"], false);
         let b = backend("b").await;
-        let yaml = format!(
-            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n",
-            crt.display(),
-            key.display(),
-            b.addr
-        );
+        let yaml = tls_yaml(&crt, &key, &b.addr.to_string(), "", "", "");
         let (p, path) = Proxy::start_file(dir.path(), &yaml);
         let (_ws, subject) = wss(p.addr, &pki, "old.test").await;
         assert!(subject.contains("old.test"), "{subject}");
@@ -291,12 +287,7 @@ async fn plain_https_requests_are_forwarded_with_a_secure_sticky_cookie() {
         let pki = Pki::new(dir.path(), "ca");
         let (crt, key) = pki.leaf("a", &["a.test"], false);
         let b = common::http::http_backend("b1").await;
-        let yaml = format!(
-            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    sticky: {{ cookie: SYID }}\n    backends:\n      - address: \"{}\"\n",
-            crt.display(),
-            key.display(),
-            b.addr
-        );
+        let yaml = tls_yaml(&crt, &key, &b.addr.to_string(), "", "    sticky: { cookie: SYID }\n", "");
         let p = Proxy::start(&yaml);
         let tcp = TcpStream::connect(p.addr).await.unwrap();
         let mut tls = pki
@@ -304,12 +295,17 @@ async fn plain_https_requests_are_forwarded_with_a_secure_sticky_cookie() {
             .connect(ServerName::try_from("a.test".to_string()).unwrap(), tcp)
             .await
             .expect("TLS handshake");
-        tls.write_all(b"GET /headers HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await.unwrap();
+        tls.write_all(b"GET /headers HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut resp = String::new();
         let _ = tokio::time::timeout(T, tls.read_to_string(&mut resp)).await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(resp.contains("x-forwarded-proto: https\n"), "{resp}");
-        let cookie = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
+        let cookie = resp
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .expect("a cookie");
         assert!(cookie.contains("SYID=") && cookie.contains("; Secure"), "{cookie}");
     })
     .await
@@ -325,12 +321,7 @@ async fn past_the_hard_ceiling_a_tls_listener_closes_without_clear_text() {
         let pki = Pki::new(dir.path(), "ca");
         let (crt, key) = pki.leaf("a", &["a.test"], false);
         let b = backend("b").await;
-        let yaml = format!(
-            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\nlimits:\n  max_connections: 1\n",
-            crt.display(),
-            key.display(),
-            b.addr
-        );
+        let yaml = tls_yaml(&crt, &key, &b.addr.to_string(), "", "", "limits:\n  max_connections: 1\n");
         let p = Proxy::start(&yaml);
         let (mut held, _) = wss(p.addr, &pki, "a.test").await;
         held.send(Message::text("x")).await.unwrap();
