@@ -4,12 +4,9 @@
 # without their TLS listeners), in one run, in a minute instead of ten.
 # usage: [IDLE=8000] [TARGETS="haproxy switchyard"] benches/idle.sh [target/release/switchyard]
 set -u
-here="$(cd "$(dirname "$0")/.." && pwd)/../shared/perf"; LG=$here/loadgen/target/release/loadgen; SY_BIN=${1:-target/release/switchyard}; IDLE=${IDLE:-8000}
-[ -x "$LG" ] || (cd "$here/loadgen" && cargo build --release -q)
-ulimit -n "$(ulimit -Hn)"; run=$(mktemp -d); pids=()
-trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; rm -rf $run' EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+SY_BIN=${1:-target/release/switchyard}; IDLE=${IDLE:-8000}
+. "$(dirname "$0")/common.sh"
+here="$perf"
 for t in ${TARGETS:-haproxy switchyard}; do
   bport=$(port); lport=$(port); tport=$(port)
   $LG backend --port $bport >/dev/null & bpid=$!; pids+=($bpid); wait_port $bport

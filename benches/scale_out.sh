@@ -11,16 +11,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$here/target/release/switchyard}"
-LG="$here/../shared/perf/loadgen/target/release/loadgen"
-[ -x "$LG" ] || (cd "$here/../shared/perf/loadgen" && cargo build --release -q)
 command -v haproxy >/dev/null || { echo "needs haproxy (apt-get install haproxy)"; exit 1; }
 D=${D:-10}; CONNS=${CONNS:-32}
-ulimit -n "$(ulimit -Hn)"
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-field() { python3 -c "import json,sys;print(json.loads(sys.stdin.readline())['$1'])"; }
-run="$(mktemp -d)"; pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$run"' EXIT
+. "$here/benches/common.sh"
 bport=$(port)
 "$LG" backend --port "$bport" >/dev/null & pids+=($!); wait_port "$bport"
 

@@ -1,0 +1,13 @@
+# Shared by the load-run scripts in benches/ (sourced, not run): the load generator of
+# ../shared/perf (built on first use), free loopback ports, waiting for a listener, a field
+# of loadgen's JSON line, and a run folder whose processes (add their pids to `pids`) are
+# killed and which is removed on exit.
+perf="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/perf"
+LG="$perf/loadgen/target/release/loadgen"
+[ -x "$LG" ] || (cd "$perf/loadgen" && cargo build --release -q)
+ulimit -n "$(ulimit -Hn)"
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+field() { python3 -c "import json,sys;print(json.loads(sys.stdin.readline())['$1'])"; }
+run="$(mktemp -d)"; pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$run"' EXIT
