@@ -50,11 +50,13 @@ fn spreader(instances: &[SocketAddr], dir: &std::path::Path) -> (Proc, SocketAdd
     let mut cmd = Command::new("haproxy");
     cmd.args(["-db", "-f", path.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
+        .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap());
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // When the listener already is fd 3, dup2 does nothing and leaves its close-on-exec
+            // flag set (tests run in parallel, so low descriptors get reused): clear it always.
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -146,7 +148,7 @@ async fn setup(dir: &std::path::Path) -> Farm {
     let one = instance(dir, "one", &dns);
     let two = instance(dir, "two", &dns);
     let sp = spreader(&[one.1, two.1], dir);
-    // HAProxy is up when a connection through it gets an answer.
+    // HAProxy holds the listener the test bound: a refused connect means it exited.
     let mut ok = false;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(sp.1).await.is_ok() {
@@ -155,7 +157,8 @@ async fn setup(dir: &std::path::Path) -> Farm {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ok, "haproxy did not start");
+    let log = std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default();
+    assert!(ok, "haproxy did not start: {log}");
     tokio::time::sleep(Duration::from_millis(500)).await; // first health checks
     Farm {
         backends: bs,
