@@ -10,6 +10,9 @@ use futures_util::task::AtomicWaker;
 
 use crate::backend::Backend;
 
+/// A shard keeps room for this many connections however few are left.
+const MIN_SHARD_CAPACITY: usize = 64;
+
 /// `close_at_ms` value meaning "no close requested".
 const NEVER: u64 = u64::MAX;
 
@@ -78,6 +81,12 @@ impl Drop for Registration {
         let id = self.shared.id;
         if let Ok(mut s) = self.table.shards[(id % 16) as usize].lock() {
             s.remove(&id);
+            // Give back what a peak left: a shard under a quarter full halves or more (a
+            // rehash of what is left, at most once per halving of its connections).
+            if s.capacity() > MIN_SHARD_CAPACITY && s.len() * 4 < s.capacity() {
+                let keep = (s.len() * 2).max(MIN_SHARD_CAPACITY);
+                s.shrink_to(keep);
+            }
         }
     }
 }
@@ -136,5 +145,36 @@ impl ConnTable {
             let at = now_ms + (i as u64 * slot + jitter).min(window_ms.saturating_sub(1));
             c.request_close(at, code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(t: &ConnTable) -> usize {
+        t.shards.iter().map(|s| s.lock().unwrap().capacity()).sum()
+    }
+
+    #[test]
+    fn shards_give_back_room_after_a_peak() {
+        let t = Arc::new(ConnTable::default());
+        let b = Backend::for_test("a:1", 1);
+        let listener: Arc<str> = "l".into();
+        let regs: Vec<Registration> = (0..8_000).map(|_| t.register(b.clone(), listener.clone(), 1)).collect();
+        assert_eq!(t.len(), 8_000);
+        let peak = capacity(&t);
+        assert!(peak >= 8_000, "{peak}");
+        drop(regs);
+        assert!(t.is_empty());
+        let after = capacity(&t);
+        // every shard back to its floor: room for at most twice MIN_SHARD_CAPACITY
+        assert!(after <= 16 * 2 * MIN_SHARD_CAPACITY, "{peak} -> {after}");
+        // and a table that stays busy is not rehashed while it holds steady
+        let mut regs: Vec<Registration> = (0..1_000).map(|_| t.register(b.clone(), listener.clone(), 1)).collect();
+        let busy = capacity(&t);
+        drop(regs.split_off(900));
+        assert_eq!(t.len(), 900);
+        assert_eq!(capacity(&t), busy);
     }
 }

@@ -80,6 +80,9 @@ pub(crate) struct Listen {
 pub(crate) enum WorkerCmd {
     /// Accept on this socket under the listener's current name until `stop` turns true.
     Listen(Listen),
+    /// Load dropped: free the thread's spare relay buffers and return free memory to the
+    /// kernel ([`crate::memory`]).
+    Trim,
 }
 
 impl std::fmt::Debug for WorkerCmd {

@@ -171,6 +171,14 @@ fn config(p: &Params, listen: SocketAddr, admin: SocketAddr, backends: &[SocketA
 
 /// The lowest of a few samples a fifth of a second apart (a health check in flight holds a
 /// descriptor for a moment).
+/// Keeps the balancer's memory map (`/proc/PID/smaps`) and thread list in the run's folder
+/// as `smaps-LABEL.txt`, to tell afterwards which mappings grew between two points.
+fn keep_smaps(pid: u32, dir: &std::path::Path, label: &str) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    let _ = std::fs::write(dir.join(format!("smaps-{label}.txt")), format!("threads: {threads}\n{smaps}"));
+}
+
 async fn settled(pid: u32) -> Sample {
     let mut low = Sample {
         rss: u64::MAX,
@@ -254,6 +262,7 @@ async fn run() -> Result<bool, String> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     hold("HOLD_AT_START", bal.pid).await;
     let cold = settled(bal.pid).await;
+    keep_smaps(bal.pid, &dir, "cold");
     let heap_cold = procs::heap_in_use(bal.pid, &bal.log).await;
 
     // the warm-up: the same mix, shorter, so that the start figures of the measured round
@@ -274,11 +283,13 @@ async fn run() -> Result<bool, String> {
     };
     hold("HOLD_AFTER_WARMUP", bal.pid).await;
     let start = settled(bal.pid).await;
+    keep_smaps(bal.pid, &dir, "start");
     let heap_start = procs::heap_in_use(bal.pid, &bal.log).await;
     let cpu_start = procs::cpu_seconds(bal.pid).unwrap_or(0.0);
     let (main, mut backends) = round::run(Arc::new(p.clone()), "run", bal.clone(), backends).await?;
     let active_after = quiet(&bal).await;
     let end = settled(bal.pid).await;
+    keep_smaps(bal.pid, &dir, "end");
     let heap_end = procs::heap_in_use(bal.pid, &bal.log).await;
     hold("HOLD_AT_END", bal.pid).await;
     let cpu = procs::cpu_seconds(bal.pid).unwrap_or(0.0) - cpu_start;

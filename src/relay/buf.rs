@@ -49,6 +49,16 @@ impl Buf {
     }
 }
 
+/// Frees every buffer on this thread's free list (after load dropped: what the list keeps
+/// would otherwise stay resident however long the thread stays idle).
+pub fn release_free_list() {
+    let _ = FREE.try_with(|f| {
+        let mut f = f.borrow_mut();
+        f.clear();
+        f.shrink_to_fit();
+    });
+}
+
 impl std::ops::Deref for Buf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -79,5 +89,34 @@ impl Drop for Buf {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare() -> usize {
+        FREE.with(|f| f.borrow().len())
+    }
+
+    #[test]
+    fn free_list_is_bounded_and_released() {
+        // a thread of its own: the list is per thread
+        std::thread::spawn(|| {
+            let bufs: Vec<Buf> = (0..POOL_MAX + 4).map(|_| Buf::take()).collect();
+            assert_eq!(spare(), 0);
+            drop(bufs);
+            assert_eq!(spare(), POOL_MAX);
+            // a taken buffer comes from the list
+            let b = Buf::take();
+            assert_eq!(spare(), POOL_MAX - 1);
+            drop(b);
+            release_free_list();
+            assert_eq!(spare(), 0);
+            assert_eq!(FREE.with(|f| f.borrow().capacity()), 0);
+        })
+        .join()
+        .unwrap();
     }
 }

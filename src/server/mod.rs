@@ -250,6 +250,10 @@ fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: 
                             tracing::error!(listener = %*l.name.borrow(), "cannot register listener: {e}");
                         }
                     },
+                    Some(WorkerCmd::Trim) => {
+                        crate::relay::buf::release_free_list();
+                        crate::memory::trim();
+                    }
                     None => break,
                 },
                 r = phase.changed() => {
