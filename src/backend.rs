@@ -360,9 +360,12 @@ impl Backend {
 /// independent halves (Estrin), so few operations wait on each other.
 #[inline]
 pub(crate) fn exp_neg(x: f64) -> f64 {
-    if !(x < 700.0) {
-        // far below any latency that matters (and NaN, for safety)
-        return if x.is_nan() { f64::NAN } else { 0.0 };
+    if x.is_nan() {
+        return f64::NAN;
+    }
+    if x >= 700.0 {
+        // far below any latency that matters
+        return 0.0;
     }
     const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 × 2^52
     let y = x.max(0.0) * std::f64::consts::LOG2_E;

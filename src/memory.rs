@@ -151,7 +151,10 @@ mod tests {
             Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
         );
         assert_eq!(tunables_with_caches_off(Some("glibc.malloc.tcache_count=7")), None);
-        assert_eq!(tunables_with_caches_off(Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=3")), None);
+        assert_eq!(
+            tunables_with_caches_off(Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=3")),
+            None
+        );
         // a longer name that starts the same is another tunable
         assert!(tunables_with_caches_off(Some("glibc.malloc.tcache_count_x=1")).is_some());
     }

@@ -82,6 +82,75 @@ async fn the_rate_limit_sheds_the_excess_of_a_burst_and_admits_again_after_a_sec
     .await
 }
 
+/// The clients of a backend that fails are not new load: their tokens of the rate limit come
+/// back, so they reconnect at once instead of being paced like a storm. A normal close gives
+/// nothing back.
+#[tokio::test]
+async fn clients_of_a_failed_backend_get_their_rate_tokens_back() {
+    bounded(async {
+        let mut a = backend("a").await;
+        let mut b = backend("b").await;
+        let p = Proxy::start(&config(
+            "round_robin",
+            &[a.addr, b.addr],
+            "limits:\n  max_connections_per_second: 1\n",
+        ));
+        let echo = |mut ws: Ws| async move {
+            ws.send_text("x").await;
+            (next_text_or_close(&mut ws).await, ws)
+        };
+        // the one token of the second is spent
+        let t0 = Instant::now();
+        let (r, mut first) = echo(connect(&p.url("/")).await).await;
+        assert_eq!(r, Ok("x".to_string()));
+        let (r, _) = echo(connect(&p.url("/")).await).await;
+        assert_eq!(r, Err(1013), "the rate is spent");
+        // its backend crashes: 1011 from the balancer, and its client comes straight back
+        if a.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            a.kill().await;
+        } else {
+            b.kill().await;
+        }
+        assert_eq!(expect_close(&mut first).await.0, 1011);
+        drop(first);
+        // the token comes back when the balancer has finished that connection (its close
+        // handshake), a few milliseconds after the client saw 1011; a shed try costs nothing
+        let mut back = None;
+        for _ in 0..25 {
+            if let (Ok(_), ws) = echo(connect(&p.url("/")).await).await {
+                back = Some(ws);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(back.is_some(), "reconnected with the token given back");
+        // well before the bucket's own refill (one token a second after the first)
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "{:?}: cannot tell a refund from a refill",
+            t0.elapsed()
+        );
+        let (r, _) = echo(connect(&p.url("/")).await).await;
+        assert_eq!(r, Err(1013), "one token per failed connection, no more");
+        // a client that closes normally gives nothing back
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (r, mut normal) = echo(connect(&p.url("/")).await).await;
+        assert_eq!(r, Ok("x".to_string()));
+        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        normal.close(Some(bye)).await.unwrap();
+        assert_eq!(expect_close(&mut normal).await.0, 1000);
+        let (r, _) = echo(connect(&p.url("/")).await).await;
+        assert_eq!(r, Err(1013), "a normal close is no refund");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn idle_connections_get_1001_while_active_ones_survive() {
     bounded(async {

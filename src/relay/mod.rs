@@ -161,6 +161,18 @@ pub struct Outcome {
     pub msgs_b2c: u64,
 }
 
+impl Outcome {
+    /// Did the connection end because its backend failed? The balancer closed the client with
+    /// 1011 (backend lost, broke the protocol, did not answer pings), or the backend vanished
+    /// inside a frame, where no close frame can follow.
+    pub fn backend_failed(&self) -> bool {
+        matches!(
+            (self.code, self.origin),
+            (c, CloseOrigin::Proxy) if c == BACKEND_LOST.code()
+        ) || matches!((self.code, self.origin), (1006, CloseOrigin::Backend))
+    }
+}
+
 /// A relay that could not start: the early bytes of a side did not fit in a buffer. The
 /// streams are handed back so the caller can close them with a code.
 pub struct NotStarted {

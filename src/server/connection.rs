@@ -122,6 +122,11 @@ impl Future for Connection {
                     if r.access_log {
                         access_line(&out, &r.reg, r.started, r.client, &r.reg.shared.listener);
                     }
+                    if out.backend_failed() {
+                        if let Some(slot) = &r._held.0 {
+                            slot.refund_rate();
+                        }
+                    }
                     *this = Connection::Done;
                     return Poll::Ready(());
                 }
