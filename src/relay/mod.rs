@@ -166,10 +166,11 @@ impl Outcome {
     /// 1011 (backend lost, broke the protocol, did not answer pings), or the backend vanished
     /// inside a frame, where no close frame can follow.
     pub fn backend_failed(&self) -> bool {
-        matches!(
-            (self.code, self.origin),
-            (c, CloseOrigin::Proxy) if c == BACKEND_LOST.code()
-        ) || matches!((self.code, self.origin), (1006, CloseOrigin::Backend))
+        match self.origin {
+            CloseOrigin::Proxy => self.code == BACKEND_LOST.code(),
+            CloseOrigin::Backend => self.code == 1006,
+            _ => false,
+        }
     }
 }
 

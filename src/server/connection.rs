@@ -97,7 +97,9 @@ pub struct Relaying {
     started: Instant,
     access_log: bool,
     client: Logged,
-    _held: (Option<Slot>, Option<ClientSlot>, ActiveGuard),
+    /// Released when the connection ends; the admission slot also gives its rate token back
+    /// when the backend failed.
+    held: (Option<Slot>, Option<ClientSlot>, ActiveGuard),
 }
 
 impl Future for Connection {
@@ -123,7 +125,7 @@ impl Future for Connection {
                         access_line(&out, &r.reg, r.started, r.client, &r.reg.shared.listener);
                     }
                     if out.backend_failed() {
-                        if let Some(slot) = &r._held.0 {
+                        if let Some(slot) = &r.held.0 {
                             slot.refund_rate();
                         }
                     }
@@ -154,7 +156,7 @@ impl From<Ready> for Relaying {
             started,
             access_log,
             client,
-            _held: (_slot, _client_slot, _guard),
+            held: (_slot, _client_slot, _guard),
         }
     }
 }
