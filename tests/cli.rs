@@ -6,6 +6,13 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
+/// A config file in `dir` for one round-robin pool of `backend` plus `extra` YAML; its path.
+fn config_file(dir: &tempfile::TempDir, backend: std::net::SocketAddr, extra: &str) -> String {
+    let f = dir.path().join("c.yaml");
+    std::fs::write(&f, config("round_robin", &[backend], extra)).unwrap();
+    f.to_str().unwrap().to_string()
+}
+
 #[test]
 fn version_prints_the_crate_version() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -60,9 +67,8 @@ async fn run_serves_and_drains_on_sigterm() {
     bounded(async {
         let b = backend("b").await;
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.yaml");
-        std::fs::write(&f, config("round_robin", &[b.addr], "limits:\n  drain_timeout: 1s\n")).unwrap();
-        let mut p = Proc::spawn(&["run", "-c", f.to_str().unwrap()]);
+        let f = config_file(&dir, b.addr, "limits:\n  drain_timeout: 1s\n");
+        let mut p = Proc::spawn(&["run", "-c", &f]);
         let url = tokio::task::block_in_place(|| p.line_after("listening l "));
         let mut ws = connect(&url).await;
         assert_eq!(ask(&mut ws, "hello").await, "hello");
@@ -100,9 +106,8 @@ async fn a_second_signal_exits_at_once() {
     bounded(async {
         let b = backend("b").await;
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.yaml");
-        std::fs::write(&f, config("round_robin", &[b.addr], "limits:\n  drain_timeout: 30s\n")).unwrap();
-        let mut p = Proc::spawn(&["run", "-c", f.to_str().unwrap()]);
+        let f = config_file(&dir, b.addr, "limits:\n  drain_timeout: 30s\n");
+        let mut p = Proc::spawn(&["run", "-c", &f]);
         let url = tokio::task::block_in_place(|| p.line_after("listening l "));
         // Several connections: with a 30 s drain most would wait long for their turn.
         let mut held = Vec::new();
@@ -134,18 +139,13 @@ async fn run_starts_with_glibc_thread_caches_off_unless_told() {
     bounded(async {
         let b = backend("b").await;
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.yaml");
-        std::fs::write(&f, config("round_robin", &[b.addr], "")).unwrap();
+        let f = config_file(&dir, b.addr, "");
         for (given, expected) in [
             (None, "glibc.malloc.tcache_count=0"),
             (Some("glibc.malloc.tcache_count=7"), "glibc.malloc.tcache_count=7"),
         ] {
-            let mut cmd = Command::new(BIN);
-            cmd.args(["run", "-c", f.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
-                .env_remove("GLIBC_TUNABLES")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null());
+            let mut cmd = Proc::command(&["run", "-c", &f]);
+            cmd.env_remove("GLIBC_TUNABLES");
             if let Some(g) = given {
                 cmd.env("GLIBC_TUNABLES", g);
             }

@@ -501,21 +501,20 @@ impl Drop for Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
+        Proc(Self::command(args).spawn().expect("binary runs"))
+    }
+
+    /// The command `spawn` runs (stdout piped, a quiet log), for a test that changes it first.
+    pub fn command(args: &[&str]) -> Command {
         // SY_TEST_CHILD_LOGS=1 shows the child's debug log, for chasing a failing test.
         let (log, stderr) = if std::env::var_os("SY_TEST_CHILD_LOGS").is_some() {
             ("debug", Stdio::inherit())
         } else {
             ("warn", Stdio::null())
         };
-        Proc(
-            Command::new(BIN)
-                .args(args)
-                .env("RUST_LOG", log)
-                .stdout(Stdio::piped())
-                .stderr(stderr)
-                .spawn()
-                .expect("binary runs"),
-        )
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("RUST_LOG", log).stdout(Stdio::piped()).stderr(stderr);
+        cmd
     }
 
     /// Like `spawn`, with `RUST_LOG=info` and stderr lines sent to the returned channel.
