@@ -104,10 +104,10 @@ pub async fn run(shared: Arc<Shared>) {
         tick.tick().await;
         let live = shared.admission.active() + shared.admission.pending();
         if policy.observe(live) {
+            // each worker frees its spare buffers, then trims (every arena, this thread's too)
             for w in &shared.workers {
                 let _ = w.send(crate::listeners::WorkerCmd::Trim);
             }
-            trim();
             tracing::debug!(live, "returned free memory to the kernel");
         }
     }

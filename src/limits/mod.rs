@@ -67,14 +67,14 @@ impl ShedReason {
 /// [`TokenBucket::refund`] gave back (never more than a second's worth on top).
 #[derive(Debug)]
 pub struct TokenBucket {
-    /// tokens, last refill, the rate last asked for
-    state: Mutex<(f64, Instant, u64)>,
+    /// tokens, last refill
+    state: Mutex<(f64, Instant)>,
 }
 
 impl Default for TokenBucket {
     fn default() -> Self {
         TokenBucket {
-            state: Mutex::new((f64::NAN, Instant::now(), 0)),
+            state: Mutex::new((f64::NAN, Instant::now())),
         }
     }
 }
@@ -87,7 +87,7 @@ impl TokenBucket {
         }
         let Ok(mut s) = self.state.lock() else { return true };
         let burst = rate as f64;
-        let (tokens, last, _) = *s;
+        let (tokens, last) = *s;
         let tokens = if tokens.is_nan() {
             burst
         } else if tokens >= burst {
@@ -97,19 +97,16 @@ impl TokenBucket {
             (tokens + now.duration_since(last).as_secs_f64() * rate as f64).min(burst)
         };
         let ok = tokens >= 1.0;
-        *s = (if ok { tokens - 1.0 } else { tokens }, now, rate);
+        *s = (if ok { tokens - 1.0 } else { tokens }, now);
         ok
     }
 
-    /// Gives one token back, up to twice the burst: a connection the balancer closed because
-    /// its backend failed, whose client will be back at once.
+    /// Gives one token back (`take` counts at most twice the burst): a connection the
+    /// balancer closed because its backend failed, whose client will be back at once.
     pub fn refund(&self) {
         let Ok(mut s) = self.state.lock() else { return };
-        let (tokens, last, rate) = *s;
-        if rate == 0 || tokens.is_nan() {
-            return;
-        }
-        *s = ((tokens + 1.0).min(2.0 * rate as f64), last, rate);
+        // NaN: nothing taken yet (or the rate is unlimited), so nothing to give back
+        s.0 += 1.0;
     }
 }
 
