@@ -82,7 +82,7 @@ impl Pool {
         client_ip: std::net::IpAddr,
         target: &str,
         headers: &[httparse::Header<'_>],
-        tried: &mut Vec<usize>,
+        tried: &mut Tried,
     ) -> Result<(usize, Option<StickyResult>), crate::limits::ShedReason> {
         let now_ms = clock::now_ms();
         let ctx = PickContext {
@@ -90,7 +90,7 @@ impl Pool {
             client_ip,
             target,
             headers,
-            exclude: tried,
+            exclude: tried.as_slice(),
         };
         match self.pick(&ctx) {
             Some((i, sticky)) => {
@@ -338,5 +338,64 @@ impl Runtime {
     /// The TLS acceptor of a listener, if it terminates TLS.
     pub fn tls_acceptor(&self, listener: &str) -> Option<&tokio_rustls::TlsAcceptor> {
         self.tls.get(listener)
+    }
+}
+
+/// The backends already tried for one client: the first few inline, so the usual one or
+/// two attempts allocate nothing.
+#[derive(Debug, Default)]
+pub struct Tried {
+    inline: [usize; 4],
+    len: usize,
+    /// Every index once there are more than fit inline.
+    spilled: Vec<usize>,
+}
+
+impl Tried {
+    /// The indices, in the order tried.
+    pub fn as_slice(&self) -> &[usize] {
+        match self.spilled.is_empty() {
+            true => &self.inline[..self.len],
+            false => &self.spilled,
+        }
+    }
+
+    /// Adds backend `i`.
+    pub fn push(&mut self, i: usize) {
+        if self.spilled.is_empty() && self.len < self.inline.len() {
+            self.inline[self.len] = i;
+            self.len += 1;
+            return;
+        }
+        if self.spilled.is_empty() {
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.push(i);
+    }
+
+    /// Nothing tried yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_keeps_every_index_in_order_past_the_inline_room() {
+        let mut t = Tried::default();
+        assert!(t.is_empty());
+        assert_eq!(t.as_slice(), &[] as &[usize]);
+        for i in [7, 3, 9, 1, 4, 8] {
+            t.push(i);
+            assert!(!t.is_empty());
+        }
+        assert_eq!(t.as_slice(), &[7, 3, 9, 1, 4, 8]);
+        let mut short = Tried::default();
+        short.push(2);
+        short.push(5);
+        assert_eq!(short.as_slice(), &[2, 5]);
     }
 }

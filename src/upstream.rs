@@ -78,7 +78,7 @@ pub struct ClientRequest<'a> {
 pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, UpstreamError> {
     let head = rewrite_request(req);
     let expected = accept_key(req.key);
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = crate::runtime::Tried::default();
     for _ in 0..pool.config.max_attempts.max(1) {
         let (i, sticky) = pool
             .pick_next(req.client.ip(), req.target, req.headers, &mut tried)

@@ -507,3 +507,54 @@ async fn an_upgrade_after_plain_requests_gets_the_same_refusals_as_a_first_one()
     })
     .await
 }
+
+#[tokio::test]
+async fn a_get_on_a_kept_connection_the_backend_dropped_is_sent_again_on_a_fresh_one() {
+    bounded(async {
+        // A backend that answers the first request of each connection, then reads the next
+        // one and drops the connection without an answer (an idle keep-alive connection closed
+        // by the server just as the proxy reused it). Each request head is kept.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let baddr = l.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok((buf, end)) = switchyard::handshake::read_head(&mut s, 16384).await else { return };
+                    seen.lock().unwrap().push(String::from_utf8_lossy(&buf[..end]).to_lowercase());
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    if let Ok((buf, end)) = switchyard::handshake::read_head(&mut s, 16384).await {
+                        seen.lock().unwrap().push(String::from_utf8_lossy(&buf[..end]).to_lowercase());
+                    }
+                });
+            }
+        });
+        let p = Proxy::start(&config("round_robin", &[baddr], ""));
+        let (mut s, mut buf) = conn(&p).await;
+        let first = roundtrip(&mut s, &mut buf, &get("/one", "")).await.expect("first answer");
+        assert_eq!((first.status, first.body.as_str()), (200, "ok"));
+        let second = roundtrip(&mut s, &mut buf, &get("/two?x=1", "X-App: 7\r\n")).await.expect("second answer");
+        assert_eq!((second.status, second.body.as_str()), (200, "ok"), "retried on a fresh connection");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 3, "one, two (dropped), two again: {heads:?}");
+        assert!(heads[1].starts_with("get /two?x=1 http/1.1\r\n") && heads[2].starts_with("get /two?x=1 http/1.1\r\n"), "{heads:?}");
+        // The request sent again is the same request: the client's fields and the forwarding
+        // fields, once each.
+        for h in &heads[1..] {
+            assert!(h.contains("\r\nx-app: 7\r\n"), "{h}");
+            assert_eq!(h.matches("\r\nx-forwarded-for: 127.0.0.1\r\n").count(), 1, "{h}");
+            assert_eq!(h.matches("\r\nforwarded: for=127.0.0.1;proto=http;host=\"test\"\r\n").count(), 1, "{h}");
+        }
+        // A request with a body is not sent twice: the backend may have acted on it.
+        let third = roundtrip(&mut s, &mut buf, "POST /three HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .expect("third answer");
+        assert_eq!(third.status, 502);
+        // and the balancer still serves others
+        let (mut s2, mut buf2) = conn(&p).await;
+        assert_eq!(roundtrip(&mut s2, &mut buf2, &get("/four", "")).await.expect("answer").status, 200);
+    })
+    .await
+}

@@ -93,9 +93,14 @@ impl ClientPool {
 
     /// Puts `sender` back; its last response is complete. Dropped (closing the connection)
     /// when the backend's idle list is full.
-    pub fn put(&self, address: String, sender: SendRequest<Body>) {
+    pub fn put(&self, address: &str, sender: SendRequest<Body>) {
         let Ok(mut idle) = self.idle.lock() else { return };
-        let list = idle.entry(address).or_default();
+        // The address is copied only the first time a backend's connection comes back.
+        let list = match idle.contains_key(address) {
+            true => idle.get_mut(address),
+            false => Some(idle.entry(address.to_string()).or_default()),
+        };
+        let Some(list) = list else { return };
         if list.len() >= MAX_IDLE_PER_BACKEND {
             // Stale entries are pruned only when the list is full: no clock read per entry
             // on every request.

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED};
 
 use crate::client_addr::ClientAddr;
 
@@ -24,7 +24,9 @@ const HOP_BY_HOP: [&str; 10] = [
     "expect",
 ];
 
-/// Removes hop-by-hop fields and the fields named by `Connection`.
+/// Removes hop-by-hop fields and the fields named by `Connection`. Allocates only for a
+/// `Connection` token that is not itself a hop-by-hop field (rare: `Connection: keep-alive`
+/// and `close` name nothing more).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry one hop-by-hop field at most (`Connection: keep-alive`): one pass
     // over the names finds them, instead of a lookup per listed field.
@@ -36,15 +38,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(t)))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
     }
     for n in HOP_BY_HOP {
-        if headers.contains_key(n) {
-            headers.remove(n);
-        }
+        // `remove` looks a `&str` up without making a name of it.
+        headers.remove(n);
     }
 }
 
@@ -60,35 +63,48 @@ pub fn scheme(tls: bool) -> &'static str {
 /// This hop's `Forwarded` element (RFC 7239 §4): `for` (an IPv6 address quoted and
 /// bracketed), `proto` and `host` (quotes dropped so it stays one quoted-string).
 pub fn forwarded_element(ip: IpAddr, tls: bool, host: &str) -> String {
-    let proto = scheme(tls);
-    let host = host.replace('"', "");
-    if ip.is_ipv6() {
-        format!("for=\"[{ip}]\";proto={proto};host=\"{host}\"")
-    } else {
-        format!("for={ip};proto={proto};host=\"{host}\"")
-    }
+    let mut out = String::with_capacity(64 + host.len());
+    push_forwarded_element(&mut out, ip, tls, host);
+    out
 }
+
+/// Appends [`forwarded_element`] to `out`.
+fn push_forwarded_element(out: &mut String, ip: IpAddr, tls: bool, host: &str) {
+    use std::fmt::Write as _;
+    let _ = match ip {
+        IpAddr::V6(_) => write!(out, "for=\"[{ip}]\""),
+        IpAddr::V4(_) => write!(out, "for={ip}"),
+    };
+    out.push_str(";proto=");
+    out.push_str(scheme(tls));
+    out.push_str(";host=\"");
+    out.extend(host.chars().filter(|&c| c != '"'));
+    out.push('"');
+}
+
+/// `X-Forwarded-For`, `X-Forwarded-Proto`: names made once (a `&str` name is copied into
+/// a new `HeaderName` on every insert).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Adds the client's address and scheme: `X-Forwarded-For` (the client last, see
 /// [`ClientAddr::forwarded_for`]), `X-Forwarded-Proto` (replaced: a client must not choose
 /// it) and `Forwarded` (this hop's element appended; several lines are one list).
 pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, tls: bool, host: &str) {
-    let proto = scheme(tls);
-    let xff = client.forwarded_for.clone();
-    let elem = forwarded_element(client.ip(), tls, host);
-    let prev: Vec<&str> = headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()).collect();
-    let fwd = match prev.is_empty() {
-        true => elem,
-        false => format!("{}, {elem}", prev.join(", ")),
-    };
-    let mut set = |name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(name, v);
-        }
-    };
-    set("x-forwarded-for", xff);
-    set("x-forwarded-proto", proto.to_string());
-    set("forwarded", fwd);
+    let mut fwd = String::with_capacity(64 + host.len());
+    for v in headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()) {
+        fwd.push_str(v);
+        fwd.push_str(", ");
+    }
+    push_forwarded_element(&mut fwd, client.ip(), tls, host);
+    if let Ok(v) = HeaderValue::from_str(&client.forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme(tls)));
+    // The String's own buffer becomes the value (checked, not copied).
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd.into_bytes().into_boxed_slice())) {
+        headers.insert(FORWARDED, v);
+    }
 }
 
 /// Why a request's framing is refused (each is a `400` and the connection closed).

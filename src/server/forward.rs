@@ -29,10 +29,12 @@ use crate::runtime::{Pool, Runtime};
 
 /// What the balancer knows of a request on its way to a backend.
 pub(super) struct Forward<'a> {
-    /// Request method.
-    pub(super) method: &'a Method,
+    /// The client's request head (what a retry is built from again).
+    pub(super) head: &'a hyper::http::request::Parts,
     /// Request target (path and query).
     pub(super) target: &'a str,
+    /// The request's `Host`.
+    pub(super) host: &'a str,
     /// The client's headers, for picking (sticky cookie, hash keys).
     pub(super) headers: &'a [httparse::Header<'a>],
     /// The request's client.
@@ -60,10 +62,10 @@ pub(super) async fn forward(
         source: req.client.addr,
         destination: cx.peer.local,
     };
-    let retryable = out.body().is_end_stream() && matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let retryable = out.body().is_end_stream() && matches!(req.head.method, Method::GET | Method::HEAD | Method::OPTIONS);
     // The request while it has not gone out (a refused send hands it back).
     let mut pending = Some(out);
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = crate::runtime::Tried::default();
     for _ in 0..pool.config.max_attempts.max(1) {
         let (i, sticky) = match pool.pick_next(req.client.ip(), req.target, req.headers, &mut tried) {
             Ok(p) => p,
@@ -91,15 +93,6 @@ pub(super) async fn forward(
             let Some(out) = pending.take() else {
                 return refusal(Refusal::BadGateway("request body already sent"));
             };
-            // A bodiless idempotent request may be sent again after a reused connection
-            // failed under it: keep its head (only then is it copied).
-            let spare = (conn.reused && may_retry && retryable).then(|| {
-                let mut r = Request::new(empty());
-                *r.method_mut() = out.method().clone();
-                *r.uri_mut() = out.uri().clone();
-                *r.headers_mut() = out.headers().clone();
-                r
-            });
             match answer_within(conn.sender.try_send_request(out), limits.request_timeout, &req.tally).await {
                 Err(_) => {
                     crate::health::passive_failure(&backend, pool, clock::now_ms());
@@ -109,9 +102,12 @@ pub(super) async fn forward(
                 Ok(Ok(resp)) => break Ok(resp),
                 Ok(Err(mut e)) => {
                     let unsent = e.take_message();
-                    if conn.reused && may_retry && (unsent.is_some() || spare.is_some()) {
+                    // A bodiless idempotent request may be sent again after a reused
+                    // connection failed under it: its head is made again (not copied
+                    // ahead of every request for the rare retry).
+                    if conn.reused && may_retry && (unsent.is_some() || retryable) {
                         may_retry = false;
-                        pending = unsent.or(spare);
+                        pending = unsent.or_else(|| again(cx, &req));
                         match open(cx, pool, i, for_client).await {
                             Some(c) => conn = c,
                             None => break Err(None),
@@ -159,7 +155,7 @@ pub(super) async fn forward(
         }
         let home = match pinned {
             true => Home::Pinned(cx.pinned.clone(), Arc::downgrade(&backend), req.client.addr),
-            false => Home::Shared(clients.clone(), backend.address.clone()),
+            false => Home::Shared(clients.clone(), backend.clone()),
         };
         let end = Finished {
             _guard: guard,
@@ -169,7 +165,7 @@ pub(super) async fn forward(
                 AccessLine {
                     client: req.client.addr,
                     peer: cx.peer.socket,
-                    method: req.method.clone(),
+                    method: req.head.method.clone(),
                     path: req.target.split('?').next().unwrap_or("/").to_string(),
                     status: status.as_u16(),
                     pool: pool.name.clone(),
@@ -182,6 +178,12 @@ pub(super) async fn forward(
         return Response::from_parts(parts, Relayed::new(rbody, limits.idle_timeout, end).boxed_unsync());
     }
     overloaded(rt, ShedReason::NoBackend)
+}
+
+/// A bodiless request made again from the client's head, for a retry.
+fn again(cx: &ClientConn, req: &Forward<'_>) -> Option<Request<Body>> {
+    let head = super::plain::outgoing(req.head, req.target, req.client, cx.tls, req.host)?;
+    Some(Request::from_parts(head, empty()))
 }
 
 /// Waits for the response head at most `limit` after the request body was sent: while the
@@ -240,7 +242,7 @@ struct AccessLine {
 /// Where a backend connection goes back to once its response is complete.
 enum Home {
     /// The shared idle pool, under the backend's address.
-    Shared(Arc<ClientPool>, String),
+    Shared(Arc<ClientPool>, Arc<Backend>),
     /// The client connection's own slot (a backend with `proxy_protocol`), for this client.
     Pinned(Arc<Pinned>, Weak<Backend>, SocketAddr),
 }
@@ -259,7 +261,7 @@ struct Finished {
 impl OnEnd for Finished {
     fn ended(&mut self, bytes: u64, complete: bool) {
         match (complete, self.sender.take()) {
-            (true, Some((Home::Shared(pool, address), sender))) => pool.put(address, sender),
+            (true, Some((Home::Shared(pool, backend), sender))) => pool.put(&backend.address, sender),
             (true, Some((Home::Pinned(kept, backend, client), sender))) => {
                 if let Some(b) = backend.upgrade() {
                     kept.put(&b, client, sender);

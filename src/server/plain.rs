@@ -149,17 +149,20 @@ async fn upgraded(on: OnUpgrade) -> Option<(Stream, Vec<u8>)> {
 }
 
 /// Answers one request.
-async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Body> {
+async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let rt = cx.shared.runtime.load_full();
     let Some(lcfg) = rt.config.listeners.iter().find(|l| *l.name == *cx.listener) else {
         return refusal(Refusal::Overloaded { retry_after_s: 1 });
     };
-    let on_upgrade = wants_websocket(&headers_of_map(req.headers())).then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut hs = headers_of_map(&parts.headers);
-    if let Some(on) = on_upgrade {
+    if wants_websocket(&hs) {
+        // What `hyper::upgrade::on` takes from a request; hyper leaves none for a request
+        // without `Upgrade` (then an empty one: the handshake is refused before it is used).
+        let on = parts.extensions.remove::<OnUpgrade>();
+        let on = on.unwrap_or_else(|| hyper::upgrade::on(Request::new(())));
         return upgrade_request(&cx, &rt, lcfg, &parts, target, &mut hs, on, started).await;
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused; HTTP/1.0 may omit it
@@ -197,17 +200,9 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
     if declared.is_some_and(|n| n > limits.max_request_body_bytes) {
         return refusal(Refusal::BodyTooLarge);
     }
-    let out = Request::builder()
-        .method(parts.method.clone())
-        .uri(target)
-        .body(())
-        .map(|r| r.into_parts().0);
-    let Ok(mut out) = out else {
+    let Some(out) = outgoing(&parts, target, &client, cx.tls, host) else {
         return refusal(Refusal::BadRequest("malformed request target"));
     };
-    out.headers = parts.headers.clone();
-    strip_hop_by_hop(&mut out.headers);
-    add_forwarded(&mut out.headers, &client, cx.tls, host);
     let tally = Arc::new(RequestTally::default());
     let mut body = Limited::new(body, limits.max_request_body_bytes, tally.clone()).boxed_unsync();
     if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
@@ -222,14 +217,39 @@ async fn request(cx: Arc<ClientConn>, mut req: Request<Incoming>) -> Response<Bo
         }
     }
     let req = super::forward::Forward {
-        method: &parts.method,
+        head: &parts,
         target,
+        host,
         headers: &hs,
         client: &client,
         client_slot,
         tally,
     };
     super::forward::forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
+}
+
+/// The head of a request as it goes to a backend: the target in origin form, hop-by-hop
+/// fields removed, the forwarding fields added. `None` for a target that is not a valid
+/// origin-form URI.
+pub(super) fn outgoing(
+    parts: &hyper::http::request::Parts,
+    target: &str,
+    client: &crate::client_addr::ClientAddr,
+    tls: bool,
+    host: &str,
+) -> Option<hyper::http::request::Parts> {
+    let mut out = Request::new(()).into_parts().0;
+    out.method = parts.method.clone();
+    out.version = hyper::Version::HTTP_11;
+    // An origin-form target (what clients send to a server) is shared, not parsed again.
+    out.uri = match parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        true => parts.uri.clone(),
+        false => target.parse().ok()?,
+    };
+    out.headers = parts.headers.clone();
+    strip_hop_by_hop(&mut out.headers);
+    add_forwarded(&mut out.headers, client, tls, host);
+    Some(out)
 }
 
 /// An upgrade on a keep-alive connection: the WebSocket path, answered through hyper.
