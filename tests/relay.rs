@@ -265,6 +265,52 @@ async fn backend_dying_mid_stream_gives_1011() {
 }
 
 #[tokio::test]
+async fn a_backend_that_drops_the_socket_on_a_close_still_gives_the_client_its_close_reply() {
+    bounded(async {
+        // A server loop that stops at the client's close frame and drops the socket without
+        // a close of its own (what a tokio-tungstenite loop that breaks on `Message::Close`
+        // does): the closing handshake ended early, the backend did not fail.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let baddr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (_, mut pending) = accept_upgrade_raw(&mut s, "").await;
+                    while let Ok(f) = switchyard::ws::peer::read_frame(&mut s, &mut pending).await {
+                        if f.opcode == Opcode::Close {
+                            break;
+                        }
+                    }
+                    drop(s);
+                });
+            }
+        });
+        let p = Proxy::start(&config("round_robin", &[baddr], ""));
+        // A close with a code: the proxy echoes it, as the backend should have.
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        s.write_all(&masked_frame(0x88, &payload)).await.unwrap();
+        assert_eq!(raw_close_code(&mut s, &mut pending).await, 1000, "the client's code echoed, not 1011");
+        // A close without a payload: answered by a close without a payload (1005 never
+        // goes on the wire).
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        s.write_all(&masked_frame(0x88, b"")).await.unwrap();
+        assert_eq!(raw_close_code(&mut s, &mut pending).await, 1005, "an empty close answered by an empty close");
+        // A code from the application's range is echoed as it came.
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        s.write_all(&masked_frame(0x88, &4321u16.to_be_bytes())).await.unwrap();
+        assert_eq!(raw_close_code(&mut s, &mut pending).await, 4321);
+        // Nothing was held against the backend.
+        let b = p.backend(0);
+        assert_eq!(b.state(), switchyard::backend::BackendState::Up);
+        assert_eq!(b.passive_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn vanished_client_closes_the_backend_side() {
     bounded(async {
         let (p, b) = one_backend("").await;

@@ -40,6 +40,9 @@ impl CloseCode {
     }
 }
 
+/// 1005: the code that stands for a close frame without a payload; never on the wire.
+pub const NO_STATUS: u16 = 1005;
+
 /// May a peer put `code` in a close frame (RFC 6455 §7.4.1, §7.4.2; IANA registry)?
 pub fn is_sendable(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -49,7 +52,7 @@ pub fn is_sendable(code: u16) -> bool {
 /// Returns the code (1005 "no status" for an empty payload) or the close code to answer with.
 pub fn check_close_payload(payload: &[u8]) -> Result<u16, CloseCode> {
     match payload.len() {
-        0 => Ok(1005),
+        0 => Ok(NO_STATUS),
         1 => Err(CloseCode::ProtocolError),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);

@@ -201,8 +201,12 @@ impl ControlFrame {
         }
     }
 
-    /// A close frame with `code` and `reason` (reason cut at a char boundary to fit).
+    /// A close frame with `code` and `reason` (reason cut at a char boundary to fit); 1005
+    /// ("no status received", which must not go on the wire) is a close without a payload.
     pub fn close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Self {
+        if code == super::close::NO_STATUS {
+            return Self::new(Opcode::Close, &[], mask);
+        }
         let mut p = [0u8; 125];
         p[..2].copy_from_slice(&code.to_be_bytes());
         let mut r = reason.len().min(123);
