@@ -16,17 +16,48 @@ const KEEPALIVE_PROBES: u32 = 4;
 /// as `TCP_USER_TIMEOUT`, so data stuck unacknowledged towards a vanished peer ends the
 /// connection too (keepalive alone never fires while data is in flight).
 pub fn tune_tcp(sock: &TcpStream, keepalive: Option<std::time::Duration>) {
-    let _ = sock.set_nodelay(true);
-    let Some(idle) = keepalive else { return };
+    set_options(socket2::SockRef::from(sock), keepalive, false);
+}
+
+/// [`tune_tcp`] for a socket accepted from a listener that may have handed it other
+/// options (a reload turned `tcp_keepalive` off): `None` turns keepalive off explicitly.
+pub fn tune_accepted(sock: &TcpStream, keepalive: Option<std::time::Duration>) {
+    set_options(socket2::SockRef::from(sock), keepalive, true);
+}
+
+/// Sets [`tune_tcp`]'s options on a listening socket. Linux copies them into every socket
+/// the listener accepts (keepalive timer included), so an accepted socket needs none of the
+/// six `setsockopt` calls of its own. True when every accepted socket now has them: only
+/// on Linux, and only if every option could be set.
+pub fn tune_listener(listener: &tokio::net::TcpListener, keepalive: Option<std::time::Duration>) -> bool {
+    cfg!(any(target_os = "linux", target_os = "android")) && set_options(socket2::SockRef::from(listener), keepalive, true)
+}
+
+/// Sets the options; `clear`: with no keepalive, turn it off (instead of leaving the
+/// socket's own setting). False when one could not be set.
+fn set_options(s: socket2::SockRef<'_>, keepalive: Option<std::time::Duration>, clear: bool) -> bool {
+    let mut ok = s.set_nodelay(true).is_ok();
+    let Some(idle) = keepalive else {
+        if clear {
+            ok &= s.set_keepalive(false).is_ok();
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                ok &= s.set_tcp_user_timeout(None).is_ok();
+            }
+        }
+        return ok;
+    };
     let interval = (idle / 4).max(std::time::Duration::from_secs(1));
     let ka = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(interval)
         .with_retries(KEEPALIVE_PROBES);
-    let s = socket2::SockRef::from(sock);
-    let _ = s.set_tcp_keepalive(&ka);
+    ok &= s.set_tcp_keepalive(&ka).is_ok();
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = s.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES));
+    {
+        ok &= s.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES)).is_ok();
+    }
+    ok
 }
 
 /// A connection to a client or a backend.

@@ -113,6 +113,11 @@ async fn keepalive_seen(setting: &str) -> (Option<String>, Option<String>) {
     let b = backend("b").await;
     let extra = format!("limits:\n  tcp_keepalive: {setting}\n");
     let p = Proxy::start(&config("round_robin", &[b.addr], &extra));
+    sockets_seen(&p, b.addr).await
+}
+
+/// The `ss` lines of the balancer's two sockets of a new connection through `p` to `backend`.
+async fn sockets_seen(p: &Proxy, backend: std::net::SocketAddr) -> (Option<String>, Option<String>) {
     let mut ws = connect(&p.url("/ws")).await;
     assert_eq!(ask(&mut ws, "hi").await, "hi");
     let client_port = match ws.get_ref() {
@@ -132,8 +137,8 @@ async fn keepalive_seen(setting: &str) -> (Option<String>, Option<String>) {
                 .find(|l| {
                     let cols: Vec<&str> = l.split_whitespace().collect();
                     cols.len() >= 4
-                        && cols[3].ends_with(&format!(":{}", b.addr.port()))
-                        && !cols[2].ends_with(&format!(":{}", b.addr.port()))
+                        && cols[3].ends_with(&format!(":{}", backend.port()))
+                        && !cols[2].ends_with(&format!(":{}", backend.port()))
                 })
                 .map(str::to_string)
         };
@@ -148,27 +153,64 @@ async fn keepalive_seen(setting: &str) -> (Option<String>, Option<String>) {
     last
 }
 
+/// Asserts a keepalive timer due within `limit` seconds on an `ss` line. ss prints "6.948ms"
+/// for 6.948 s in some versions and "6sec" in others: the number is what counts; the default
+/// 60 s would read "59sec" or "1min".
+fn assert_keepalive_within(line: &str, limit: f64) {
+    assert!(line.contains("timer:(keepalive,"), "no keepalive timer: {line}");
+    let secs: f64 = line
+        .split("timer:(keepalive,")
+        .nth(1)
+        .map(|r| r.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect::<String>())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a timer: {line}"));
+    assert!(secs > 0.0 && secs <= limit, "keepalive timer {secs}s: {line}");
+}
+
 #[tokio::test]
 async fn tcp_keepalive_is_on_both_sockets_of_a_proxied_connection() {
     bounded(async {
         let (accepted, opened) = keepalive_seen("7s").await;
         let (accepted, opened) = (accepted.expect("the client socket"), opened.expect("the backend socket"));
         for line in [&accepted, &opened] {
-            assert!(line.contains("timer:(keepalive,"), "no keepalive timer: {line}");
-            // The first probe is due within the configured 7 s (ss prints "6.948ms" for
-            // 6.948 s in some versions and "6sec" in others: the number is what counts; the
-            // default 60 s would read "59sec" or "1min").
-            let secs: f64 = line
-                .split("timer:(keepalive,")
-                .nth(1)
-                .map(|r| r.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect::<String>())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("a timer: {line}"));
-            assert!(secs > 0.0 && secs <= 7.0, "keepalive timer {secs}s: {line}");
+            assert_keepalive_within(line, 7.0);
         }
         let (accepted, opened) = keepalive_seen("off").await;
         for line in [accepted.expect("the client socket"), opened.expect("the backend socket")] {
             assert!(!line.contains("keepalive"), "keepalive set though off: {line}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn accepted_sockets_take_keepalive_from_their_listener_and_a_reload_changes_it() {
+    bounded(async {
+        // The first connection after start (or a reload) sets the options on the listening
+        // socket; later ones get them from it without a setsockopt of their own.
+        let b = backend("b").await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = |bind: &str, ka: &str| {
+            config("round_robin", &[b.addr], &format!("limits:\n  tcp_keepalive: {ka}\n")).replace("127.0.0.1:0", bind)
+        };
+        let (p, path) = Proxy::start_file(dir.path(), &yaml("127.0.0.1:0", "9s"));
+        for i in 0..3 {
+            let (accepted, opened) = sockets_seen(&p, b.addr).await;
+            assert_keepalive_within(&accepted.unwrap_or_else(|| panic!("client socket {i}")), 9.0);
+            assert_keepalive_within(&opened.unwrap_or_else(|| panic!("backend socket {i}")), 9.0);
+        }
+        std::fs::write(&path, yaml(&p.addr.to_string(), "off")).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        for i in 0..3 {
+            let (accepted, _) = sockets_seen(&p, b.addr).await;
+            let line = accepted.unwrap_or_else(|| panic!("client socket {i} after the reload"));
+            assert!(!line.contains("keepalive"), "keepalive still on after the reload turned it off: {line}");
+        }
+        std::fs::write(&path, yaml(&p.addr.to_string(), "5s")).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        for i in 0..3 {
+            let (accepted, _) = sockets_seen(&p, b.addr).await;
+            assert_keepalive_within(&accepted.unwrap_or_else(|| panic!("client socket {i} after the second reload")), 5.0);
         }
     })
     .await;

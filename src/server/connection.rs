@@ -64,13 +64,25 @@ impl Logged {
     }
 }
 
+/// A connection as the accept loop hands it over.
+pub struct Accepted {
+    /// The socket.
+    pub sock: TcpStream,
+    /// Its peer.
+    pub peer: SocketAddr,
+    /// Its local address, when the listener's tells it (bound to one address).
+    pub local: Option<SocketAddr>,
+    /// It already has the socket options of the running config (from its listener).
+    pub tuned: bool,
+}
+
 /// Serves one accepted TCP connection to its end: the task of every client connection.
-pub fn handle(shared: Arc<Shared>, listener: Arc<str>, sock: TcpStream, peer: SocketAddr) -> Connection {
+pub fn handle(shared: Arc<Shared>, listener: Arc<str>, accepted: Accepted) -> Connection {
     // The handshake is a boxed future that owns what it needs and is dropped once it is
     // done: its buffers, header table and the accept-time arguments must not stay in the
     // long-lived task's allocation while the connection relays for hours. A plain HTTP
     // connection is served to its end inside it.
-    Connection::Handshake(Box::pin(async move { first_request(&shared, &listener, sock, peer).await }))
+    Connection::Handshake(Box::pin(async move { first_request(&shared, &listener, accepted).await }))
 }
 
 /// A client connection's task: first its handshake, then (for a WebSocket) its relay.
@@ -189,11 +201,19 @@ fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant
     }
 }
 
-async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, mut sock: TcpStream, socket: SocketAddr) -> Option<Ready> {
+async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Accepted) -> Option<Ready> {
     let started = Instant::now();
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let limits = &rt.config.limits;
-    crate::stream::tune_tcp(&sock, limits.tcp_keepalive);
+    let Accepted {
+        mut sock,
+        peer: socket,
+        local,
+        tuned,
+    } = accepted;
+    if !tuned {
+        crate::stream::tune_accepted(&sock, limits.tcp_keepalive);
+    }
     let Some(pending) = shared.admission.accept(limits) else {
         if rt.tls_acceptor(listener).is_some() {
             // A TLS client cannot read a clear-text 503; close without a word.
@@ -206,7 +226,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, mut sock: TcpS
     };
     let lcfg = rt.config.listeners.iter().find(|l| *l.name == **listener)?;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-    let local = sock.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = local.unwrap_or_else(|| sock.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
     // Who the connection is from is settled before anything else is read (TLS included).
     let peer = if lcfg.proxy_protocol {
         super::proxied::read_peer(&mut sock, socket, local, &limits.trusted_proxies, deadline).await?

@@ -275,11 +275,23 @@ async fn accept_loop(
     open_loops: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let name = || names.borrow().clone();
+    // A listener bound to one address is every accepted socket's local address (no
+    // getsockname per connection); a wildcard one is not.
+    let local = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+    // The `tcp_keepalive` the listening socket hands down to accepted ones (None: not set
+    // yet, or it could not be); set again when a reload changed it.
+    let mut handed_down: Option<Option<Duration>> = None;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
-                    tokio::spawn(connection::handle(shared.clone(), name(), sock, peer));
+                    let keepalive = shared.runtime.load().config.limits.tcp_keepalive;
+                    // This socket was accepted with what the listener had until now.
+                    let tuned = handed_down == Some(keepalive);
+                    if !tuned {
+                        handed_down = crate::stream::tune_listener(&listener, keepalive).then_some(keepalive);
+                    }
+                    tokio::spawn(connection::handle(shared.clone(), name(), connection::Accepted { sock, peer, local, tuned }));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off briefly instead of spinning.
@@ -297,7 +309,8 @@ async fn accept_loop(
                     // Take what is already queued before the socket closes, or the kernel
                     // resets those connections.
                     while let Ok(Ok((sock, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-                        tokio::spawn(connection::handle(shared.clone(), name(), sock, peer));
+                        let tuned = false;
+                        tokio::spawn(connection::handle(shared.clone(), name(), connection::Accepted { sock, peer, local, tuned }));
                     }
                     break;
                 }
@@ -323,7 +336,13 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, peer) = l.accept().await.unwrap();
-        let task = super::connection::handle(server.shared.clone(), std::sync::Arc::from("l"), s, peer);
+        let accepted = super::connection::Accepted {
+            sock: s,
+            peer,
+            local: None,
+            tuned: false,
+        };
+        let task = super::connection::handle(server.shared.clone(), std::sync::Arc::from("l"), accepted);
         let (task_size, relay_size) = (std::mem::size_of_val(&task), std::mem::size_of::<crate::relay::Relay>());
         assert_eq!(task_size, std::mem::size_of::<super::connection::Connection>());
         assert!(task_size <= relay_size + 176, "task {task_size} bytes for a relay of {relay_size}");
