@@ -20,6 +20,11 @@ pub const MAX_EARLY_BYTES: usize = super::buf::BUF_SIZE - HEADROOM;
 /// Bytes a source may still send once its direction only discards (after a close, or with
 /// its destination dead) before it is no longer read at all.
 const DISCARD_BUDGET: usize = super::buf::BUF_SIZE;
+/// A burst of at least this many bytes marks a direction as moving bulk data...
+const BULK_BURST: u16 = 16 * 1024;
+/// ...and one of fewer than this many ends it (bursts in between keep the mark: a bulk
+/// stream's reads often catch a message half arrived).
+const SMALL_BURST: u16 = 4 * 1024;
 
 /// A frame the proxy itself puts into a direction at the next frame boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,13 @@ pub enum HalfEvent {
 /// One direction's state.
 pub struct Half {
     buf: Buf,
+    /// The next buffer taken is a bulk one: a burst (bytes read between taking a buffer
+    /// and giving it back) of at least [`BULK_BURST`] set it, none under [`SMALL_BURST`]
+    /// came since.
+    bulk: bool,
+    /// Bytes read since the buffer was taken (saturating: only the thresholds matter, and
+    /// every byte here is a byte per idle connection).
+    burst: u16,
     out_start: usize,
     out_end: usize,
     filled: usize,
@@ -88,13 +100,13 @@ pub struct Half {
     /// Bytes relayed (scanned and passed on) and not yet flushed to shared counters.
     pub unflushed_bytes: u64,
     /// Bytes dropped since this direction started discarding.
-    discarded: usize,
+    discarded: u32,
     /// An injected close was put on the wire.
     close_injected: bool,
     /// Once the injected close is written, shut the destination down (it broke the rules).
     pub shut_after_close: bool,
     /// End of an injected ping within the bytes being written (0: none in flight).
-    ping_end: usize,
+    ping_end: u32,
     /// The destination already closed its sending side: no `shutdown` needed, the socket is
     /// about to be closed anyway.
     pub peer_gone: bool,
@@ -105,6 +117,8 @@ impl Half {
     pub fn new(scan: Scanner, mask_injected: bool) -> Self {
         Half {
             buf: Buf::empty(),
+            bulk: false,
+            burst: 0,
             out_start: 0,
             out_end: 0,
             filled: 0,
@@ -159,7 +173,7 @@ impl Half {
                     match Pin::new(&mut *dst).poll_write(cx, &self.buf[self.out_start..self.out_end]) {
                         Poll::Ready(Ok(n)) if n > 0 => {
                             self.out_start += n;
-                            if self.ping_end != 0 && self.out_start >= self.ping_end {
+                            if self.ping_end != 0 && self.out_start >= self.ping_end as usize {
                                 self.ping_end = 0;
                                 r.ping_sent = true;
                             }
@@ -207,7 +221,7 @@ impl Half {
                                 self.filled = self.out_end;
                                 r.sent_close = Some(code);
                             }
-                            Inject::Ping(_) => self.ping_end = self.out_end,
+                            Inject::Ping(_) => self.ping_end = self.out_end as u32,
                         }
                         continue;
                     }
@@ -225,7 +239,7 @@ impl Half {
             }
             if self.src_done {
                 if self.filled == 0 {
-                    self.buf.release();
+                    self.end_burst();
                 }
                 if !self.shut && self.peer_gone && self.inject.is_none() && self.filled == 0 {
                     self.shut = true;
@@ -242,7 +256,12 @@ impl Half {
                 }
                 return r;
             }
-            self.buf.ensure();
+            if !self.bulk && self.burst >= BULK_BURST && self.filled == 0 {
+                // A long burst in an ordinary buffer: swapped for a bulk one while it is empty.
+                self.bulk = true;
+                self.buf.release();
+            }
+            self.buf.ensure_for(self.bulk);
             // Headroom so an injected control frame always fits in front of unscanned bytes.
             // Invariant: reads stop at `end`, an injected frame (≤ 131 bytes < HEADROOM) is
             // written and compacted away before the next read, so `filled <= end` here.
@@ -252,7 +271,7 @@ impl Half {
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     if self.filled == 0 {
-                        self.buf.release();
+                        self.end_burst();
                     }
                     return r;
                 }
@@ -266,11 +285,12 @@ impl Half {
                         return r;
                     }
                     r.progress = true;
+                    self.burst = self.burst.saturating_add(n.min(u16::MAX as usize) as u16);
                     if self.discard {
                         // Dropped bytes are no traffic; a source that keeps sending them gets
                         // a bounded allowance, then is not read any more (no spinning).
-                        self.discarded += n;
-                        if self.discarded > DISCARD_BUDGET {
+                        self.discarded = self.discarded.saturating_add(n as u32);
+                        if self.discarded as usize > DISCARD_BUDGET {
                             self.src_done = true;
                             return r;
                         }
@@ -285,6 +305,18 @@ impl Half {
                 }
             }
         }
+    }
+
+    /// Everything read was written: the buffer goes back, and the burst's size decides
+    /// which kind the next one is.
+    fn end_burst(&mut self) {
+        self.buf.release();
+        if self.burst >= BULK_BURST {
+            self.bulk = true;
+        } else if self.burst < SMALL_BURST {
+            self.bulk = false;
+        }
+        self.burst = 0;
     }
 
     /// Scans the unscanned bytes; returns an event that stops this direction.
