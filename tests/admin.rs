@@ -366,3 +366,39 @@ async fn per_client_sheds_are_counted_exactly_by_reason() {
     })
     .await
 }
+
+#[tokio::test]
+async fn every_close_is_counted_by_code_and_origin() {
+    bounded(async {
+        // Closes with RFC 6455 codes use kept counter handles, others a key made each time:
+        // both must count every close (1003 and 4123 are used by no other test here).
+        let b = backend("b1").await;
+        let p = Proxy::start(&config("round_robin", &[b.addr], ADMIN));
+        let series = |code: u16| format!("switchyard_close_codes_total{{code=\"{code}\",origin=\"client\"}}");
+        let (_, before) = http_get(p.admin(), "/metrics").await;
+        for code in [1003u16, 1003, 1003, 4123, 4123] {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "x").await, "x");
+            let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: code.into(),
+                reason: "".into(),
+            };
+            futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::Close(Some(frame)))
+                .await
+                .unwrap();
+            assert_eq!(expect_close(&mut ws).await.0, code, "the close reply echoes the code");
+        }
+        let counted = |text: &str| (metric(text, &series(1003)), metric(text, &series(4123)));
+        let want = (counted(&before).0 + 3.0, counted(&before).1 + 2.0);
+        // The last close is counted when its relay ends, a moment after the reply.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = http_get(p.admin(), "/metrics").await.1;
+        while counted(&after) != want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            after = http_get(p.admin(), "/metrics").await.1;
+        }
+        let done = (counted(&after) == want).then_some(());
+        assert!(done.is_some(), "1003: {:?}, 4123: {:?} before; after:\n{after}", counted(&before).0, counted(&before).1);
+    })
+    .await
+}
