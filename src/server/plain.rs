@@ -203,8 +203,16 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
     let Some(out) = outgoing(&parts, target, &client, cx.tls, host) else {
         return refusal(Refusal::BadRequest("malformed request target"));
     };
-    let tally = Arc::new(RequestTally::default());
-    let mut body = Limited::new(body, limits.max_request_body_bytes, tally.clone()).boxed_unsync();
+    // Most requests have no body: they share one finished tally and an empty body (a boxed
+    // empty body allocates nothing), instead of two allocations each.
+    let (tally, mut body) = match body.is_end_stream() {
+        true => (no_body_tally(), empty()),
+        false => {
+            let tally = Arc::new(RequestTally::default());
+            let limited = Limited::new(body, limits.max_request_body_bytes, tally.clone());
+            (tally, limited.boxed_unsync())
+        }
+    };
     if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
         // A chunked body is checked up to its first chunk before anything is forwarded: a
         // malformed chunk size (the usual smuggling probe) never reaches a backend.
@@ -350,6 +358,18 @@ pub(super) fn refusal(r: Refusal) -> Response<Body> {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// The tally of every request without a body: nothing passed, finished. Shared (never
+/// written: only a request body's [`Limited`] writes its tally).
+fn no_body_tally() -> Arc<RequestTally> {
+    static NONE: std::sync::OnceLock<Arc<RequestTally>> = std::sync::OnceLock::new();
+    NONE.get_or_init(|| {
+        let t = RequestTally::default();
+        t.finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(t)
+    })
+    .clone()
 }
 
 /// A body whose first frame was already read: that frame, then the rest.
