@@ -351,9 +351,9 @@ pub fn request_histogram(pool: &str) -> metrics::Histogram {
     histogram!("switchyard_http_request_duration_seconds", "pool" => pool.to_string())
 }
 
-/// `switchyard_sticky_total{pool,result}`.
-pub fn sticky(pool: &str, result: &'static str) {
-    counter!("switchyard_sticky_total", "pool" => pool.to_string(), "result" => result).increment(1);
+/// `switchyard_sticky_total{pool,result}` handle (looked up once per pool and result).
+pub fn sticky_counter(pool: &str, result: &'static str) -> metrics::Counter {
+    counter!("switchyard_sticky_total", "pool" => pool.to_string(), "result" => result)
 }
 
 /// Counts one config reload attempt.

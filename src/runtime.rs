@@ -32,6 +32,8 @@ pub struct Pool {
     pub request_duration: metrics::Histogram,
     /// Cookie stickiness, when the pool has `sticky`.
     pub sticky: Option<Sticky>,
+    /// `switchyard_sticky_total{pool,result}` by [`StickyResult`], looked up once (with `sticky`).
+    sticky_counters: Option<[metrics::Counter; 3]>,
     /// `limits.tcp_keepalive`, for the sockets opened to this pool's backends.
     pub tcp_keepalive: Option<std::time::Duration>,
     tls: HashMap<String, BackendTlsConnector>,
@@ -102,6 +104,13 @@ impl Pool {
                 now_ms,
             ))),
             None => Err(crate::limits::ShedReason::NoBackend),
+        }
+    }
+
+    /// Counts what stickiness did for one request or upgrade.
+    pub fn count_sticky(&self, r: StickyResult) {
+        if let Some(c) = &self.sticky_counters {
+            c[r as usize].increment(1);
         }
     }
 
@@ -225,6 +234,9 @@ impl PreparedPool {
         Pool {
             handshake_duration: crate::metrics::handshake_histogram(&self.name),
             request_duration: crate::metrics::request_histogram(&self.name),
+            sticky_counters: sticky
+                .is_some()
+                .then(|| StickyResult::ALL.map(|r| crate::metrics::sticky_counter(&self.name, r.label()))),
             sticky,
             tcp_keepalive,
             name: self.name,

@@ -18,7 +18,7 @@ use crate::config::StickyConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StickyResult {
     /// The cookie named an available backend: used.
-    Hit,
+    Hit = 0,
     /// No (known) cookie: the algorithm picked and a cookie is set.
     Assigned,
     /// The cookie named a backend that is not available: another was picked, cookie re-issued.
@@ -26,6 +26,9 @@ pub enum StickyResult {
 }
 
 impl StickyResult {
+    /// Every result, in discriminant order.
+    pub const ALL: [StickyResult; 3] = [StickyResult::Hit, StickyResult::Assigned, StickyResult::Reassigned];
+
     /// Label value.
     pub fn label(self) -> &'static str {
         match self {

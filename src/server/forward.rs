@@ -146,7 +146,7 @@ pub(super) async fn forward(
         pool.request_duration.record(started.elapsed().as_secs_f64());
         backend.metrics.http_request(status.as_u16());
         if let Some(r) = sticky {
-            crate::metrics::sticky(&pool.name, r.label());
+            pool.count_sticky(r);
         }
         let (mut parts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);

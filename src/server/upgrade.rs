@@ -128,7 +128,7 @@ pub(super) async fn prepare(
         )));
     }
     if let Some(r) = upstream.sticky {
-        crate::metrics::sticky(&pool.name, r.label());
+        pool.count_sticky(r);
     }
     let set_cookie = pool.sticky_cookie(upstream.index, upstream.sticky, tls);
     Ok(Prepared {
