@@ -70,6 +70,10 @@ pub(crate) struct Listen {
     pub(crate) name: watch::Receiver<Arc<str>>,
     /// This worker's socket.
     pub(crate) sock: std::net::TcpListener,
+    /// The socket is this worker's alone, so the options it hands down to accepted sockets
+    /// are the ones this worker's loop set (one socket shared by several workers, for port
+    /// 0, may have been changed by another loop since).
+    pub(crate) own_socket: bool,
     /// Turns true when the listener stops.
     pub(crate) stop: watch::Receiver<bool>,
     /// Accept loops still holding a socket; the loop decrements it once its socket is closed.
@@ -131,12 +135,14 @@ impl Shared {
         let (stop, stop_rx) = watch::channel(false);
         let (name_tx, name_rx) = watch::channel::<Arc<str>>(Arc::from(b.name.as_str()));
         let open_loops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let own_socket = b.configured.port() != 0 || b.socks.len() == 1;
         for (w, sock) in self.workers.iter().zip(b.socks) {
             open_loops.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let cmd = WorkerCmd::Listen(Listen {
                 shared: self.clone(),
                 name: name_rx.clone(),
                 sock,
+                own_socket,
                 stop: stop_rx.clone(),
                 open_loops: open_loops.clone(),
             });

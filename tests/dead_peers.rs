@@ -191,7 +191,10 @@ async fn accepted_sockets_take_keepalive_from_their_listener_and_a_reload_change
         let b = backend("b").await;
         let dir = tempfile::tempdir().unwrap();
         let yaml = |bind: &str, ka: &str| {
-            config("round_robin", &[b.addr], &format!("limits:\n  tcp_keepalive: {ka}\n")).replace("127.0.0.1:0", bind)
+            // One worker: its socket is its own (port 0 with several workers shares one socket,
+            // and then every accepted socket is set on its own instead).
+            let extra = format!("limits:\n  tcp_keepalive: {ka}\nprocess:\n  workers: 1\n");
+            config("round_robin", &[b.addr], &extra).replace("127.0.0.1:0", bind)
         };
         let (p, path) = Proxy::start_file(dir.path(), &yaml("127.0.0.1:0", "9s"));
         for i in 0..3 {

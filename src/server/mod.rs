@@ -243,7 +243,7 @@ fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: 
                 cmd = cmds.recv() => match cmd {
                     Some(WorkerCmd::Listen(l)) => match TcpListener::from_std(l.sock) {
                         Ok(sock) => {
-                            tokio::spawn(accept_loop(l.shared, l.name, sock, phase.clone(), l.stop, l.open_loops));
+                            tokio::spawn(accept_loop(l.shared, l.name, sock, l.own_socket, phase.clone(), l.stop, l.open_loops));
                         }
                         Err(e) => {
                             l.open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -270,6 +270,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     names: watch::Receiver<Arc<str>>,
     listener: TcpListener,
+    own_socket: bool,
     mut phase: watch::Receiver<u8>,
     mut stop: watch::Receiver<bool>,
     open_loops: Arc<std::sync::atomic::AtomicUsize>,
@@ -286,9 +287,10 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
                     let keepalive = shared.runtime.load().config.limits.tcp_keepalive;
-                    // This socket was accepted with what the listener had until now.
-                    let tuned = handed_down == Some(keepalive);
-                    if !tuned {
+                    // This socket was accepted with what the listener had until now (known
+                    // only when no other loop sets options on the same socket).
+                    let tuned = own_socket && handed_down == Some(keepalive);
+                    if own_socket && !tuned {
                         handed_down = crate::stream::tune_listener(&listener, keepalive).then_some(keepalive);
                     }
                     tokio::spawn(connection::handle(shared.clone(), name(), connection::Accepted { sock, peer, local, tuned }));
