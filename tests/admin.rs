@@ -398,7 +398,12 @@ async fn every_close_is_counted_by_code_and_origin() {
             after = http_get(p.admin(), "/metrics").await.1;
         }
         let done = (counted(&after) == want).then_some(());
-        assert!(done.is_some(), "1003: {:?}, 4123: {:?} before; after:\n{after}", counted(&before).0, counted(&before).1);
+        assert!(
+            done.is_some(),
+            "1003: {:?}, 4123: {:?} before; after:\n{after}",
+            counted(&before).0,
+            counted(&before).1
+        );
     })
     .await
 }

@@ -207,13 +207,19 @@ async fn accepted_sockets_take_keepalive_from_their_listener_and_a_reload_change
         for i in 0..3 {
             let (accepted, _) = sockets_seen(&p, b.addr).await;
             let line = accepted.unwrap_or_else(|| panic!("client socket {i} after the reload"));
-            assert!(!line.contains("keepalive"), "keepalive still on after the reload turned it off: {line}");
+            assert!(
+                !line.contains("keepalive"),
+                "keepalive still on after the reload turned it off: {line}"
+            );
         }
         std::fs::write(&path, yaml(&p.addr.to_string(), "5s")).unwrap();
         switchyard::reload::reload(&p.server.shared).expect("reload ok");
         for i in 0..3 {
             let (accepted, _) = sockets_seen(&p, b.addr).await;
-            assert_keepalive_within(&accepted.unwrap_or_else(|| panic!("client socket {i} after the second reload")), 5.0);
+            assert_keepalive_within(
+                &accepted.unwrap_or_else(|| panic!("client socket {i} after the second reload")),
+                5.0,
+            );
         }
     })
     .await;

@@ -522,7 +522,9 @@ async fn a_get_on_a_kept_connection_the_backend_dropped_is_sent_again_on_a_fresh
             while let Ok((mut s, _)) = l.accept().await {
                 let seen = seen.clone();
                 tokio::spawn(async move {
-                    let Ok((buf, end)) = switchyard::handshake::read_head(&mut s, 16384).await else { return };
+                    let Ok((buf, end)) = switchyard::handshake::read_head(&mut s, 16384).await else {
+                        return;
+                    };
                     seen.lock().unwrap().push(String::from_utf8_lossy(&buf[..end]).to_lowercase());
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
                     if let Ok((buf, end)) = switchyard::handshake::read_head(&mut s, 16384).await {
@@ -535,22 +537,35 @@ async fn a_get_on_a_kept_connection_the_backend_dropped_is_sent_again_on_a_fresh
         let (mut s, mut buf) = conn(&p).await;
         let first = roundtrip(&mut s, &mut buf, &get("/one", "")).await.expect("first answer");
         assert_eq!((first.status, first.body.as_str()), (200, "ok"));
-        let second = roundtrip(&mut s, &mut buf, &get("/two?x=1", "X-App: 7\r\n")).await.expect("second answer");
+        let second = roundtrip(&mut s, &mut buf, &get("/two?x=1", "X-App: 7\r\n"))
+            .await
+            .expect("second answer");
         assert_eq!((second.status, second.body.as_str()), (200, "ok"), "retried on a fresh connection");
         let heads = heads.lock().unwrap().clone();
         assert_eq!(heads.len(), 3, "one, two (dropped), two again: {heads:?}");
-        assert!(heads[1].starts_with("get /two?x=1 http/1.1\r\n") && heads[2].starts_with("get /two?x=1 http/1.1\r\n"), "{heads:?}");
+        assert!(
+            heads[1].starts_with("get /two?x=1 http/1.1\r\n") && heads[2].starts_with("get /two?x=1 http/1.1\r\n"),
+            "{heads:?}"
+        );
         // The request sent again is the same request: the client's fields and the forwarding
         // fields, once each.
         for h in &heads[1..] {
             assert!(h.contains("\r\nx-app: 7\r\n"), "{h}");
             assert_eq!(h.matches("\r\nx-forwarded-for: 127.0.0.1\r\n").count(), 1, "{h}");
-            assert_eq!(h.matches("\r\nforwarded: for=127.0.0.1;proto=http;host=\"test\"\r\n").count(), 1, "{h}");
+            assert_eq!(
+                h.matches("\r\nforwarded: for=127.0.0.1;proto=http;host=\"test\"\r\n").count(),
+                1,
+                "{h}"
+            );
         }
         // A request with a body is not sent twice: the backend may have acted on it.
-        let third = roundtrip(&mut s, &mut buf, "POST /three HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
-            .await
-            .expect("third answer");
+        let third = roundtrip(
+            &mut s,
+            &mut buf,
+            "POST /three HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await
+        .expect("third answer");
         assert_eq!(third.status, 502);
         // and the balancer still serves others
         let (mut s2, mut buf2) = conn(&p).await;

@@ -292,12 +292,20 @@ async fn a_backend_that_drops_the_socket_on_a_close_still_gives_the_client_its_c
         let mut payload = 1000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
         s.write_all(&masked_frame(0x88, &payload)).await.unwrap();
-        assert_eq!(raw_close_code(&mut s, &mut pending).await, 1000, "the client's code echoed, not 1011");
+        assert_eq!(
+            raw_close_code(&mut s, &mut pending).await,
+            1000,
+            "the client's code echoed, not 1011"
+        );
         // A close without a payload: answered by a close without a payload (1005 never
         // goes on the wire).
         let (mut s, mut pending) = raw_ws(p.addr, "/").await;
         s.write_all(&masked_frame(0x88, b"")).await.unwrap();
-        assert_eq!(raw_close_code(&mut s, &mut pending).await, 1005, "an empty close answered by an empty close");
+        assert_eq!(
+            raw_close_code(&mut s, &mut pending).await,
+            1005,
+            "an empty close answered by an empty close"
+        );
         // A code from the application's range is echoed as it came.
         let (mut s, mut pending) = raw_ws(p.addr, "/").await;
         s.write_all(&masked_frame(0x88, &4321u16.to_be_bytes())).await.unwrap();
