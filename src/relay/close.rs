@@ -70,35 +70,31 @@ impl Relay {
                     now,
                 );
             }
-            HalfEvent::Eof if self.c2b.close_seen && !self.b2c.close_seen && !self.closing => {
-                // The client's close reached the backend, which ended its connection without
-                // a close of its own (common: a server loop that stops on a close frame and
-                // drops the socket). The closing handshake ended early; nothing failed. The
+            HalfEvent::Eof if !self.b2c.close_seen && !self.closing => {
+                // After the client's close reached it, a backend that ends its connection
+                // without a close of its own (a server loop that stops on a close frame and
+                // drops the socket) only cut the closing handshake short; nothing failed. The
                 // client gets the reply it is owed from the proxy: its own code echoed (RFC
                 // 6455 §5.5.1), not counted as a close the proxy decided.
-                self.closing = true;
-                self.start_grace(now);
-                if self.b2c.scan.at_boundary() {
-                    let code = match self.first_close {
-                        Some((code, CloseOrigin::Client)) => code,
-                        _ => CloseCode::Normal.code(),
-                    };
-                    self.counted_sent = code;
-                    self.b2c.inject = Some(Inject::Close(code, ""));
-                }
-                self.c2b.discard = true;
-            }
-            HalfEvent::Eof if !self.b2c.close_seen && !self.closing => {
-                // The backend connection died mid-stream: 1011, not 1014, because common
-                // client libraries (tungstenite among them) reject 1014 as reserved and
+                // Otherwise the backend connection died mid-stream: 1011, not 1014, because
+                // common client libraries (tungstenite among them) reject 1014 as reserved and
                 // would report a protocol error instead (see README). Inside a frame no close
                 // can follow: then both connections end at once (`Relay::stranded`).
+                let echo = match (self.c2b.close_seen, self.first_close) {
+                    (false, _) => None,
+                    (true, Some((code, CloseOrigin::Client))) => Some(code),
+                    (true, _) => Some(CloseCode::Normal.code()),
+                };
                 self.closing = true;
                 self.start_grace(now);
-                if self.b2c.scan.at_boundary() {
-                    self.b2c.inject = Some(Inject::Close(BACKEND_LOST.code(), "backend connection lost"));
-                } else {
-                    self.note_close(1006, CloseOrigin::Backend);
+                match (self.b2c.scan.at_boundary(), echo) {
+                    (true, Some(code)) => {
+                        self.counted_sent = code;
+                        self.b2c.inject = Some(Inject::Close(code, ""));
+                    }
+                    (true, None) => self.b2c.inject = Some(Inject::Close(BACKEND_LOST.code(), "backend connection lost")),
+                    (false, None) => self.note_close(1006, CloseOrigin::Backend),
+                    (false, Some(_)) => {}
                 }
                 self.c2b.discard = true;
             }
