@@ -19,8 +19,6 @@
 #   (config, logs, summary) even when it passes (they are always kept when it fails);
 #   HOLD_AT_START / HOLD_AFTER_WARMUP / HOLD_AT_END=SECONDS pause there (to attach gdb or
 #   heaptrack to the balancer, whose pid is printed).
-# With gdb installed, the balancer's heap in use (glibc's malloc_stats, gdb attaches for a
-# moment) is shown beside its RSS at the three quiet points.
 # Everything runs on 127.0.0.0/8: the balancer and clients on 127.0.0.1, backends on
 # 127.0.0.11.., storm clients from 127.0.0.2-9, slowloris from 127.0.0.20-23.
 set -euo pipefail

@@ -68,12 +68,12 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// See `switchyard::memory`.
+#[global_allocator]
+static GLOBAL: switchyard::memory::Allocator = switchyard::memory::Allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.cmd, Cmd::Run { .. }) {
-        // before any thread: see switchyard::memory
-        switchyard::memory::without_thread_caches();
-    }
     init_logs(cli.log_format);
     let r = match cli.cmd {
         Cmd::Check { file } => return check(&file),

@@ -130,34 +130,3 @@ async fn a_second_signal_exits_at_once() {
     })
     .await
 }
-
-/// `switchyard run` restarts itself (same pid) with glibc's per-thread caches off, and keeps
-/// a `GLIBC_TUNABLES` that already sets them. (Appending to other tunables is a unit test in
-/// `memory`: glibc rewrites a list of several in place, so `/proc/PID/environ` cannot show it.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_starts_with_glibc_thread_caches_off_unless_told() {
-    bounded(async {
-        let b = backend("b").await;
-        let dir = tempfile::tempdir().unwrap();
-        let f = config_file(&dir, b.addr, "");
-        for (given, expected) in [
-            (None, "glibc.malloc.tcache_count=0"),
-            (Some("glibc.malloc.tcache_count=7"), "glibc.malloc.tcache_count=7"),
-        ] {
-            let mut cmd = Proc::command(&["run", "-c", &f]);
-            cmd.env_remove("GLIBC_TUNABLES");
-            if let Some(g) = given {
-                cmd.env("GLIBC_TUNABLES", g);
-            }
-            let mut p = Proc(cmd.spawn().unwrap());
-            let url = tokio::task::block_in_place(|| p.line_after("listening l "));
-            // the process the test started is the one serving, with the tunables in place
-            let environ = std::fs::read(format!("/proc/{}/environ", p.0.id())).unwrap();
-            let tunables: Vec<&[u8]> = environ.split(|&c| c == 0).filter(|kv| kv.starts_with(b"GLIBC_TUNABLES=")).collect();
-            assert_eq!(tunables, [format!("GLIBC_TUNABLES={expected}").as_bytes()], "given {given:?}");
-            let mut ws = connect(&url).await;
-            assert_eq!(ask(&mut ws, "hello").await, "hello");
-        }
-    })
-    .await
-}

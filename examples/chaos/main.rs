@@ -263,7 +263,6 @@ async fn run() -> Result<bool, String> {
     hold("HOLD_AT_START", bal.pid).await;
     let cold = settled(bal.pid).await;
     keep_smaps(bal.pid, &dir, "cold");
-    let heap_cold = procs::heap_in_use(bal.pid, &bal.log).await;
 
     // the warm-up: the same mix, shorter, so that the start figures of the measured round
     // include what the first use of every path leaves behind for good (code pages read in,
@@ -284,13 +283,11 @@ async fn run() -> Result<bool, String> {
     hold("HOLD_AFTER_WARMUP", bal.pid).await;
     let start = settled(bal.pid).await;
     keep_smaps(bal.pid, &dir, "start");
-    let heap_start = procs::heap_in_use(bal.pid, &bal.log).await;
     let cpu_start = procs::cpu_seconds(bal.pid).unwrap_or(0.0);
     let (main, mut backends) = round::run(Arc::new(p.clone()), "run", bal.clone(), backends).await?;
     let active_after = quiet(&bal).await;
     let end = settled(bal.pid).await;
     keep_smaps(bal.pid, &dir, "end");
-    let heap_end = procs::heap_in_use(bal.pid, &bal.log).await;
     hold("HOLD_AT_END", bal.pid).await;
     let cpu = procs::cpu_seconds(bal.pid).unwrap_or(0.0) - cpu_start;
     let metrics = bal.metrics().await.unwrap_or_default();
@@ -309,7 +306,6 @@ async fn run() -> Result<bool, String> {
         cold,
         start,
         end,
-        heap: [heap_cold, heap_start, heap_end],
         active_after,
         cpu,
         metrics: &metrics,

@@ -269,25 +269,3 @@ pub fn free_port() -> Res<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
-
-/// The balancer's heap in use (bytes, every arena), as glibc's `malloc_stats()` counts it:
-/// gdb attaches for a moment and calls it, and it prints to the balancer's stderr, our log.
-/// `None` without gdb or permission to attach. Tells memory that is used from memory the
-/// allocator keeps in pages it has not returned.
-pub async fn heap_in_use(pid: u32, log: &Path) -> Option<u64> {
-    let call = Command::new("gdb")
-        .args(["-p", &pid.to_string(), "-batch", "-ex", "call (void)malloc_stats()"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status();
-    let ok = timeout(Duration::from_secs(60), call).await.ok()?.ok()?.success();
-    if !ok {
-        return None;
-    }
-    let text = std::fs::read_to_string(log).ok()?;
-    let total = &text[text.rfind("Total (incl. mmap):")?..];
-    let line = total.lines().find(|l| l.starts_with("in use bytes"))?;
-    line.rsplit(' ').next()?.trim().parse().ok()
-}

@@ -49,8 +49,6 @@ pub struct Run<'a> {
     pub start: Sample,
     /// after every client of the measured round left
     pub end: Sample,
-    /// the allocator's bytes in use at cold, start and end (when gdb could ask)
-    pub heap: [Option<u64>; 3],
     pub active_after: f64,
     pub cpu: f64,
     pub metrics: &'a str,
@@ -297,16 +295,6 @@ impl Run<'_> {
             e.fds,
             pct(e.fds, s.fds)
         );
-        if let [Some(hc), Some(hs), Some(he)] = self.heap {
-            let kb = |b: u64| (b + 512) / 1024;
-            println!(
-                "| heap in use (kB, glibc's count) | {} | {} | — | {} | {} |",
-                kb(hc),
-                kb(hs),
-                kb(he),
-                pct(he, hs)
-            );
-        }
         println!();
 
         let v: Vec<Verdicts> = rounds.iter().map(|(_, r)| Verdicts::of(r)).collect();
