@@ -318,6 +318,37 @@ async fn a_backend_that_drops_the_socket_on_a_close_still_gives_the_client_its_c
     .await
 }
 
+/// Once the closing handshake is done, the proxy (the client's server) closes the client's
+/// connection at once, as RFC 6455 §7.1.1 wants: the client gets its close reply and then
+/// the end of the stream, a FIN and not a reset, without having to end its side first, and
+/// the connection is gone from the balancer long before the close grace (5 s) would end it.
+#[tokio::test]
+async fn the_proxy_closes_first_once_the_closing_handshake_is_done() {
+    bounded(async {
+        let (p, _b) = one_backend("").await;
+        let (mut s, mut pending) = raw_ws(p.addr, "/").await;
+        s.write_all(&masked_frame(0x81, b"hi")).await.unwrap();
+        s.write_all(&masked_frame(0x88, &1000u16.to_be_bytes())).await.unwrap();
+        assert_eq!(raw_close_code(&mut s, &mut pending).await, 1000);
+        // the client keeps its side open (no FIN, no read either)
+        let active = || p.server.shared.admission.active();
+        let gone = eventually(Duration::from_secs(2), || active() == 0).await;
+        assert!(
+            gone.is_some(),
+            "{} connection(s) still held 2 s after the closing handshake",
+            active()
+        );
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(T, s.read(&mut rest))
+            .await
+            .unwrap()
+            .expect("a FIN, not a reset");
+        assert_eq!(n, 0, "nothing after the close reply");
+        still_serves(&p.url("/")).await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn vanished_client_closes_the_backend_side() {
     bounded(async {

@@ -182,6 +182,14 @@ impl Relay {
         }
     }
 
+    /// The closing handshake is over on the client's side: it sent its close frame, which is
+    /// written on, and nothing more is to be relayed to it. Its FIN is not waited for: the
+    /// proxy, its server, closes the connection first (RFC 6455 §7.1.1), at once; that saves
+    /// a wake-up and a `shutdown` and `recvfrom` per connection.
+    pub(super) fn client_done(&self) -> bool {
+        self.c2b.close_seen && self.c2b.drained()
+    }
+
     /// A source ended inside a frame: its destination can get nothing more, not even a close
     /// frame, so the connection must end now instead of waiting for a boundary.
     pub(super) fn stranded(&self) -> bool {

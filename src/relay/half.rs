@@ -107,8 +107,8 @@ pub struct Half {
     pub shut_after_close: bool,
     /// End of an injected ping within the bytes being written (0: none in flight).
     ping_end: u32,
-    /// The destination already closed its sending side: no `shutdown` needed, the socket is
-    /// about to be closed anyway.
+    /// The destination already closed its sending side, or (plain TCP) sent its close frame:
+    /// no `shutdown` needed, the socket is about to be closed anyway (the close sends the FIN).
     pub peer_gone: bool,
 }
 
@@ -154,6 +154,11 @@ impl Half {
         self.filled = bytes.len();
         self.rescan = true;
         true
+    }
+
+    /// Everything read was written and no frame waits to be put in.
+    pub fn drained(&self) -> bool {
+        self.filled == 0 && self.inject.is_none()
     }
 
     /// Finished: source ended and the destination is shut (or dead).

@@ -321,9 +321,10 @@ impl Relay {
                 for code in [a.sent_close, b.sent_close].into_iter().flatten() {
                     self.on_close_sent(code);
                 }
-                // A side whose peer already ended needs no shutdown(2) before the close.
+                // A side whose peer already ended needs no shutdown(2) before the close; nor
+                // does a plain TCP client that sent its close frame (TLS ends with close_notify).
                 self.c2b.peer_gone = self.b2c.src_done;
-                self.b2c.peer_gone = self.c2b.src_done;
+                self.b2c.peer_gone = self.c2b.src_done || (self.c2b.close_seen && !self.client.is_tls());
                 if let Some(ev) = a.event {
                     self.dirty = true;
                     self.on_client_event(ev);
@@ -335,7 +336,7 @@ impl Relay {
                 if self.stranded() {
                     return Poll::Ready(self.finish());
                 }
-                if self.c2b.finished() && self.b2c.finished() {
+                if self.b2c.finished() && (self.c2b.finished() || self.client_done()) {
                     return Poll::Ready(self.finish());
                 }
                 if !(a.progress || b.progress || a.event.is_some() || b.event.is_some()) {
