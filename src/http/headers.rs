@@ -29,8 +29,14 @@ const HOP_BY_HOP: [&str; 10] = [
 /// and `close` name nothing more).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry one hop-by-hop field at most (`Connection: keep-alive`): one pass
-    // over the names finds them, instead of a lookup per listed field.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+    // over the names finds which, and only those are removed (a lookup each).
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == k.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -45,9 +51,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        // `remove` looks a `&str` up without making a name of it.
-        headers.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            // `remove` looks a `&str` up without making a name of it.
+            headers.remove(*n);
+        }
     }
 }
 
@@ -210,6 +218,15 @@ mod tests {
         strip_hop_by_hop(&mut m);
         assert_eq!(m.len(), 1);
         assert!(m.contains_key("x-kept"));
+        // without a Connection field, each hop-by-hop one present still goes (all its values)
+        let mut m = HeaderMap::new();
+        m.append("te", HeaderValue::from_static("trailers"));
+        m.append("x-kept", HeaderValue::from_static("1"));
+        m.append("expect", HeaderValue::from_static("100-continue"));
+        m.append("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut m);
+        assert_eq!(m.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        assert_eq!(m.len(), 1);
     }
 
     #[test]
