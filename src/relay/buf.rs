@@ -5,6 +5,7 @@
 //! at once is bounded, so many stalled bulk connections cannot multiply memory by four.
 
 use std::cell::{Cell, RefCell};
+use std::thread::LocalKey;
 
 /// Size of a relay buffer for ordinary traffic.
 pub const BUF_SIZE: usize = 32 * 1024;
@@ -68,6 +69,7 @@ impl Buf {
     }
 
     /// Holds a bulk buffer.
+    #[cfg(test)]
     pub fn is_bulk(&self) -> bool {
         matches!(self.0, Held::Bulk(_))
     }
@@ -93,15 +95,27 @@ impl Buf {
 /// Frees every buffer on this thread's free lists (after load dropped: what the lists keep
 /// would otherwise stay resident however long the thread stays idle).
 pub fn release_free_list() {
-    let _ = FREE.try_with(|f| {
+    clear(&FREE);
+    clear(&FREE_BULK);
+}
+
+/// Frees every buffer on `list` and its room.
+fn clear<T>(list: &'static LocalKey<RefCell<Vec<T>>>) {
+    let _ = list.try_with(|f| {
         let mut f = f.borrow_mut();
         f.clear();
         f.shrink_to_fit();
     });
-    let _ = FREE_BULK.try_with(|f| {
+}
+
+/// Puts `b` on `list` unless that holds `max` already; then, or when the list is gone
+/// (thread teardown), `b` is freed.
+fn keep<T>(list: &'static LocalKey<RefCell<Vec<T>>>, b: T, max: usize) {
+    let _ = list.try_with(|f| {
         let mut f = f.borrow_mut();
-        f.clear();
-        f.shrink_to_fit();
+        if f.len() < max {
+            f.push(b);
+        }
     });
 }
 
@@ -128,26 +142,13 @@ impl std::ops::DerefMut for Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        // try_with: during thread teardown the lists may be gone; then just free it.
         match std::mem::replace(&mut self.0, Held::None) {
             Held::None => {}
-            Held::Small(b) => {
-                let _ = FREE.try_with(|f| {
-                    let mut f = f.borrow_mut();
-                    if f.len() < POOL_MAX {
-                        f.push(b);
-                    }
-                });
-            }
+            Held::Small(b) => keep(&FREE, b, POOL_MAX),
             Held::Bulk(b) => {
                 // Saturating: a buffer dropped on another thread than it was taken on.
                 let _ = BULK_OUT.try_with(|n| n.set(n.get().saturating_sub(1)));
-                let _ = FREE_BULK.try_with(|f| {
-                    let mut f = f.borrow_mut();
-                    if f.len() < BULK_POOL_MAX {
-                        f.push(b);
-                    }
-                });
+                keep(&FREE_BULK, b, BULK_POOL_MAX);
             }
         }
     }
