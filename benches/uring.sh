@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The io_uring question of issue 14, measured: Switchyard (one worker) against the one-thread
+# io_uring TCP relay prototype in benches/uring-relay (a byte relay: no frame parsing, no
+# handshake parsing; what batching every submission and completion of a loop turn into one
+# system call saves) and NGINX when installed (../shared/perf's config, one worker), in
+# alternating rounds against one echo backend: 1 KiB echo over 64 connections (messages/s,
+# the proxy's CPU seconds per million messages, the whole machine's from /proc/stat) and
+# upgrades/s over 32 connections.
+# usage: [ROUNDS=3] [DUR=6] [TARGETS="switchyard uring nginx"] benches/uring.sh [target/release/switchyard]
+set -u
+SY_BIN=${1:-target/release/switchyard}; DUR=${DUR:-6}
+. "$(dirname "$0")/common.sh"
+(cd "$(dirname "$0")/uring-relay" && cargo build --release -q) || { echo "cannot build the prototype"; exit 1; }
+UR="$(dirname "$0")/uring-relay/target/release/uring-relay"
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+targets=${TARGETS:-"switchyard uring$(command -v nginx >/dev/null && echo ' nginx')"}
+bport=$(port)
+$LG backend --port $bport >/dev/null & pids+=($!); wait_port $bport
+echo "| round | target | 1 KiB msg/s | proxy CPU s/1M | machine CPU s/1M | handshakes/s | machine CPU s/1M handshakes |"
+echo "|---|---|---|---|---|---|---|"
+for r in $(seq ${ROUNDS:-3}); do
+  for t in $targets; do
+    lport=$(port)
+    case $t in
+      switchyard) sed "s/LISTEN_PORT/$lport/;s/BACKEND_PORT/$bport/" "$perf/switchyard.yaml.in" | python3 -c "
+import sys; t=sys.stdin.read(); i=t.index('  - name: bench-tls'); j=t.index('pools:'); print(t[:i]+t[j:])" > $run/sy.yaml
+                  RUST_LOG=warn $SY_BIN run -c $run/sy.yaml > $run/sy.log 2>&1 & ppid=$! ;;
+      uring) $UR 127.0.0.1:$lport 127.0.0.1:$bport 2>/dev/null & ppid=$! ;;
+      nginx) mkdir -p $run/ng; python3 - "$perf/peers/nginx.conf.in" $lport $bport $run/ng > $run/ng.conf <<'PY'
+import sys; t=open(sys.argv[1]).read(); i=t.index('    server {\n        listen 127.0.0.1:TLS_PORT')
+print((t[:i]+'}').replace('LISTEN_PORT',sys.argv[2]).replace('BACKEND_PORT',sys.argv[3]).replace('RUNDIR',sys.argv[4]))
+PY
+             nginx -c $run/ng.conf -p $run/ng >/dev/null 2>&1 & ppid=$! ;;
+    esac
+    pids+=($ppid); wait_port $lport || { echo "$t did not start"; continue; }
+    b0=$(busy); a=$($LG echo --url ws://127.0.0.1:$lport/ --conns 64 --size 1024 --duration $DUR --pid $ppid); b1=$(busy)
+    h=$($LG handshake --url ws://127.0.0.1:$lport/ --conns 32 --duration $DUR); b2=$(busy)
+    msgs=$(echo "$a" | field msgs); hs=$(echo "$h" | field handshakes_per_s)
+    echo "| $r | $t | $(echo "$a" | field msgs_per_s) | $(echo "$a" | field proxy_cpu_s_per_million) | $(python3 -c "print('%.1f' % (($b1-$b0)/100*1e6/$msgs))") | $hs | $(python3 -c "print('%.0f' % (($b2-$b1)/100*1e6/($hs*$DUR)))") |"
+    kill $ppid; wait $ppid 2>/dev/null
+  done
+done
