@@ -94,7 +94,11 @@ pub fn resolve(peer: &Peer, headers: &[httparse::Header<'_>], trusted: &[Cidr]) 
         None => {
             let ip = peer.addr.ip();
             let forwarded_for = match entries.is_empty() {
-                true => ip.to_string(),
+                true => {
+                    let mut s = String::with_capacity(15);
+                    push_ip(&mut s, ip);
+                    s
+                }
                 false => format!("{}, {ip}", entries.join(", ")),
             };
             ClientAddr {
@@ -103,6 +107,29 @@ pub fn resolve(peer: &Peer, headers: &[httparse::Header<'_>], trusted: &[Cidr]) 
                 forwarded_for,
             }
         }
+    }
+}
+
+/// Appends `ip` as text, as its `Display` writes it. An IPv4 address (every request's
+/// forwarding fields carry one) is written digit by digit: through `core::fmt` it cost
+/// about a tenth of the user-space instructions of a plain request (callgrind).
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{ip}");
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
     }
 }
 
@@ -150,6 +177,32 @@ mod tests {
             .collect();
         let c = resolve(p, &hs, trusted);
         (c.addr.to_string(), c.from_header, c.forwarded_for)
+    }
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        let ips = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.0.2.7",
+            "10.200.0.19",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ];
+        for text in ips {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = String::from("x=");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x={ip}"));
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, 255 - n, n / 3, n.wrapping_mul(7)]);
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! shared pool but kept by the client connection that opened it ([`Pinned`]) for that
 //! connection's next request of the same client, and closed with it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use super::Body;
 use crate::backend::Backend;
 use crate::proxy_protocol::Addresses;
-use crate::runtime::Pool;
+use crate::runtime::{NameMap, Pool};
 
 /// Most idle connections kept for one backend.
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
@@ -46,7 +45,7 @@ type Idle = (SendRequest<Body>, Instant);
 /// Idle keep-alive connections by backend address.
 #[derive(Default)]
 pub struct ClientPool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<NameMap<Vec<Idle>>>,
     /// Connections opened so far.
     opened: std::sync::atomic::AtomicU64,
 }

@@ -78,15 +78,24 @@ pub fn forwarded_element(ip: IpAddr, tls: bool, host: &str) -> String {
 
 /// Appends [`forwarded_element`] to `out`.
 fn push_forwarded_element(out: &mut String, ip: IpAddr, tls: bool, host: &str) {
-    use std::fmt::Write as _;
-    let _ = match ip {
-        IpAddr::V6(_) => write!(out, "for=\"[{ip}]\""),
-        IpAddr::V4(_) => write!(out, "for={ip}"),
-    };
+    match ip {
+        IpAddr::V6(_) => {
+            out.push_str("for=\"[");
+            crate::client_addr::push_ip(out, ip);
+            out.push_str("]\"");
+        }
+        IpAddr::V4(_) => {
+            out.push_str("for=");
+            crate::client_addr::push_ip(out, ip);
+        }
+    }
     out.push_str(";proto=");
     out.push_str(scheme(tls));
     out.push_str(";host=\"");
-    out.extend(host.chars().filter(|&c| c != '"'));
+    match host.contains('"') {
+        false => out.push_str(host),
+        true => out.extend(host.chars().filter(|&c| c != '"')),
+    }
     out.push('"');
 }
 
@@ -252,5 +261,16 @@ mod tests {
         assert_eq!(m.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(m["x-forwarded-proto"], "http");
         assert_eq!(m["forwarded"], "for=a, for=b, for=192.0.2.7;proto=http;host=\"h\"");
+    }
+
+    #[test]
+    fn forwarded_element_quotes_ipv6_and_drops_quotes_from_the_host() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(forwarded_element(v6, true, "a\"b"), "for=\"[2001:db8::1]\";proto=https;host=\"ab\"");
+        let v4: IpAddr = "10.0.0.255".parse().unwrap();
+        assert_eq!(
+            forwarded_element(v4, false, "example.com:80"),
+            "for=10.0.0.255;proto=http;host=\"example.com:80\""
+        );
     }
 }
