@@ -3,7 +3,6 @@
 //! backend's 101, and move on to the next backend when one fails before its 101 (the client
 //! never sees a single dead backend).
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -197,9 +196,13 @@ pub async fn connect(pool: &Pool, backend: &Backend, for_client: Option<Addresse
 /// (RFC 7239, this hop's element appended). A list sent on several lines is one list
 /// (RFC 9110 §5.3), written back as one line.
 fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
+    // Written with plain appends: through `write!` the formatting machinery cost about 4 %
+    // of an upgrade's user-space instructions (callgrind).
     let mut out = Vec::with_capacity(512);
     let proto = crate::http::headers::scheme(req.tls);
-    let _ = write!(out, "GET {} HTTP/1.1\r\n", req.target);
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded = Vec::new();
     for h in req.headers {
         if h.name.eq_ignore_ascii_case("x-forwarded-proto") || h.name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -215,10 +218,15 @@ fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "X-Forwarded-For: {}\r\nForwarded: ", req.client.forwarded_for);
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    out.extend_from_slice(req.client.forwarded_for.as_bytes());
+    out.extend_from_slice(b"\r\nForwarded: ");
     out.extend_from_slice(&forwarded);
     let elem = crate::http::headers::forwarded_element(req.client.ip(), req.tls, req.host);
-    let _ = write!(out, "{elem}\r\nX-Forwarded-Proto: {proto}\r\n\r\n");
+    out.extend_from_slice(elem.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
     out
 }
 
