@@ -11,3 +11,12 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 field() { python3 -c "import json,sys;print(json.loads(sys.stdin.readline())['$1'])"; }
 run="$(mktemp -d)"; pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$run"' EXIT
+# The peers' templates of ../shared/perf without their TLS listeners, listening on port $1 in
+# front of a backend on port $2: Switchyard's config, NGINX's (whose run folder is $3).
+sy_plain_yaml() { sed "s/LISTEN_PORT/$1/;s/BACKEND_PORT/$2/" "$perf/switchyard.yaml.in" | python3 -c "
+import sys; t=sys.stdin.read(); i=t.index('  - name: bench-tls'); j=t.index('pools:'); print(t[:i]+t[j:])"; }
+nginx_plain_conf() { python3 - "$perf/peers/nginx.conf.in" "$1" "$2" "$3" <<'PY'
+import sys; t=open(sys.argv[1]).read(); i=t.index('    server {\n        listen 127.0.0.1:TLS_PORT')
+print((t[:i]+'}').replace('LISTEN_PORT',sys.argv[2]).replace('BACKEND_PORT',sys.argv[3]).replace('RUNDIR',sys.argv[4]))
+PY
+}

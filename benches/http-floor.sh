@@ -22,14 +22,10 @@ for r in $(seq ${ROUNDS:-3}); do
   for t in $targets; do
     lport=$(port)
     case $t in
-      switchyard) sed "s/LISTEN_PORT/$lport/;s/BACKEND_PORT/$bport/" "$perf/switchyard.yaml.in" | python3 -c "
-import sys; t=sys.stdin.read(); i=t.index('  - name: bench-tls'); j=t.index('pools:'); print(t[:i]+t[j:])" > $run/sy.yaml
+      switchyard) sy_plain_yaml $lport $bport > $run/sy.yaml
                   RUST_LOG=warn $SY_BIN run -c $run/sy.yaml > $run/sy.log 2>&1 & ppid=$! ;;
       pool|pinned) $HF $t 127.0.0.1:$lport 127.0.0.1:$bport & ppid=$! ;;
-      nginx) mkdir -p $run/ng; python3 - "$perf/peers/nginx.conf.in" $lport $bport $run/ng > $run/ng.conf <<'PY'
-import sys; t=open(sys.argv[1]).read(); i=t.index('    server {\n        listen 127.0.0.1:TLS_PORT')
-print((t[:i]+'}').replace('LISTEN_PORT',sys.argv[2]).replace('BACKEND_PORT',sys.argv[3]).replace('RUNDIR',sys.argv[4]))
-PY
+      nginx) mkdir -p $run/ng; nginx_plain_conf $lport $bport $run/ng > $run/ng.conf
              nginx -c $run/ng.conf -p $run/ng >/dev/null 2>&1 & ppid=$! ;;
     esac
     pids+=($ppid); wait_port $lport || { echo "$t did not start"; continue; }
