@@ -20,3 +20,21 @@ import sys; t=open(sys.argv[1]).read(); i=t.index('    server {\n        listen 
 print((t[:i]+'}').replace('LISTEN_PORT',sys.argv[2]).replace('BACKEND_PORT',sys.argv[3]).replace('RUNDIR',sys.argv[4]))
 PY
 }
+# Busy CPU ticks of the whole machine (user, nice, system, irq, softirq), from /proc/stat.
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# Builds the standalone prototype crate benches/$1 and prints its binary's path.
+prototype() {
+  local dir; dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$1"
+  (cd "$dir" && cargo build --release -q) && echo "$dir/target/release/$1"
+}
+# Starts `switchyard` ($SY_BIN) or `nginx` on port $2 in front of a backend on port $3, with
+# the templates above; `ppid` is its pid.
+start_peer() {
+  case $1 in
+    switchyard) sy_plain_yaml "$2" "$3" > $run/sy.yaml
+                RUST_LOG=warn $SY_BIN run -c $run/sy.yaml > $run/sy.log 2>&1 & ppid=$! ;;
+    nginx) mkdir -p $run/ng; nginx_plain_conf "$2" "$3" $run/ng > $run/ng.conf
+           nginx -c $run/ng.conf -p $run/ng >/dev/null 2>&1 & ppid=$! ;;
+    *) echo "unknown target: $1" >&2; ppid="" ;;
+  esac
+}

@@ -10,9 +10,7 @@
 set -u
 SY_BIN=${1:-target/release/switchyard}; DUR=${DUR:-6}
 . "$(dirname "$0")/common.sh"
-(cd "$(dirname "$0")/hyper-floor" && cargo build --release -q) || { echo "cannot build the prototype"; exit 1; }
-HF="$(dirname "$0")/hyper-floor/target/release/hyper-floor"
-busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+HF=$(prototype hyper-floor) || { echo "cannot build the prototype"; exit 1; }
 targets=${TARGETS:-"switchyard pool pinned$(command -v nginx >/dev/null && echo ' nginx')"}
 bport=$(port)
 $LG backend --port $bport >/dev/null & pids+=($!); wait_port $bport
@@ -22,11 +20,8 @@ for r in $(seq ${ROUNDS:-3}); do
   for t in $targets; do
     lport=$(port)
     case $t in
-      switchyard) sy_plain_yaml $lport $bport > $run/sy.yaml
-                  RUST_LOG=warn $SY_BIN run -c $run/sy.yaml > $run/sy.log 2>&1 & ppid=$! ;;
       pool|pinned) $HF $t 127.0.0.1:$lport 127.0.0.1:$bport & ppid=$! ;;
-      nginx) mkdir -p $run/ng; nginx_plain_conf $lport $bport $run/ng > $run/ng.conf
-             nginx -c $run/ng.conf -p $run/ng >/dev/null 2>&1 & ppid=$! ;;
+      *) start_peer $t $lport $bport ;;
     esac
     pids+=($ppid); wait_port $lport || { echo "$t did not start"; continue; }
     b0=$(busy); a=$($LG http --url http://127.0.0.1:$lport/bench --conns 64 --duration $DUR --pid $ppid); b1=$(busy)

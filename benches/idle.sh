@@ -13,8 +13,7 @@ for t in ${TARGETS:-haproxy switchyard}; do
   fill() { sed "s/LISTEN_PORT/$lport/;s/BACKEND_PORT/$bport/;s/TLS_PORT/$tport/;s#CERT_AND_KEY_PEM#/dev/null#g;s#CERT_FILE#x#g;s#KEY_FILE#x#g;s#RUNDIR#$run#g" "$1"; }
   case $t in
     haproxy) fill $here/peers/haproxy.cfg.in | grep -v "ssl crt" > $run/h.cfg; haproxy -f $run/h.cfg -db >/dev/null 2>&1 & ppid=$! ;;
-    switchyard) sy_plain_yaml $lport $bport > $run/sy.yaml
-       RUST_LOG=warn $SY_BIN run -c $run/sy.yaml > $run/sy.log 2>&1 & ppid=$! ;;
+    switchyard) start_peer switchyard $lport $bport ;;
   esac
   pids+=($ppid); wait_port $lport || { echo "$t did not start"; cat $run/sy.log; continue; }
   echo "$t $($LG idle --url ws://127.0.0.1:$lport/ --conns $IDLE --hold 1 --pid $ppid)"

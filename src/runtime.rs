@@ -129,10 +129,10 @@ impl Pool {
     }
 }
 
-/// A map keyed by names the operator wrote (pool names, backend addresses), looked up per
-/// request: hashed with FNV-1a instead of SipHash, which was 2 % of a plain request's
-/// user-space instructions (callgrind). No client chooses these keys, so hash flooding is
-/// no concern.
+/// A map keyed by the operator's names (pool names; backend addresses from the config or
+/// its DNS), looked up per request: hashed with FNV-1a instead of SipHash, which was 2 % of
+/// a plain request's user-space instructions (callgrind). No client chooses these keys, so
+/// hash flooding is no concern.
 pub type NameMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<NameHasher>>;
 
 /// FNV-1a over the bytes written (see [`NameMap`]).
