@@ -135,20 +135,18 @@ impl Pool {
 /// hash flooding is no concern.
 pub type NameMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<NameHasher>>;
 
-/// FNV-1a over the bytes written (see [`NameMap`]).
+/// FNV-1a over the bytes written (see [`NameMap`]), the hash ring's own function.
 pub struct NameHasher(u64);
 
 impl Default for NameHasher {
     fn default() -> Self {
-        NameHasher(0xcbf2_9ce4_8422_2325)
+        NameHasher(balance::hash::FNV_OFFSET)
     }
 }
 
 impl std::hash::Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        self.0 = balance::hash::fnv1a(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {
