@@ -28,6 +28,7 @@ fn pool(algorithm: Algorithm, hash: Option<HashConfig>, backends: &[Arc<Backend>
         connect_timeout: Duration::from_secs(3),
         max_attempts: 3,
         sticky: None,
+        passive_health: Default::default(),
     }
 }
 

@@ -70,6 +70,9 @@ impl AtomicF64 {
 /// Shared state of one backend of one pool.
 #[derive(Debug)]
 pub struct Backend {
+    /// Unique among every backend object of the process (a reload that changes how a
+    /// backend is reached makes a new object, with a new id).
+    pub id: u64,
     /// `host:port` as configured; its label everywhere.
     pub address: String,
     /// Pool name (for metrics labels).
@@ -111,8 +114,10 @@ pub struct Backend {
     pub slow_start_ms: AtomicU64,
     /// Passive ejection: not picked before this time (ms; 0 = not ejected).
     pub ejected_until_ms: AtomicU64,
-    /// Consecutive passive failures (connect errors, timeouts, `5xx`, bad 101s; not `4xx`).
+    /// Consecutive failures the backend is to blame for ([`crate::blame::Party::Backend`]).
     pub passive_failures: AtomicU32,
+    /// Consecutive `5xx` answers (counted with `passive_health.count_5xx`).
+    pub passive_5xx: AtomicU32,
     /// Current ejection back-off in ms (doubles, capped).
     pub ejection_backoff_ms: AtomicU64,
     /// Result of the last active check: [`CHECK_UNKNOWN`], [`CHECK_OK`] or [`CHECK_FAILED`].
@@ -136,7 +141,9 @@ impl Backend {
 
     fn unshared(pool: Arc<str>, config: BackendConfig) -> Self {
         let metrics = BackendMetrics::new();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Backend {
+            id: NEXT_ID.fetch_add(1, Relaxed),
             address: config.address.clone(),
             pool,
             weight: AtomicU32::new(config.weight.max(1)),
@@ -159,6 +166,7 @@ impl Backend {
             slow_start_ms: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
+            passive_5xx: AtomicU32::new(0),
             ejection_backoff_ms: AtomicU64::new(0),
             last_check_ok: AtomicU8::new(CHECK_UNKNOWN),
             last_check_ms: AtomicU64::new(0),

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod blame;
 pub mod client_addr;
 pub mod clock;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod listeners;
 pub mod memory;
 pub mod metrics;
+pub mod passive;
 pub mod proxy_protocol;
 pub mod rebalance;
 pub mod relay;

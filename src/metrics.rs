@@ -356,6 +356,14 @@ pub fn sticky_counter(pool: &str, result: &'static str) -> metrics::Counter {
     counter!("switchyard_sticky_total", "pool" => pool.to_string(), "result" => result)
 }
 
+/// `switchyard_passive_ejections_capped_total{pool}` handle: ejections passive health
+/// wanted and the pool's share (or its last available backend) refused. Shown from 0.
+pub fn passive_capped_counter(pool: &str) -> metrics::Counter {
+    let c = counter!("switchyard_passive_ejections_capped_total", "pool" => pool.to_string());
+    c.increment(0);
+    c
+}
+
 /// Counts one config reload attempt.
 pub fn reload(ok: bool) {
     counter!("switchyard_config_reloads_total", "result" => if ok { "ok" } else { "error" }).increment(1);

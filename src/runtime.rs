@@ -37,6 +37,8 @@ pub struct Pool {
     /// `limits.tcp_keepalive`, for the sockets opened to this pool's backends.
     pub tcp_keepalive: Option<std::time::Duration>,
     tls: HashMap<String, BackendTlsConnector>,
+    /// What real traffic may do to the backends' standing.
+    passive: crate::passive::PassiveHealth,
 }
 
 impl std::fmt::Debug for Pool {
@@ -121,6 +123,12 @@ impl Pool {
             (StickyResult::Hit, _) | (_, None) => None,
             (_, Some(s)) => Some(s.set_cookie(i, secure)),
         }
+    }
+
+    /// Records how a request or upgrade on backend `b` of this pool ended: passive health
+    /// takes the backend's share ([`crate::blame`]).
+    pub fn record(&self, b: &Backend, outcome: crate::blame::Outcome) {
+        self.passive.record(&self.backends, b, outcome, clock::now_ms());
     }
 
     /// A backend by address.
@@ -264,6 +272,7 @@ impl PreparedPool {
                 .then(|| StickyResult::ALL.map(|r| crate::metrics::sticky_counter(&self.name, r.label()))),
             sticky,
             tcp_keepalive,
+            passive: crate::passive::PassiveHealth::new(&self.name, &self.config),
             name: self.name,
             config: self.config,
             backends: self.backends,

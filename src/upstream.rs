@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::{ActiveGuard, Backend};
+use crate::blame::{Outcome, Party};
 use crate::client_addr::ClientAddr;
 use crate::clock;
 use crate::handshake::{accept_key, any_has_token, header, read_head};
@@ -91,11 +92,11 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
             source: req.client.addr,
             destination: req.local,
         };
-        match tokio::time::timeout(pool.config.connect_timeout, attempt(pool, backend, for_client, &head)).await {
+        let outcome = match tokio::time::timeout(pool.config.connect_timeout, attempt(pool, backend, for_client, &head)).await {
             Ok(Ok((stream, response, head_len))) => match verify(&response[..head_len], &expected) {
                 Ok(rsv_allowed) => {
                     backend.observe_latency(started.elapsed().as_secs_f64(), clock::now_ms(), LATENCY_TAU_MS);
-                    crate::health::passive_success(backend);
+                    pool.record(backend, Outcome::Answered);
                     return Ok(Upstream {
                         stream,
                         response,
@@ -106,40 +107,40 @@ pub async fn open(pool: &Pool, req: &ClientRequest<'_>) -> Result<Upstream, Upst
                         sticky,
                     });
                 }
-                // A 4xx judges the request, not the backend: a client must not be able to
-                // eject a healthy backend by sending what it refuses (HAProxy and Envoy
-                // outlier detection count the same way).
-                Err(Rejected::Request(why)) => {
-                    tracing::debug!(backend = %backend.address, pool = %pool.name, "backend refused the request: {why}");
-                    return Err(UpstreamError::BadGateway(why));
-                }
-                Err(Rejected::Backend(why)) => {
-                    crate::health::passive_failure(backend, pool, clock::now_ms());
-                    tracing::warn!(backend = %backend.address, pool = %pool.name, "invalid upgrade answer: {why}");
+                // Not a 101: the client gets 502; whose fault it is the outcome says (a
+                // `4xx` judges the client's request, a `5xx` is the application's, an invalid
+                // 101 or an unparsable head the backend's).
+                Err((outcome, why)) => {
+                    pool.record(backend, outcome);
+                    match outcome.party() {
+                        Party::Backend => tracing::warn!(backend = %backend.address, pool = %pool.name, "invalid upgrade answer: {why}"),
+                        _ => tracing::debug!(backend = %backend.address, pool = %pool.name, "backend refused the upgrade: {why}"),
+                    }
                     return Err(UpstreamError::BadGateway(why));
                 }
             },
-            Ok(Err(e)) if is_local_error(&e) => {
-                // Out of descriptors or buffers here: every backend would fail the same way,
-                // and none of them is to blame.
-                tracing::warn!(backend = %backend.address, "cannot connect, local resources exhausted: {e}");
-                return Err(UpstreamError::Exhausted(ShedReason::LocalResources));
-            }
-            // A failed TLS handshake is a configuration problem (CA, name, protocol) the
-            // operator must see; a refused or reset connect is routine and passive health's.
-            Ok(Err(e)) if is_tls_error(&e) => {
-                tracing::warn!(backend = %backend.address, pool = %pool.name, "TLS to the backend failed: {e}");
-                crate::health::passive_failure(backend, pool, clock::now_ms());
-            }
             Ok(Err(e)) => {
-                tracing::debug!(backend = %backend.address, "attempt failed: {e}");
-                crate::health::passive_failure(backend, pool, clock::now_ms());
+                let outcome = attempt_failure(&e);
+                match outcome {
+                    // Out of descriptors or buffers here: every backend would fail the same
+                    // way, and none of them is to blame.
+                    Outcome::LocalResources => {
+                        tracing::warn!(backend = %backend.address, "cannot connect, local resources exhausted: {e}");
+                        return Err(UpstreamError::Exhausted(ShedReason::LocalResources));
+                    }
+                    // A failed TLS handshake is a configuration problem (CA, name, protocol)
+                    // the operator must see; a refused or reset connect is routine.
+                    Outcome::TlsFailed => tracing::warn!(backend = %backend.address, pool = %pool.name, "TLS to the backend failed: {e}"),
+                    _ => tracing::debug!(backend = %backend.address, "attempt failed: {e}"),
+                }
+                outcome
             }
             Err(_) => {
                 tracing::debug!(backend = %backend.address, "attempt timed out");
-                crate::health::passive_failure(backend, pool, clock::now_ms());
+                Outcome::ConnectTimedOut
             }
-        }
+        };
+        pool.record(backend, outcome);
         // A failed attempt took no real connection.
         drop(guard);
     }
@@ -152,6 +153,23 @@ async fn attempt(pool: &Pool, backend: &Arc<Backend>, for_client: Addresses, hea
     stream.write_all(head).await?;
     let (buf, end) = read_head(&mut stream, MAX_RESPONSE_HEAD).await.map_err(std::io::Error::other)?;
     Ok((stream, buf, end))
+}
+
+/// Whose failure a failed attempt (connect, TLS, request written, answer read) is.
+pub fn attempt_failure(e: &std::io::Error) -> Outcome {
+    if is_local_error(e) {
+        Outcome::LocalResources
+    } else if is_tls_error(e) {
+        Outcome::TlsFailed
+    } else if matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable
+    ) {
+        Outcome::ConnectFailed
+    } else {
+        // Reset, closed before or inside the answer's head, or an answer too large.
+        Outcome::ConnectionLost
+    }
 }
 
 /// Is a connect error the balancer's own (out of descriptors, buffers or ports) rather
@@ -230,14 +248,8 @@ fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
     out
 }
 
-/// Why a backend's answer to the upgrade was not a valid 101, and whose fault it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rejected {
-    /// A `4xx`: the backend judged the client's request; its health is not in question.
-    Request(&'static str),
-    /// Anything else (a `5xx`, another status, an invalid `101`, an unparsable head).
-    Backend(&'static str),
-}
+/// Why a backend's answer to the upgrade was not a valid 101: whose fault, and the text.
+type Rejected = (Outcome, &'static str);
 
 /// Checks a backend's answer is a valid 101 for our key; returns the allowed RSV bits.
 fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, Rejected> {
@@ -245,22 +257,26 @@ fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, Rejected> {
     let mut resp = httparse::Response::new(&mut hs);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(Rejected::Backend("unparsable response")),
+        _ => return Err((Outcome::InvalidAnswer, "unparsable response")),
     }
     match resp.code {
         Some(101) => {}
-        Some(400..=499) => return Err(Rejected::Request("backend refused the request (4xx)")),
-        _ => return Err(Rejected::Backend("status is not 101")),
+        // The application's answer to what this client asked: a 4xx judged the request,
+        // a 2xx/3xx says the URL is no WebSocket endpoint, a 5xx is the application's error.
+        Some(400..=499) => return Err((Outcome::UpgradeRefused, "backend refused the request (4xx)")),
+        Some(500..=599) => return Err((Outcome::ApplicationError, "backend answered 5xx")),
+        Some(200..=399) => return Err((Outcome::UpgradeRefused, "backend answered without upgrading")),
+        _ => return Err((Outcome::InvalidAnswer, "status is not 101")),
     }
     let headers: &[httparse::Header<'_>] = resp.headers;
     if !any_has_token(headers, "upgrade", "websocket") {
-        return Err(Rejected::Backend("missing Upgrade: websocket"));
+        return Err((Outcome::InvalidAnswer, "missing Upgrade: websocket"));
     }
     if !any_has_token(headers, "connection", "upgrade") {
-        return Err(Rejected::Backend("missing Connection: upgrade"));
+        return Err((Outcome::InvalidAnswer, "missing Connection: upgrade"));
     }
     if header(headers, "sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(&expected_accept[..]) {
-        return Err(Rejected::Backend("wrong Sec-WebSocket-Accept"));
+        return Err((Outcome::InvalidAnswer, "wrong Sec-WebSocket-Accept"));
     }
     Ok(match header(headers, "sec-websocket-extensions") {
         None => 0,
@@ -323,16 +339,24 @@ mod tests {
         assert_eq!(verify(pmd.as_bytes(), &acc), Ok(0b100));
         assert!(matches!(
             verify(good.replace("101 Switching Protocols", "200 OK").as_bytes(), &acc),
-            Err(Rejected::Backend(_))
+            Err((Outcome::UpgradeRefused, _))
         ));
-        assert!(matches!(verify(b"HTTP/1.1 503 Busy\r\n\r\n", &acc), Err(Rejected::Backend(_))));
-        for s in ["400 Bad Request", "401 Unauthorized", "431 Too Large"] {
+        assert!(matches!(
+            verify(b"HTTP/1.1 503 Busy\r\n\r\n", &acc),
+            Err((Outcome::ApplicationError, _))
+        ));
+        for s in ["400 Bad Request", "401 Unauthorized", "431 Too Large", "302 Found"] {
             let head = format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\n\r\n");
-            assert!(matches!(verify(head.as_bytes(), &acc), Err(Rejected::Request(_))), "{s}");
+            assert!(matches!(verify(head.as_bytes(), &acc), Err((Outcome::UpgradeRefused, _))), "{s}");
         }
         assert!(matches!(
+            verify(b"HTTP/1.1 999 What\r\n\r\n", &acc),
+            Err((Outcome::InvalidAnswer, _))
+        ));
+        assert!(matches!(verify(b"garbage\r\n\r\n", &acc), Err((Outcome::InvalidAnswer, _))));
+        assert!(matches!(
             verify(good.replace("s3pP", "xxxx").as_bytes(), &accept_key("AAAAAAAAAAAAAAAAAAAAAA==")),
-            Err(Rejected::Backend(_))
+            Err((Outcome::InvalidAnswer, _))
         ));
     }
 

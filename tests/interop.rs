@@ -73,7 +73,7 @@ async fn socket_io_default_client_polls_then_upgrades_on_one_server() {
     }
     let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sio_server.js", &[n])).collect();
     let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
-    let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n");
+    let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n      secret: interop-secret\n");
     let url = format!("http://{}", p.addr);
     let all = node_client("sio_client.js", &[&url, "12", "default", "1500"]).await;
     let all = all.as_array().expect("a list");
@@ -101,7 +101,7 @@ async fn socket_io_polling_only_stays_up_past_two_ping_intervals() {
         .map(|n| node_server("sio_server.js", &[n, "1000"]))
         .collect();
     let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
-    let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n");
+    let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n      secret: interop-secret\n");
     let url = format!("http://{}", p.addr);
     let all = node_client("sio_client.js", &[&url, "6", "polling", "3500"]).await;
     for c in all.as_array().expect("a list") {
@@ -157,7 +157,7 @@ async fn socket_io_in_chromium_keeps_its_cookie_and_upgrades() {
     bounded(async {
         let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sio_server.js", &[n])).collect();
         let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
-        let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n");
+        let p = proxy_for(&addrs, "    sticky:\n      cookie: SYID\n      secret: interop-secret\n");
         let mut page = common::browser::Page::new().await;
         // The page itself comes through the balancer (plain HTTP), which sets the cookie.
         page.goto(&format!("http://{}/page", p.addr)).await;

@@ -1,6 +1,7 @@
 //! Passive health counts only what a backend is responsible for: a `4xx` the client provoked
-//! never ejects a backend, a duplicated once-only header is refused at the edge, a `5xx` still
-//! counts (issue 16, fault 1).
+//! never ejects a backend, a duplicated once-only header is refused at the edge (issue 16,
+//! fault 1); a `5xx` counts only with `passive_health.count_5xx`, and never empties the pool
+//! (issue 25).
 
 mod common;
 use common::*;
@@ -36,21 +37,34 @@ async fn client_provoked_4xx_never_eject_the_backend() {
 }
 
 #[tokio::test]
-async fn backend_5xx_still_count_and_eject() {
+async fn backend_5xx_count_only_when_asked_and_never_eject_the_last_backend() {
     bounded(async {
         let b = backend("b1").await;
+        // By default a 5xx to an upgrade is the application's answer: never counted.
         let p = Proxy::start(&config("round_robin", &[b.addr], ""));
-        for i in 1..=2u32 {
+        for _ in 0..5 {
             let resp = raw_exchange(p.addr, upgrade_request("/status/503", "").as_bytes()).await;
             assert_eq!(status(&resp), 502, "{resp}");
-            assert_eq!(p.backend(0).passive_failures.load(Relaxed), i);
         }
-        let resp = raw_exchange(p.addr, upgrade_request("/status/500", "").as_bytes()).await;
-        assert_eq!(status(&resp), 502, "{resp}");
-        assert!(p.backend(0).is_ejected(switchyard::clock::now_ms()), "the third 5xx ejects");
-        // With its only backend ejected, the pool sheds: a completed handshake and 1013.
+        assert_eq!(p.backend(0).passive_failures.load(Relaxed), 0);
+        assert_eq!(p.backend(0).passive_5xx.load(Relaxed), 0);
+        drop(p);
+        // Counted on request (`count_5xx`), with its own streak: two backends named by the
+        // the third 5xx of one ejects it, and the other is kept whatever follows.
+        let b2 = backend("b2").await;
+        let extra = "    passive_health: { count_5xx: true, consecutive_5xx: 3 }\n";
+        let p = Proxy::start(&config("round_robin", &[b.addr, b2.addr], extra));
+        for _ in 0..10 {
+            let resp = raw_exchange(p.addr, upgrade_request("/status/500", "").as_bytes()).await;
+            assert_eq!(status(&resp), 502, "{resp}");
+        }
+        let now = switchyard::clock::now_ms();
+        let ejected = (0..2).filter(|&i| p.backend(i).is_ejected(now)).count();
+        assert_eq!(ejected, 1, "one ejected, the last available kept");
+        // The pool still serves through the backend it kept.
+        let kept = if p.backend(0).is_ejected(now) { "b2" } else { "b1" };
         let mut ws = connect(&p.url("/")).await;
-        assert_eq!(expect_close(&mut ws).await.0, 1013);
+        assert_eq!(ask(&mut ws, "whoami").await, kept);
     })
     .await
 }

@@ -287,7 +287,14 @@ async fn plain_https_requests_are_forwarded_with_a_secure_sticky_cookie() {
         let pki = Pki::new(dir.path(), "ca");
         let (crt, key) = pki.leaf("a", &["a.test"], false);
         let b = common::http::http_backend("b1").await;
-        let yaml = tls_yaml(&crt, &key, &b.addr.to_string(), "", "    sticky: { cookie: SYID }\n", "");
+        let yaml = tls_yaml(
+            &crt,
+            &key,
+            &b.addr.to_string(),
+            "",
+            "    sticky: { cookie: SYID, secret: tls-secret }\n",
+            "",
+        );
         let p = Proxy::start(&yaml);
         let tcp = TcpStream::connect(p.addr).await.unwrap();
         let mut tls = pki
@@ -373,4 +380,69 @@ fn check_refuses_a_self_signed_ca_certificate_of_the_backend_itself_as_its_ca() 
     // A real CA (naming no backend) is fine.
     let (code, text) = check(&pki.ca_path("ca"));
     assert_eq!((code, text.trim()), (Some(0), "ok"));
+}
+
+/// A plain HTTP/1.1 backend over TLS (hyper) answering `200 tls` to every request.
+async fn tls_http_backend(cert: &Path, key: &Path) -> std::net::SocketAddr {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).unwrap()))
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).unwrap()))
+        .unwrap()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else { return };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("tls"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 25, finding 3: idle backend connections were shared by address alone, so a pool
+/// that verifies its backend's certificate reused a connection a lax pool had opened to the
+/// same address without verifying. A kept connection is now one opened the same way.
+#[tokio::test]
+async fn a_strict_pool_never_reuses_a_lax_pools_unverified_connection() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "ca");
+        let rogue = Pki::new(dir.path(), "rogue");
+        let (rc, rk) = rogue.leaf("rogue-backend", &["backend.test"], false);
+        let addr = tls_http_backend(&rc, &rk).await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /strict }}\n        pool: strict\n      - pool: lax\npools:\n  strict:\n    backends:\n      - address: \"{addr}\"\n        tls: {{ ca: \"{ca}\", server_name: backend.test }}\n  lax:\n    backends:\n      - address: \"{addr}\"\n        tls: {{ insecure_skip_verify: true }}\n",
+            ca = pki.ca_path("ca").display()
+        );
+        let p = Proxy::start(&yaml);
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            // The lax pool opens (and keeps) a connection to the rogue backend ...
+            let r = common::http::roundtrip(&mut s, &mut buf, &common::http::get("/lax", "")).await.unwrap();
+            assert_eq!((r.status, r.body.as_str()), (200, "tls"));
+            // ... which the strict pool must not use: its own connection fails verification.
+            let r = common::http::roundtrip(&mut s, &mut buf, &common::http::get("/strict", "")).await.unwrap();
+            assert_eq!(r.status, 503, "the strict pool reached an unverified backend: {}", r.body);
+        }
+        assert_eq!(p.server.shared.http_clients.idle(), 1, "the lax pool's connection is kept for the lax pool");
+    })
+    .await
 }

@@ -34,8 +34,12 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS_PER_CLIENT: u64 = 0;
 /// `limits.max_connections_per_client_per_second` (0 = no limit).
 pub const MAX_CONNECTIONS_PER_CLIENT_PER_SECOND: u64 = 0;
-/// `pools.*.sticky.secret` when absent: stable across instances, but guessable.
-pub const STICKY_SECRET: &str = "switchyard";
+/// `pools.*.passive_health.max_ejected_percent`.
+pub const MAX_EJECTED_PERCENT: u32 = 50;
+/// `pools.*.passive_health.count_5xx`.
+pub const COUNT_5XX: bool = false;
+/// `pools.*.passive_health.consecutive_5xx`.
+pub const CONSECUTIVE_5XX: u32 = 5;
 /// `shedding.close_code`.
 pub const SHED_CLOSE_CODE: u16 = 1013;
 /// `shedding.retry_hint`.

@@ -296,6 +296,30 @@ pub struct PoolConfig {
     pub max_attempts: u32,
     /// Cookie-based stickiness; `None` = off.
     pub sticky: Option<StickyConfig>,
+    /// How far passive health may go on this pool's real traffic.
+    pub passive_health: PassiveHealthConfig,
+}
+
+/// `passive_health:` settings: what real traffic may do to a backend's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealthConfig {
+    /// Most of the pool (percent of its backends) passively ejected at once; never the last
+    /// available backend whatever the share. 0 = passive ejection off.
+    pub max_ejected_percent: u32,
+    /// Count the application's `5xx` answers against the backend.
+    pub count_5xx: bool,
+    /// Consecutive `5xx` answers that eject (with `count_5xx`).
+    pub consecutive_5xx: u32,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+            count_5xx: defaults::COUNT_5XX,
+            consecutive_5xx: defaults::CONSECUTIVE_5XX,
+        }
+    }
 }
 
 /// Where the hash key comes from.
@@ -320,7 +344,8 @@ pub enum HashKey {
 pub struct StickyConfig {
     /// Cookie name.
     pub cookie: String,
-    /// Keys the opaque cookie value, so every instance with the same config agrees.
+    /// Keys the opaque cookie value, so every instance with the same config agrees
+    /// (required: a default would let clients forge cookies).
     pub secret: String,
 }
 

@@ -22,6 +22,7 @@ const POOL_KEYS: &[&str] = &[
     "connect_timeout",
     "max_attempts",
     "sticky",
+    "passive_health",
 ];
 const CHECK_KINDS: [(&str, CheckKind); 3] = [
     ("tcp", CheckKind::Tcp),
@@ -85,7 +86,11 @@ fn decode_pool(ctx: &mut Ctx, node: &Node, name: &str, base: &Path) -> Option<Po
         connect_timeout: defaults::CONNECT_TIMEOUT,
         max_attempts: defaults::MAX_ATTEMPTS,
         sticky: None,
+        passive_health: PassiveHealthConfig::default(),
     };
+    if let Some(n) = f.get("passive_health") {
+        set(&mut pool.passive_health, decode_passive_health(ctx, n, &what));
+    }
     if let Some(n) = f.get("sticky") {
         set(&mut pool.sticky, decode_sticky(ctx, n, &what).map(Some));
     }
@@ -194,14 +199,54 @@ fn decode_sticky(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<StickyConfig>
                 None
             }
         });
+    // No default secret: a known one lets any client forge a cookie naming a backend of
+    // its choice, and a random one per start would make instances disagree.
     let secret = match f.get("secret") {
-        Some(n) => ctx.string(n, &format!("{what}.secret")),
-        None => Some(defaults::STICKY_SECRET.to_string()),
+        Some(n) => ctx.string(n, &format!("{what}.secret")).and_then(|s| {
+            if s.trim().is_empty() {
+                ctx.error_hint(n, format!("{what}.secret must not be empty"), Some(SECRET_HINT.to_string()));
+                None
+            } else {
+                Some(s)
+            }
+        }),
+        None => {
+            let at = f.key("cookie").unwrap_or(node);
+            ctx.error_hint(
+                at,
+                format!("{what} needs a `secret` (the same on every instance): without one, clients could forge cookies"),
+                Some(SECRET_HINT.to_string()),
+            );
+            None
+        }
     };
     Some(StickyConfig {
         cookie: cookie?,
         secret: secret?,
     })
+}
+
+/// How to make a sticky secret, shown with a missing or empty one.
+const SECRET_HINT: &str = "generate one with `head -c 32 /dev/urandom | base64` and set it on every instance";
+
+fn decode_passive_health(ctx: &mut Ctx, node: &Node, pool: &str) -> Option<PassiveHealthConfig> {
+    let what = format!("{pool}.passive_health");
+    let f = ctx.fields(node, &what, &["max_ejected_percent", "count_5xx", "consecutive_5xx"])?;
+    let mut p = PassiveHealthConfig::default();
+    let errors_before = ctx.errors.len();
+    if let Some(n) = f.get("max_ejected_percent") {
+        match ctx.u32(n, &format!("{what}.max_ejected_percent"), 0) {
+            Some(v) if v > 100 => ctx.error(n, format!("{what}.max_ejected_percent is a share of the pool: 0 to 100, found {v}")),
+            v => set(&mut p.max_ejected_percent, v),
+        }
+    }
+    if let Some(n) = f.get("count_5xx") {
+        set(&mut p.count_5xx, ctx.bool(n, &format!("{what}.count_5xx")));
+    }
+    if let Some(n) = f.get("consecutive_5xx") {
+        set(&mut p.consecutive_5xx, ctx.u32(n, &format!("{what}.consecutive_5xx"), 1));
+    }
+    (ctx.errors.len() == errors_before).then_some(p)
 }
 
 fn hash_key(text: &str) -> Result<HashKey, (String, Option<String>)> {

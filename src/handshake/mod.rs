@@ -25,6 +25,11 @@ pub enum Refusal {
     NoRoute,
     /// 408: the head was not complete within `handshake_timeout`.
     Timeout,
+    /// 408: a plain request's body stopped arriving for `request_timeout` (the client's
+    /// doing, never the backend's).
+    BodyTimeout,
+    /// 405: a method a reverse proxy does not forward (`CONNECT`).
+    MethodNotAllowed,
     /// 431: the head is larger than `max_request_header_bytes` (or has too many headers).
     HeadTooLarge,
     /// 502: the backend answered something other than a valid 101 (or, for plain HTTP,
@@ -48,7 +53,8 @@ impl Refusal {
             Refusal::BadRequest(_) => (400, "Bad Request"),
             Refusal::ForbiddenOrigin => (403, "Forbidden"),
             Refusal::NoRoute => (404, "Not Found"),
-            Refusal::Timeout => (408, "Request Timeout"),
+            Refusal::Timeout | Refusal::BodyTimeout => (408, "Request Timeout"),
+            Refusal::MethodNotAllowed => (405, "Method Not Allowed"),
             Refusal::UnsupportedVersion => (426, "Upgrade Required"),
             Refusal::HeadTooLarge => (431, "Request Header Fields Too Large"),
             Refusal::BodyTooLarge => (413, "Content Too Large"),
@@ -66,6 +72,8 @@ impl Refusal {
             Refusal::ForbiddenOrigin => "origin",
             Refusal::NoRoute => "no_route",
             Refusal::Timeout => "timeout",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::MethodNotAllowed => "method",
             Refusal::HeadTooLarge => "too_large",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Overloaded { .. } => "overloaded",
@@ -82,6 +90,8 @@ impl Refusal {
             Refusal::ForbiddenOrigin => "origin not allowed\n".into(),
             Refusal::NoRoute => "no route for this request\n".into(),
             Refusal::Timeout => "request head not received in time\n".into(),
+            Refusal::BodyTimeout => "request body not received in time\n".into(),
+            Refusal::MethodNotAllowed => "method not allowed through this proxy\n".into(),
             Refusal::HeadTooLarge => "request head too large\n".into(),
             Refusal::BadGateway(why) => format!("bad gateway: {why}\n"),
             Refusal::Overloaded { .. } => "overloaded, try again later\n".into(),
@@ -96,6 +106,7 @@ impl Refusal {
         match self {
             Refusal::UnsupportedVersion => Some(("Sec-WebSocket-Version", "13".to_string())),
             Refusal::Overloaded { retry_after_s } => Some(("Retry-After", retry_after_s.to_string())),
+            Refusal::MethodNotAllowed => Some(("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".to_string())),
             _ => None,
         }
     }
@@ -162,6 +173,15 @@ const ONCE_ONLY: [(&str, &str); 3] = [
     ("sec-websocket-version", "duplicated Sec-WebSocket-Version header"),
 ];
 
+/// The 400 body of a request whose `Connection` names `Host`.
+pub const HOST_IN_CONNECTION: &str = "Connection must not name Host";
+
+/// Does `Connection` name `Host`? A proxy would remove the Host it routed on (RFC 9110
+/// §7.6.1), and the backend would get a request without one.
+pub fn host_is_hop_by_hop(headers: &[httparse::Header<'_>]) -> bool {
+    any_has_token(headers, "connection", "host")
+}
+
 /// The request's `Host`, trimmed; `None` when absent, empty or not UTF-8.
 pub fn host<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a str> {
     header(headers, "host")
@@ -175,6 +195,10 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
     if req.method != Some("GET") {
         return Err(Refusal::BadRequest("method must be GET"));
     }
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 request (HTTP/1.0 has no upgrade).
+    if req.version != Some(1) {
+        return Err(Refusal::BadRequest("WebSocket upgrades need HTTP/1.1"));
+    }
     let target = req.path.unwrap_or("/");
     let headers: &[httparse::Header<'a>] = req.headers;
     // RFC 6455 §11.3.1 and §4.1 allow the key and the version once, RFC 9112 §3.2 the Host:
@@ -185,6 +209,9 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
         }
     }
     let host = host(headers).ok_or(Refusal::BadRequest("missing Host header"))?;
+    if host_is_hop_by_hop(headers) {
+        return Err(Refusal::BadRequest(HOST_IN_CONNECTION));
+    }
     if !any_has_token(headers, "upgrade", "websocket") {
         return Err(Refusal::BadRequest("missing or invalid Upgrade header (need: websocket)"));
     }
@@ -264,6 +291,14 @@ mod tests {
             }
         }
         assert!(Refusal::UnsupportedVersion.response().contains("Sec-WebSocket-Version: 13\r\n"));
+        match check(&GOOD.replace("HTTP/1.1", "HTTP/1.0")) {
+            Err(r @ Refusal::BadRequest(_)) => assert!(r.body().contains("HTTP/1.1"), "{}", r.body()),
+            other => panic!("HTTP/1.0: {other:?}"),
+        }
+        match check(&GOOD.replace("keep-alive, Upgrade", "Upgrade, Host")) {
+            Err(r @ Refusal::BadRequest(_)) => assert_eq!(r.body(), format!("bad request: {HOST_IN_CONNECTION}\n")),
+            other => panic!("Connection: host: {other:?}"),
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +26,24 @@ pub struct RequestTally {
     pub finished: AtomicBool,
     /// The client's body failed (malformed chunk, connection lost): the client's fault.
     pub failed: AtomicBool,
+    /// The body was last asked for more and the client had nothing yet: the wait is on the
+    /// client. False while the backend side holds a chunk it cannot write (the backend is
+    /// not reading), and before the body was first asked for.
+    pub awaiting_client: AtomicBool,
+}
+
+impl RequestTally {
+    /// Whose is the body's part of a wait that timed out: `None` when the whole body was
+    /// passed on (the backend was waited for), else the outcome the wait means.
+    pub fn stalled(&self) -> Option<crate::blame::Outcome> {
+        if self.finished.load(Relaxed) {
+            return None;
+        }
+        Some(match self.awaiting_client.load(Relaxed) {
+            true => crate::blame::Outcome::ClientBodyStalled,
+            false => crate::blame::Outcome::NoAnswerInTime,
+        })
+    }
 }
 
 /// A client's request body, cut off with an error past `limit` bytes.
@@ -49,7 +67,14 @@ impl hyper::body::Body for Limited {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                this.tally.awaiting_client.store(true, Relaxed);
+                return Poll::Pending;
+            }
+            Poll::Ready(f) => f,
+        };
+        this.tally.awaiting_client.store(false, Relaxed);
         Poll::Ready(match frame {
             Some(Ok(f)) => {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);

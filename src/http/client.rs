@@ -1,9 +1,13 @@
 //! Keep-alive connections to backends for plain HTTP (hyper's HTTP/1.1 client). A
 //! connection is opened like an upgrade's (`upstream::connect`: bounded, TLS when the
 //! backend has it), used for one request at a time, and put back once its response is
-//! complete. Idle connections are kept per backend address, at most [`MAX_IDLE_PER_BACKEND`]
-//! of them, and never reused after [`IDLE_TTL`] (backends close idle keep-alive
-//! connections themselves; Node's default is 5 s).
+//! complete. Idle connections are kept per [`ConnKey`] — everything that made the
+//! connection: the backend object (its address, TLS settings and server name, PROXY mode and
+//! pool, one object per pool and config that reaches it the same way) and the TLS client
+//! configuration it was opened with — at most [`MAX_IDLE_PER_BACKEND`] of them, and never
+//! reused after [`IDLE_TTL`] (backends close idle keep-alive connections themselves; Node's
+//! default is 5 s). A connection is only ever reused where it would have been opened the
+//! same way.
 //!
 //! A backend with `proxy_protocol` is told the client in a header at the start of each
 //! connection, so such a connection speaks for one client only: it is never put in the
@@ -20,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use super::Body;
 use crate::backend::Backend;
 use crate::proxy_protocol::Addresses;
-use crate::runtime::{NameMap, Pool};
+use crate::runtime::{NameHasher, Pool};
 
 /// Most idle connections kept for one backend.
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
@@ -42,10 +46,30 @@ pub struct Conn {
 /// An idle connection and since when it is idle.
 type Idle = (SendRequest<Body>, Instant);
 
-/// Idle keep-alive connections by backend address.
+/// What a kept connection is shared by: the backend object's id (a new object whenever a
+/// reload changes how the backend is reached, and one per pool) and the address of the TLS
+/// client configuration it was opened with (0 without TLS). A live TLS connection holds its
+/// configuration, so that address cannot be reused by another while the connection waits.
+pub type ConnKey = (u64, usize);
+
+/// The key of connections to `backend` of `pool` opened now.
+pub fn conn_key(pool: &Pool, backend: &Backend) -> ConnKey {
+    let tls = pool
+        .tls_for(&backend.address)
+        .map_or(0, |(connector, _)| Arc::as_ptr(connector.config()) as usize);
+    (backend.id, tls)
+}
+
+/// Lists of idle connections, keyed as said above.
+type IdleMap = std::collections::HashMap<ConnKey, Vec<Idle>, std::hash::BuildHasherDefault<NameHasher>>;
+
+/// Most keys kept before lists left empty are pruned (backends gone by reloads).
+const MAX_KEYS: usize = 256;
+
+/// Idle keep-alive connections by [`ConnKey`].
 #[derive(Default)]
 pub struct ClientPool {
-    idle: Mutex<NameMap<Vec<Idle>>>,
+    idle: Mutex<IdleMap>,
     /// Connections opened so far.
     opened: std::sync::atomic::AtomicU64,
 }
@@ -60,11 +84,11 @@ impl ClientPool {
     /// An idle connection to `backend`, if one is still open and fresh. A connection is
     /// put back as soon as its response is complete, a moment before hyper's dispatcher is
     /// ready for the next request: that moment is waited for (briefly).
-    pub async fn take(&self, backend: &Backend) -> Option<Conn> {
+    pub async fn take(&self, key: ConnKey) -> Option<Conn> {
         loop {
             let (sender, since) = {
                 let mut idle = self.idle.lock().ok()?;
-                idle.get_mut(&backend.address)?.pop()?
+                idle.get_mut(&key)?.pop()?
             };
             if let Some(c) = reusable(sender, since).await {
                 return Some(c);
@@ -92,14 +116,12 @@ impl ClientPool {
 
     /// Puts `sender` back; its last response is complete. Dropped (closing the connection)
     /// when the backend's idle list is full.
-    pub fn put(&self, address: &str, sender: SendRequest<Body>) {
+    pub fn put(&self, key: ConnKey, sender: SendRequest<Body>) {
         let Ok(mut idle) = self.idle.lock() else { return };
-        // The address is copied only the first time a backend's connection comes back.
-        let list = match idle.contains_key(address) {
-            true => idle.get_mut(address),
-            false => Some(idle.entry(address.to_string()).or_default()),
-        };
-        let Some(list) = list else { return };
+        if idle.len() >= MAX_KEYS && !idle.contains_key(&key) {
+            idle.retain(|_, list| !list.is_empty());
+        }
+        let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_BACKEND {
             // Stale entries are pruned only when the list is full: no clock read per entry
             // on every request.

@@ -8,6 +8,7 @@
 
 pub mod per_client;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,11 +116,47 @@ impl TokenBucket {
 pub struct Admission {
     /// Client connections admitted and not yet ended.
     active: AtomicU64,
-    /// TCP connections accepted and not yet admitted or refused.
+    /// TCP connections accepted and not yet admitted or refused, and refused or shed ones
+    /// still lingering.
     pending: AtomicU64,
     bucket: TokenBucket,
     /// Live connections and rates per client.
     pub clients: Arc<ClientTable>,
+    /// Refunds of the new-connection rate per client, bounded.
+    refunds: Refunds,
+    /// `limits.max_connections_per_client_per_second` at the last admission (the refund
+    /// allowance of a client; 0: one a second).
+    client_rate: AtomicU64,
+}
+
+/// Most clients whose refunds are tracked at once; past it (and once refilled entries are
+/// swept), a refund is simply not given.
+const MAX_REFUND_CLIENTS: usize = 65_536;
+
+/// Per-client buckets of refunds: a client gets back at most its own rate of new
+/// connections per second (one a second without a per-client rate), so a client looping
+/// against a backend that drops it cannot turn refunds into a way past the global rate.
+#[derive(Debug, Default)]
+struct Refunds(Mutex<HashMap<u64, (f64, u64)>>);
+
+impl Refunds {
+    /// Takes one refund of client `key` at `rate`/s (burst of one second's worth).
+    fn take(&self, key: u64, rate: u64, now_ms: u64) -> bool {
+        let rate = rate.max(1) as f64;
+        let refill = |(tokens, last): (f64, u64)| (tokens + now_ms.saturating_sub(last) as f64 * rate / 1000.0).min(rate);
+        let Ok(mut map) = self.0.lock() else { return false };
+        if map.len() >= MAX_REFUND_CLIENTS && !map.contains_key(&key) {
+            map.retain(|_, e| refill(*e) < rate);
+            if map.len() >= MAX_REFUND_CLIENTS {
+                return false;
+            }
+        }
+        let e = map.entry(key).or_insert((rate, now_ms));
+        let tokens = refill(*e);
+        let ok = tokens >= 1.0;
+        *e = (if ok { tokens - 1.0 } else { tokens }, now_ms);
+        ok
+    }
 }
 
 /// Holds one unit of a counter until dropped (and the client's, when it was counted).
@@ -128,6 +165,8 @@ pub struct Slot {
     admission: Arc<Admission>,
     active: bool,
     _client: Option<ClientSlot>,
+    /// The client's key ([`per_client::key`]), when the connection is one client's.
+    client: Option<u64>,
 }
 
 impl Slot {
@@ -136,9 +175,12 @@ impl Slot {
     /// not new load, so its token of the new-connection rate is given back
     /// ([`TokenBucket::refund`]). Without this, the clients of one killed backend were paced
     /// by `max_connections_per_second` like a storm: with 1,000/s and 3,800 clients on one
-    /// backend, the last were back after more than 5 s.
+    /// backend, the last were back after more than 5 s. Bounded per client ([`Refunds`]):
+    /// a connection whose client is not known gets none.
     pub fn refund_rate(&self) {
-        if self.active {
+        let Some(key) = self.client.filter(|_| self.active) else { return };
+        let rate = self.admission.client_rate.load(Relaxed);
+        if self.admission.refunds.take(key, rate, crate::clock::now_ms()) {
             self.admission.bucket.refund();
         }
     }
@@ -164,6 +206,7 @@ impl Admission {
             admission: self.clone(),
             active: false,
             _client: None,
+            client: None,
         };
         if pending + self.active.load(Relaxed) > limits.max_connections.saturating_mul(2) {
             return None;
@@ -184,10 +227,12 @@ impl Admission {
         conns: &ConnTable,
         now_ms: u64,
     ) -> Result<Slot, ShedReason> {
+        let key = client.map(per_client::key);
         let client = match client {
             Some(ip) => self.admit_client(ip, limits, true, now_ms)?,
             None => None,
         };
+        self.client_rate.store(limits.max_connections_per_client_per_second, Relaxed);
         if !self.bucket.take(limits.max_connections_per_second, Instant::now()) {
             return Err(ShedReason::RateLimited);
         }
@@ -197,6 +242,7 @@ impl Admission {
             admission: self.clone(),
             active: true,
             _client: client,
+            client: key,
         };
         if active >= limits.max_connections {
             if shedding.evict_idle && evict_longest_idle(conns, now_ms) {
@@ -292,6 +338,20 @@ mod tests {
         // and refill goes back to its usual burst
         let t2 = t1 + Duration::from_secs(5);
         assert_eq!((0..40).filter(|_| b.take(10, t2)).count(), 10);
+    }
+
+    #[test]
+    fn refunds_are_bounded_per_client() {
+        let r = Refunds::default();
+        // Without a per-client rate: one a second per client, each client its own.
+        assert!(r.take(1, 0, 1_000));
+        assert!(!r.take(1, 0, 1_000));
+        assert!(!r.take(1, 0, 1_900));
+        assert!(r.take(2, 0, 1_900));
+        assert!(r.take(1, 0, 2_000));
+        // With one: at most that rate, a second's worth at once.
+        assert_eq!((0..10).filter(|_| r.take(3, 5, 10_000)).count(), 5);
+        assert_eq!((0..10).filter(|_| r.take(3, 5, 10_400)).count(), 2);
     }
 
     #[test]

@@ -190,6 +190,16 @@ impl Relay {
         self.c2b.close_seen && self.c2b.drained()
     }
 
+    /// The client's closing handshake is complete (RFC 6455 §7.1.2): it sent its close
+    /// frame, which is written on (the backend has its close), and a close frame — the
+    /// backend's or the proxy's — is written to it. Nothing more may be sent to the client,
+    /// so the connection ends now, whether or not the backend ever closes its socket (a
+    /// server that sends its close reply and keeps the connection would otherwise hold the
+    /// client's for the close grace).
+    pub(super) fn handshake_done(&self) -> bool {
+        self.client_done() && self.b2c.close_passed() && self.b2c.drained()
+    }
+
     /// A source ended inside a frame: its destination can get nothing more, not even a close
     /// frame, so the connection must end now instead of waiting for a boundary.
     pub(super) fn stranded(&self) -> bool {

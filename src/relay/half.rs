@@ -161,6 +161,11 @@ impl Half {
         self.filled == 0 && self.inject.is_none()
     }
 
+    /// A close frame went to the destination: the source's, or one the proxy put in.
+    pub fn close_passed(&self) -> bool {
+        self.close_seen || self.close_injected
+    }
+
     /// Finished: source ended and the destination is shut (or dead).
     pub fn finished(&self) -> bool {
         self.src_done && (self.shut || self.dst_dead)

@@ -336,7 +336,7 @@ impl Relay {
                 if self.stranded() {
                     return Poll::Ready(self.finish());
                 }
-                if self.b2c.finished() && (self.c2b.finished() || self.client_done()) {
+                if (self.b2c.finished() && (self.c2b.finished() || self.client_done())) || self.handshake_done() {
                     return Poll::Ready(self.finish());
                 }
                 if !(a.progress || b.progress || a.event.is_some() || b.event.is_some()) {

@@ -17,11 +17,11 @@ use tokio::net::TcpStream;
 use super::upgrade::{self, Admit, Answer};
 use crate::backend::ActiveGuard;
 use crate::client_addr::{ClientAddr, Peer};
-use crate::config::{any_contains, Shedding};
+use crate::config::{any_contains, Limits, Shedding};
 use crate::conns::Registration;
 use crate::handshake::{accept_key, header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
 use crate::limits::per_client::ClientSlot;
-use crate::limits::{retry_reason, ShedReason, Slot};
+use crate::limits::{retry_reason, Admission, ShedReason, Slot};
 use crate::metrics::{self, CloseOrigin};
 use crate::relay::{NotStarted, Relay, MAX_EARLY_BYTES};
 use crate::runtime::Runtime;
@@ -222,7 +222,8 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
         }
         let mut s = Stream::Tcp(sock);
         let retry_after_s = rt.config.shedding.retry_hint.as_secs().max(1);
-        return refuse(&mut s, Refusal::Overloaded { retry_after_s }).await;
+        // Past the hard ceiling nothing lingers: the answer, and the socket closed at once.
+        return refuse(&mut s, Refusal::Overloaded { retry_after_s }, Linger::Never).await;
     };
     let lcfg = rt.config.listeners.iter().find(|l| *l.name == **listener)?;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
@@ -250,25 +251,25 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
     };
     let (buf, end) = match tokio::time::timeout_at(deadline, read_head(&mut stream, limits.max_request_header_bytes)).await {
         Ok(Ok(h)) => h,
-        Ok(Err(HeadError::TooLarge(_))) => return refuse(&mut stream, Refusal::HeadTooLarge).await,
+        Ok(Err(HeadError::TooLarge(_))) => return refuse(&mut stream, Refusal::HeadTooLarge, Linger::Held).await,
         Ok(Err(_)) => {
             metrics::handshake_failure("closed");
             return None;
         }
-        Err(_) => return refuse(&mut stream, Refusal::Timeout).await,
+        Err(_) => return refuse(&mut stream, Refusal::Timeout, Linger::Held).await,
     };
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
     match req.parse(&buf[..end]) {
         Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => return refuse(&mut stream, Refusal::HeadTooLarge).await,
-        _ => return refuse(&mut stream, Refusal::BadRequest("malformed request head")).await,
+        Err(httparse::Error::TooManyHeaders) => return refuse(&mut stream, Refusal::HeadTooLarge, Linger::Held).await,
+        _ => return refuse(&mut stream, Refusal::BadRequest("malformed request head"), Linger::Held).await,
     }
     if !wants_websocket(req.headers) {
         // The fork: plain HTTP. Ambiguous framing is refused before anything is forwarded;
         // the rest (routing, `http: reject`, bodies) is per request, in `plain`.
         if let Err(s) = crate::http::headers::check_framing(req.headers) {
-            return refuse(&mut stream, Refusal::BadRequest(s.reason())).await;
+            return refuse(&mut stream, Refusal::BadRequest(s.reason()), Linger::Held).await;
         }
         // A keep-alive connection from a trusted proxy carries requests of many clients:
         // each request is counted for its own client instead (`plain`).
@@ -285,14 +286,19 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
             Err(reason) => {
                 metrics::shed(reason.label());
                 let retry_after_s = crate::limits::retry_after_secs(rt.config.shedding.retry_hint);
-                refuse(&mut stream, Refusal::Overloaded { retry_after_s }).await
+                refuse(
+                    &mut stream,
+                    Refusal::Overloaded { retry_after_s },
+                    Linger::Take(&shared.admission, limits),
+                )
+                .await
             }
         };
     }
     // RFC 6455 §4.1: a client waits for the 101 before sending frames. A little pipelining is
     // tolerated, but only what the relay can hold: refused here, never after the 101.
     if buf.len() - end > MAX_EARLY_BYTES {
-        return refuse(&mut stream, Refusal::BadRequest("too much data sent before the 101")).await;
+        return refuse(&mut stream, Refusal::BadRequest("too much data sent before the 101"), Linger::Held).await;
     }
     let key = header(req.headers, "sec-websocket-key")
         .and_then(|k| std::str::from_utf8(k).ok())
@@ -300,8 +306,12 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
         .trim();
     let prepared = match upgrade::prepare(shared, &rt, lcfg, &req, &peer, stream.is_tls(), Admit::Pending(pending)).await {
         Ok(p) => p,
-        Err(Answer::Refuse(r)) => return refuse(&mut stream, r).await,
-        Err(Answer::Shed(reason)) => return shed(&mut stream, key, req.headers, reason, &rt.config.shedding).await,
+        // The connection's slot went with the refusal: lingering takes one of its own.
+        Err(Answer::Refuse(r)) => return refuse(&mut stream, r, Linger::Take(&shared.admission, limits)).await,
+        Err(Answer::Shed(reason)) => {
+            let linger = Linger::Take(&shared.admission, limits);
+            return shed(&mut stream, key, req.headers, reason, &rt.config.shedding, linger).await;
+        }
     };
     let head = prepared.response_head();
     if stream.write_all(&head).await.is_err() {
@@ -333,12 +343,47 @@ pub(super) async fn not_started(ns: NotStarted, peer: SocketAddr) {
     linger(&mut client).await;
 }
 
+/// How a refused or shed connection's linger counts against the hard ceiling (2 ×
+/// `max_connections` admitted, pending or lingering), so connections the balancer is done
+/// with cannot hold descriptors past it.
+pub(super) enum Linger<'a> {
+    /// The connection still holds its accept slot: linger under it.
+    Held,
+    /// The connection holds nothing now: linger under a slot of its own, or, past the
+    /// ceiling, close at once.
+    Take(&'a Arc<Admission>, &'a Limits),
+    /// Close at once (the connection was refused for being past the ceiling).
+    Never,
+}
+
+impl Linger<'_> {
+    /// Lingers (see [`linger`]) while counted, or only closes.
+    pub(super) async fn run(self, stream: &mut Stream) {
+        let held = match self {
+            Linger::Held => None,
+            Linger::Take(admission, limits) => match admission.accept(limits) {
+                Some(slot) => Some(slot),
+                None => return close_now(stream).await,
+            },
+            Linger::Never => return close_now(stream).await,
+        };
+        linger(stream).await;
+        drop(held);
+    }
+}
+
+/// Sends what was written and closes without waiting for the client.
+async fn close_now(stream: &mut Stream) {
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
 /// Answers with an HTTP error and closes (after letting the client read it).
-async fn refuse<T>(stream: &mut Stream, r: Refusal) -> Option<T> {
+async fn refuse<T>(stream: &mut Stream, r: Refusal, linger: Linger<'_>) -> Option<T> {
     metrics::handshake_failure(r.metric_reason());
     tracing::debug!(status = r.status().0, "request refused");
     let _ = stream.write_all(r.response().as_bytes()).await;
-    linger(stream).await;
+    linger.run(stream).await;
     None
 }
 
@@ -371,11 +416,18 @@ pub(super) fn shed_close(reason: ShedReason, shedding: &Shedding) -> Vec<u8> {
 
 /// Completes the handshake itself and closes with `shedding.close_code` and a jittered
 /// retry hint, so well-behaved clients back off with spread.
-async fn shed<T>(stream: &mut Stream, key: &str, headers: &[httparse::Header<'_>], reason: ShedReason, shedding: &Shedding) -> Option<T> {
+async fn shed<T>(
+    stream: &mut Stream,
+    key: &str,
+    headers: &[httparse::Header<'_>],
+    reason: ShedReason,
+    shedding: &Shedding,
+    linger: Linger<'_>,
+) -> Option<T> {
     let mut out = shed_head(key, headers);
     out.extend_from_slice(&shed_close(reason, shedding));
     let _ = stream.write_all(&out).await;
-    linger(stream).await;
+    linger.run(stream).await;
     None
 }
 

@@ -4,6 +4,7 @@
 //! back; the backend connection returns to the pool when the response is complete.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -15,8 +16,8 @@ use hyper::{Method, Request, Response};
 
 use super::plain::{empty, overloaded, refusal, ClientConn};
 use crate::backend::{ActiveGuard, Backend};
+use crate::blame::Outcome;
 use crate::client_addr::ClientAddr;
-use crate::clock;
 use crate::handshake::Refusal;
 use crate::http::body::{OnEnd, Relayed, RequestTally};
 use crate::http::client::{Conn, Pinned};
@@ -77,7 +78,7 @@ pub(super) async fn forward(
         let pinned = backend.config.proxy_protocol.is_some();
         let kept = match pinned {
             true => cx.pinned.take(&backend, req.client.addr).await,
-            false => clients.take(&backend).await,
+            false => clients.take(crate::http::client::conn_key(pool, &backend)).await,
         };
         let mut conn = match kept {
             Some(c) => c,
@@ -95,9 +96,15 @@ pub(super) async fn forward(
             };
             match answer_within(conn.sender.try_send_request(out), limits.request_timeout, &req.tally).await {
                 Err(_) => {
-                    crate::health::passive_failure(&backend, pool, clock::now_ms());
-                    tracing::debug!(backend = %backend.address, "no response head within request_timeout");
-                    return refusal(Refusal::GatewayTimeout);
+                    // The body still coming from the client is the client's wait; a body
+                    // passed on whole (or one the backend stopped reading) is the backend's.
+                    let outcome = req.tally.stalled().unwrap_or(Outcome::NoAnswerInTime);
+                    pool.record(&backend, outcome);
+                    tracing::debug!(backend = %backend.address, outcome = outcome.name(), "no response head within request_timeout");
+                    return refusal(match outcome {
+                        Outcome::ClientBodyStalled => Refusal::BodyTimeout,
+                        _ => Refusal::GatewayTimeout,
+                    });
                 }
                 Ok(Ok(resp)) => break Ok(resp),
                 Ok(Err(mut e)) => {
@@ -124,25 +131,19 @@ pub(super) async fn forward(
             // A fresh connection could not be opened: the next backend, if the body is still here.
             Err(None) if pending.is_some() => continue,
             Err(e) => {
-                if req.tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) {
-                    return refusal(Refusal::BodyTooLarge);
-                }
-                if req.tally.failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    // The client's body broke off: not the backend's fault.
-                    return refusal(Refusal::BadRequest("malformed or interrupted request body"));
-                }
-                crate::health::passive_failure(&backend, pool, clock::now_ms());
-                tracing::debug!(backend = %backend.address, "no valid response: {e:?}");
-                return refusal(Refusal::BadGateway("no valid response from the backend"));
+                let outcome = send_failure(&req.tally, e.as_ref());
+                pool.record(&backend, outcome);
+                tracing::debug!(backend = %backend.address, outcome = outcome.name(), "no valid response: {e:?}");
+                return refusal(match outcome {
+                    Outcome::ClientBodyTooLarge => Refusal::BodyTooLarge,
+                    Outcome::ClientBodyBroken => Refusal::BadRequest("malformed or interrupted request body"),
+                    _ => Refusal::BadGateway("no valid response from the backend"),
+                });
             }
         };
         let status = resp.status();
-        if status.is_server_error() {
-            crate::health::passive_failure(&backend, pool, clock::now_ms());
-        } else {
-            crate::health::passive_success(&backend);
-        }
-        backend.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.record(&backend, Outcome::of_status(status.as_u16()));
+        backend.http_requests.fetch_add(1, Relaxed);
         pool.request_duration.record(started.elapsed().as_secs_f64());
         backend.metrics.http_request(status.as_u16());
         if let Some(r) = sticky {
@@ -155,7 +156,7 @@ pub(super) async fn forward(
         }
         let home = match pinned {
             true => Home::Pinned(cx.pinned.clone(), Arc::downgrade(&backend), req.client.addr),
-            false => Home::Shared(clients.clone(), backend.clone()),
+            false => Home::Shared(clients.clone(), crate::http::client::conn_key(pool, &backend)),
         };
         let end = Finished {
             _guard: guard,
@@ -187,43 +188,62 @@ fn again(cx: &ClientConn, req: &Forward<'_>) -> Option<Request<Body>> {
 }
 
 /// Waits for the response head at most `limit` after the request body was sent: while the
-/// body still moves (a long upload), the wait has not started; a body stalled for `limit` or
-/// a finished one followed by `limit` of silence is a timeout.
+/// body still moves (a long upload), the wait has not started; a body stalled for `limit`,
+/// or `limit` of silence after the whole body was passed on, is a timeout (whose, the
+/// tally says: [`RequestTally::stalled`]).
 async fn answer_within<F: std::future::Future>(send: F, limit: std::time::Duration, tally: &RequestTally) -> Result<F::Output, ()> {
     tokio::pin!(send);
-    let mut seen = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let mut seen = tally.bytes.load(Relaxed);
+    let mut was_finished = tally.finished.load(Relaxed);
     loop {
         match tokio::time::timeout(limit, &mut send).await {
             Ok(out) => return Ok(out),
             Err(_) => {
-                let now = tally.bytes.load(std::sync::atomic::Ordering::Relaxed);
-                if tally.finished.load(std::sync::atomic::Ordering::Relaxed) || now == seen {
+                let now = tally.bytes.load(Relaxed);
+                let finished = tally.finished.load(Relaxed);
+                // Finished for a whole `limit`, or not finished and not moving.
+                if (finished && was_finished) || (!finished && now == seen) {
                     return Err(());
                 }
                 seen = now;
+                was_finished = finished;
             }
         }
     }
 }
 
-/// Opens a new connection to backend `i`, counting a failure the backend is responsible for.
+/// Whose failure a request that got no response is: the client's when its body broke off
+/// or went over the limit, else the backend's (the connection was lost or its answer was
+/// not HTTP).
+fn send_failure(tally: &RequestTally, e: Option<&hyper::Error>) -> Outcome {
+    if tally.over_limit.load(Relaxed) {
+        Outcome::ClientBodyTooLarge
+    } else if tally.failed.load(Relaxed) {
+        Outcome::ClientBodyBroken
+    } else if e.is_some_and(|e| e.is_parse() || e.is_parse_status()) {
+        Outcome::InvalidAnswer
+    } else {
+        Outcome::ConnectionLost
+    }
+}
+
+/// Opens a new connection to backend `i`; a failure is recorded for passive health with
+/// the party to blame (never the backend for the balancer's own lack of descriptors).
 async fn open(cx: &ClientConn, pool: &Pool, i: usize, for_client: Addresses) -> Option<Conn> {
     let backend = &pool.backends[i];
-    match tokio::time::timeout(pool.config.connect_timeout, cx.shared.http_clients.open(pool, backend, for_client)).await {
-        Ok(Ok(c)) => Some(c),
+    let outcome = match tokio::time::timeout(pool.config.connect_timeout, cx.shared.http_clients.open(pool, backend, for_client)).await {
+        Ok(Ok(c)) => return Some(c),
         Ok(Err(e)) => {
             tracing::debug!(backend = %backend.address, "connect failed: {e}");
-            if !crate::upstream::is_local_error(&e) {
-                crate::health::passive_failure(backend, pool, clock::now_ms());
-            }
-            None
+            crate::upstream::attempt_failure(&e)
         }
         Err(_) => {
             tracing::debug!(backend = %backend.address, "connect timed out");
-            crate::health::passive_failure(backend, pool, clock::now_ms());
-            None
+            Outcome::ConnectTimedOut
         }
-    }
+    };
+    pool.record(backend, outcome);
+    None
 }
 
 /// The access-log line of one plain request, written when its response body ends.
@@ -241,8 +261,8 @@ struct AccessLine {
 
 /// Where a backend connection goes back to once its response is complete.
 enum Home {
-    /// The shared idle pool, under the backend's address.
-    Shared(Arc<ClientPool>, Arc<Backend>),
+    /// The shared idle pool, under the connection's key.
+    Shared(Arc<ClientPool>, crate::http::client::ConnKey),
     /// The client connection's own slot (a backend with `proxy_protocol`), for this client.
     Pinned(Arc<Pinned>, Weak<Backend>, SocketAddr),
 }
@@ -261,7 +281,7 @@ struct Finished {
 impl OnEnd for Finished {
     fn ended(&mut self, bytes: u64, complete: bool) {
         match (complete, self.sender.take()) {
-            (true, Some((Home::Shared(pool, backend), sender))) => pool.put(&backend.address, sender),
+            (true, Some((Home::Shared(pool, key), sender))) => pool.put(key, sender),
             (true, Some((Home::Pinned(kept, backend, client), sender))) => {
                 if let Some(b) = backend.upgrade() {
                     kept.put(&b, client, sender);
@@ -280,7 +300,7 @@ impl OnEnd for Finished {
             pool = %l.pool,
             backend = %l.backend,
             duration_ms = l.started.elapsed().as_millis() as u64,
-            bytes_in = l.tally.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_in = l.tally.bytes.load(Relaxed),
             bytes_out = bytes,
             complete,
             "request"

@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -28,7 +28,7 @@ use super::connection::{self, linger, shed_close, shed_head};
 use super::upgrade::{self, Admit, Answer, Prepared};
 use crate::client_addr::{resolve, Peer};
 use crate::config::{HttpMode, ListenerConfig};
-use crate::handshake::{header, wants_websocket, Refusal};
+use crate::handshake::{header, wants_websocket, Refusal, MAX_HEADERS};
 use crate::http::body::{Limited, RequestTally};
 use crate::http::client::Pinned;
 use crate::http::headers::{add_forwarded, strip_hop_by_hop};
@@ -98,6 +98,9 @@ pub(super) async fn serve(
         // Bounds an idle keep-alive connection and each later request head.
         .header_read_timeout(limits.keepalive_timeout)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
+        // Every request of the connection, not only the first (read raw), gets a 431 past
+        // `max_request_header_bytes` (start line included).
+        .max_header_size(limits.max_request_header_bytes)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -158,6 +161,10 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
     let (mut parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut hs = headers_of_map(&parts.headers);
+    // The checks of the first request (read raw) hold for every request of the connection.
+    if let Err(r) = check_request(&parts, &hs) {
+        return refusal(r);
+    }
     if wants_websocket(&hs) {
         // What `hyper::upgrade::on` takes from a request; hyper leaves none for a request
         // without `Upgrade` (then an empty one: the handshake is refused before it is used).
@@ -165,10 +172,9 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
         let on = on.unwrap_or_else(|| hyper::upgrade::on(Request::new(())));
         return upgrade_request(&cx, &rt, lcfg, &parts, target, &mut hs, on, started).await;
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused; HTTP/1.0 may omit it
-    // (routes by host then never match it).
-    let host = crate::handshake::host(&hs).or((parts.version == hyper::Version::HTTP_10).then_some(""));
-    let Some(host) = host else {
+    // RFC 9112 §3.2: a request without Host is refused (an HTTP/1.0 one too: it would go
+    // out as HTTP/1.1, which must carry one).
+    let Some(host) = crate::handshake::host(&hs) else {
         return refusal(Refusal::BadRequest("missing Host header"));
     };
     let Some(route) = route(&lcfg.routes, target, host, &hs) else {
@@ -221,7 +227,8 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
             Ok(None) => body = empty(),
             Ok(Some(Err(_))) if tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTooLarge),
             Ok(Some(Err(_))) => return refusal(Refusal::BadRequest("malformed chunked body")),
-            Err(_) => return refusal(Refusal::Timeout),
+            // The client's body did not start in time: the client's wait, no backend's.
+            Err(_) => return refusal(Refusal::BodyTimeout),
         }
     }
     let req = super::forward::Forward {
@@ -234,6 +241,26 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
         tally,
     };
     super::forward::forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
+}
+
+/// What every request of a connection must pass before it is routed: `CONNECT` is not a
+/// reverse proxy's to carry (`405`); one `Host` that `Connection` does not name; at most
+/// [`MAX_HEADERS`] fields; unambiguous framing (RFC 9112 §6.1, §6.3). The head's size is
+/// hyper's (`max_header_size`).
+fn check_request(parts: &hyper::http::request::Parts, hs: &[httparse::Header<'_>]) -> Result<(), Refusal> {
+    if parts.method == hyper::Method::CONNECT {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    if hs.len() > MAX_HEADERS {
+        return Err(Refusal::HeadTooLarge);
+    }
+    if parts.headers.get_all(hyper::header::HOST).iter().nth(1).is_some() {
+        return Err(Refusal::BadRequest("duplicated Host header"));
+    }
+    if crate::handshake::host_is_hop_by_hop(hs) {
+        return Err(Refusal::BadRequest(crate::handshake::HOST_IN_CONNECTION));
+    }
+    crate::http::headers::check_framing(hs).map_err(|s| Refusal::BadRequest(s.reason()))
 }
 
 /// The head of a request as it goes to a backend: the target in origin form, hop-by-hop
@@ -256,6 +283,12 @@ pub(super) fn outgoing(
     };
     out.headers = parts.headers.clone();
     strip_hop_by_hop(&mut out.headers);
+    // A chunked body goes on chunked, whatever the method: hyper's client sends a body of
+    // unknown length on GET or HEAD only when told to (else as `Content-Length: 0`, the
+    // body silently dropped). The codings before `chunked` go on as they were.
+    for te in parts.headers.get_all(TRANSFER_ENCODING) {
+        out.headers.append(TRANSFER_ENCODING, te.clone());
+    }
     add_forwarded(&mut out.headers, client, tls, host);
     Some(out)
 }
@@ -280,7 +313,8 @@ async fn upgrade_request<'h>(
     let head = httparse::Request {
         method: Some(parts.method.as_str()),
         path: Some(target),
-        version: Some(1),
+        // An HTTP/1.0 upgrade is refused by `validate` (hyper would not switch anyway).
+        version: Some(u8::from(parts.version == hyper::Version::HTTP_11)),
         headers: hs,
     };
     let admit = Admit::Held {
@@ -340,8 +374,8 @@ pub(super) fn overloaded(rt: &Runtime, reason: ShedReason) -> Response<Body> {
     })
 }
 
-/// The balancer's own answer. `400` and `413` close the connection: the request's body
-/// was not read, or its framing cannot be trusted.
+/// The balancer's own answer. `400`, `405`, `408`, `413` and `431` close the connection:
+/// the request's body was not read (or not all of it), or its framing cannot be trusted.
 pub(super) fn refusal(r: Refusal) -> Response<Body> {
     crate::metrics::handshake_failure(r.metric_reason());
     let (code, _) = r.status();
@@ -354,7 +388,10 @@ pub(super) fn refusal(r: Refusal) -> Response<Body> {
             h.insert(name, v);
         }
     }
-    if matches!(r, Refusal::BadRequest(_) | Refusal::BodyTooLarge) {
+    if matches!(
+        r,
+        Refusal::BadRequest(_) | Refusal::BodyTooLarge | Refusal::BodyTimeout | Refusal::MethodNotAllowed | Refusal::HeadTooLarge
+    ) {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     resp

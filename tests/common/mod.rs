@@ -6,6 +6,7 @@ pub mod browser;
 pub mod control;
 pub mod dns;
 pub mod http;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
