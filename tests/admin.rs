@@ -302,6 +302,13 @@ async fn with_a_token_every_admin_call_but_healthz_needs_it() {
             assert_eq!(http_get(a, path).await.0, 401, "{path} without a token");
             assert_eq!(http_with(a, "GET", path, wrong, "").await.0, 401, "{path} with a wrong token");
             assert_eq!(http_with(a, "GET", path, &auth, "").await.0, 200, "{path} with the token");
+            // RFC 9110 §11.1: the scheme name is case-insensitive (issue 26).
+            for scheme in ["bearer", "BEARER", "bEaReR"] {
+                let other = format!("Authorization: {scheme} {token}\r\n");
+                assert_eq!(http_with(a, "GET", path, &other, "").await.0, 200, "{path} with `{scheme}`");
+            }
+            let basic = format!("Authorization: Basic {token}\r\n");
+            assert_eq!(http_with(a, "GET", path, &basic, "").await.0, 401, "{path} with another scheme");
         }
         let raw = raw_exchange(
             a,

@@ -373,8 +373,9 @@ async fn shed_clients_that_never_close_linger_only_within_the_ceiling() {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 s.write_all(upgrade_request("/", "").as_bytes()).await.unwrap();
                 let mut got = Vec::new();
-                // Closed by the balancer within 1.5 s (the linger is 2 s): it did not linger.
-                let eof = tokio::time::timeout(Duration::from_millis(1500), async {
+                // The balancer half-closes after its answer, then lingers reading (2 s) or
+                // closes at once. Read to the end of the answer ...
+                let _ = tokio::time::timeout(Duration::from_millis(1500), async {
                     let mut b = [0u8; 256];
                     loop {
                         match s.read(&mut b).await {
@@ -383,9 +384,17 @@ async fn shed_clients_that_never_close_linger_only_within_the_ceiling() {
                         }
                     }
                 })
-                .await
-                .is_ok();
-                (got, eof, s)
+                .await;
+                // ... then probe: a socket still open (lingering) takes what is written; a
+                // closed one answers with a reset, and the next write fails.
+                let mut held = true;
+                for _ in 0..2 {
+                    if s.write_all(b"x").await.is_err() {
+                        held = false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                (got, !held, s)
             }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

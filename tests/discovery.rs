@@ -493,3 +493,70 @@ async fn reloads_keep_discovered_backends_and_the_entry_follows_the_config() {
     })
     .await
 }
+
+/// Issue 26, findings 1 and 5: A and AAAA are asked separately, and a round is all or
+/// nothing: one family failing (SERVFAIL, REFUSED, no answer) keeps the whole last set, so
+/// no client of either family is disconnected, and the failure is counted with its own
+/// reason (a timeout as `timeout`, never as `empty`).
+#[tokio::test]
+async fn one_failing_address_family_removes_nothing_and_is_counted_by_its_reason() {
+    bounded(async {
+        use common::dns::Fault;
+        let (port, _backends) = backends_on_one_port(&["127.0.0.1", "::1"], &["b4", "b6"]).await;
+        let dns = Dns::start();
+        dns.set_addrs("dual.sy.test.", &["127.0.0.1", "::1"]).await;
+        let entry = format!("dual.sy.test:{port}");
+        let p = Proxy::start(&discovery_config(
+            "round_robin",
+            &dns_entry("dual.sy.test", port, "150ms"),
+            "",
+            &dns.resolver_yaml("200ms"),
+        ));
+        assert_eq!(pool_addrs(&p), [format!("127.0.0.1:{port}"), format!("[::1]:{port}")]);
+        let objects: Vec<_> = (0..2).map(|i| p.backend(i)).collect();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let mut ws = connect(&p.url("/")).await;
+            let name = ask(&mut ws, "whoami").await;
+            clients.push((name, ws));
+        }
+        let mut names: Vec<_> = clients.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["b4", "b6"], "one client on each family");
+        let errors = |reason: &'static str| vec![("pool", "p"), ("name", entry.as_str()), ("reason", reason)];
+        for (v6, fault, reason) in [
+            (true, Fault::ServFail, "servfail"),
+            (true, Fault::Refused, "refused"),
+            (true, Fault::Silent, "timeout"),
+            (false, Fault::ServFail, "servfail"),
+            (false, Fault::Silent, "timeout"),
+        ] {
+            let before = metric(&p, "switchyard_discovery_errors_total", &errors(reason)).await;
+            let empty_before = metric(&p, "switchyard_discovery_errors_total", &errors("empty")).await;
+            dns.fault(v6, fault);
+            let after = metric_reaches(&p, "switchyard_discovery_errors_total", &errors(reason), before + 2.0).await;
+            assert!(
+                after >= before + 2.0,
+                "{fault:?} on {}: {reason} counted {before} -> {after}",
+                if v6 { "AAAA" } else { "A" }
+            );
+            assert_eq!(
+                metric(&p, "switchyard_discovery_errors_total", &errors("empty")).await,
+                empty_before,
+                "{fault:?} counted as empty"
+            );
+            dns.fault(v6, Fault::None);
+            let rt = p.server.shared.runtime.load();
+            let now = &rt.pools["p"].backends;
+            assert_eq!(now.len(), 2, "{fault:?}: a backend was removed");
+            assert!(
+                now.iter().zip(&objects).all(|(a, b)| Arc::ptr_eq(a, b)),
+                "{fault:?}: a backend was rebuilt"
+            );
+            for (name, ws) in clients.iter_mut() {
+                assert_eq!(ask(ws, "still").await, "still", "{name} kept its connection through {fault:?}");
+            }
+        }
+    })
+    .await
+}

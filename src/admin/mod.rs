@@ -178,8 +178,7 @@ fn unauthorized(admin: &Admin, parts: &hyper::http::request::Parts) -> Option<Re
         .headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_credentials);
     if given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
         return None;
     }
@@ -189,6 +188,13 @@ fn unauthorized(admin: &Admin, parts: &hyper::http::request::Parts) -> Option<Re
         HeaderValue::from_static("Bearer realm=\"switchyard\""),
     );
     Some(r)
+}
+
+/// The credentials of an `Authorization` value with the `Bearer` scheme, whose name is
+/// case-insensitive (RFC 9110 §11.1: `bearer`, `BEARER` too), separated by one or more spaces.
+fn bearer_credentials(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// Compares two secrets in time that depends only on their lengths.

@@ -2,7 +2,7 @@
 //! `/etc/resolv.conf`), asked for one entry's A/AAAA or SRV records, with every failure
 //! named by a short reason for logs and `switchyard_discovery_errors_total`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -11,7 +11,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::{IntoName, ResolveError, TokioResolver};
 
 use crate::config::{Discover, ResolverConfig};
 use crate::discovered::Found;
@@ -139,6 +139,7 @@ pub fn build(cfg: &ResolverConfig) -> Result<TokioResolver, LookupError> {
     let opts = builder.options_mut();
     opts.timeout = cfg.timeout;
     opts.attempts = ATTEMPTS;
+    // Only `lookup_ip` reads it; discovery asks A and AAAA separately (`addresses`).
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     opts.use_hosts_file = ResolveHosts::Never;
     opts.cache_size = 0;
@@ -172,14 +173,52 @@ pub async fn lookup(resolver: &TokioResolver, discover: &Discover) -> Result<Vec
 
 /// Every A and AAAA record of `name`, at `port`.
 async fn hosts(resolver: &TokioResolver, name: &str, port: u16) -> Result<Vec<Found>, LookupError> {
-    let ips = resolver.lookup_ip(name).await.map_err(|e| LookupError::of(&e))?;
+    let ips = addresses(resolver, name).await?;
     Ok(ips
-        .iter()
+        .into_iter()
         .map(|ip| Found {
             addr: SocketAddr::new(ip, port),
             weight: 1,
         })
         .collect())
+}
+
+/// The A and the AAAA records of `name`, asked separately, so that one family's failure is
+/// never read as that family having no records (hickory's dual-stack lookup answers with
+/// whichever family succeeded, and with no error): see [`both_families`].
+async fn addresses<N: IntoName + Clone>(resolver: &TokioResolver, name: N) -> Result<Vec<IpAddr>, LookupError> {
+    let (v4, v6) = tokio::join!(resolver.ipv4_lookup(name.clone()), resolver.ipv6_lookup(name));
+    let v4 = v4
+        .map(|l| l.iter().map(|a| IpAddr::V4(a.0)).collect())
+        .map_err(|e| LookupError::of(&e));
+    let v6 = v6
+        .map(|l| l.iter().map(|a| IpAddr::V6(a.0)).collect())
+        .map_err(|e| LookupError::of(&e));
+    both_families(v4, v6)
+}
+
+/// One round's addresses from the answers of both families, all or nothing: "no such name"
+/// or "no records" is an empty family; any other failure (a timeout, `SERVFAIL`, `REFUSED`,
+/// no server) fails the round with its own reason, so the caller keeps its last good set.
+/// Both families empty is [`Failure::NxDomain`] when both said so, else [`Failure::Empty`].
+fn both_families(v4: Result<Vec<IpAddr>, LookupError>, v6: Result<Vec<IpAddr>, LookupError>) -> Result<Vec<IpAddr>, LookupError> {
+    for r in [&v4, &v6] {
+        if let Err(e) = r {
+            if !e.failure.is_no_records() {
+                return Err(e.clone());
+            }
+        }
+    }
+    match (v4, v6) {
+        (Err(a), Err(b)) => {
+            let failure = match (a.failure, b.failure) {
+                (Failure::NxDomain, Failure::NxDomain) => Failure::NxDomain,
+                _ => Failure::Empty,
+            };
+            Err(LookupError::new(failure, format!("A: {}; AAAA: {}", a.detail, b.detail)))
+        }
+        (a, b) => Ok(a.unwrap_or_default().into_iter().chain(b.unwrap_or_default()).collect()),
+    }
 }
 
 /// The SRV records of `name` with the lowest priority value (RFC 2782: the others are
@@ -196,20 +235,63 @@ async fn srv(resolver: &TokioResolver, name: &str) -> Result<Vec<Found>, LookupE
     let mut targets: Vec<_> = records.iter().map(|r| r.target().clone()).collect();
     targets.sort();
     targets.dedup();
-    let answers = join_all(targets.iter().map(|t| resolver.lookup_ip(t.clone()))).await;
+    let answers = join_all(targets.iter().map(|t| addresses(resolver, t.clone()))).await;
     let mut found = Vec::new();
     for (target, answer) in targets.iter().zip(answers) {
         let ips = match answer {
             Ok(ips) => ips,
-            Err(e) if Failure::of(&e).is_no_records() => continue,
-            Err(e) => return Err(LookupError::new(Failure::of(&e), format!("SRV target {target}: {e}"))),
+            Err(e) if e.failure.is_no_records() => continue,
+            Err(e) => return Err(LookupError::new(e.failure, format!("SRV target {target}: {}", e.detail))),
         };
         for r in records.iter().filter(|r| r.target() == target) {
             found.extend(ips.iter().map(|ip| Found {
-                addr: SocketAddr::new(ip, r.port()),
+                addr: SocketAddr::new(*ip, r.port()),
                 weight: u32::from(r.weight()),
             }));
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(f: Failure) -> Result<Vec<IpAddr>, LookupError> {
+        Err(LookupError::new(f, f.reason()))
+    }
+
+    fn ok(ips: &[&str]) -> Result<Vec<IpAddr>, LookupError> {
+        Ok(ips.iter().map(|i| i.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn a_round_is_all_or_nothing_over_both_families() {
+        let both = both_families(ok(&["127.0.0.1"]), ok(&["::1"])).unwrap();
+        assert_eq!(both.len(), 2);
+        // A family with no records is empty; the other stands.
+        assert_eq!(both_families(ok(&["127.0.0.1"]), err(Failure::Empty)).unwrap().len(), 1);
+        assert_eq!(both_families(err(Failure::NxDomain), ok(&["::1"])).unwrap().len(), 1);
+        // Any other failure of either family fails the round, with its own reason.
+        for f in [
+            Failure::ServFail,
+            Failure::Refused,
+            Failure::Timeout,
+            Failure::Unreachable,
+            Failure::Rcode,
+        ] {
+            assert_eq!(both_families(ok(&["127.0.0.1"]), err(f)).unwrap_err().failure, f);
+            assert_eq!(both_families(err(f), ok(&["::1"])).unwrap_err().failure, f);
+            assert_eq!(both_families(err(Failure::Empty), err(f)).unwrap_err().failure, f);
+        }
+        assert_eq!(
+            both_families(err(Failure::NxDomain), err(Failure::NxDomain)).unwrap_err().failure,
+            Failure::NxDomain
+        );
+        assert_eq!(
+            both_families(err(Failure::NxDomain), err(Failure::Empty)).unwrap_err().failure,
+            Failure::Empty
+        );
+        assert_eq!(both_families(ok(&[]), err(Failure::Empty)).unwrap(), Vec::<IpAddr>::new());
+    }
 }

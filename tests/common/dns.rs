@@ -4,7 +4,7 @@
 //! changes the records while it runs, switches every answer to `SERVFAIL`, or stops it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +21,48 @@ pub const ZONE: &str = "sy.test.";
 /// TTL of every record (the balancer must not need it to see changes: it refreshes).
 const TTL: u32 = 30;
 
-/// Answers from the catalog, or `SERVFAIL` to everything while `servfail` is set.
+/// How the server fails the queries of one record type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers from the zone.
+    None = 0,
+    /// `SERVFAIL`.
+    ServFail = 1,
+    /// `REFUSED`.
+    Refused = 2,
+    /// No answer at all (the resolver times out).
+    Silent = 3,
+}
+
+/// Answers from the catalog, or `SERVFAIL` to everything while `servfail` is set, or fails
+/// the A or AAAA queries alone as `faults` say (index 0: A, 1: AAAA).
 struct Handler {
     catalog: Catalog,
     servfail: Arc<AtomicBool>,
+    faults: Arc<[AtomicU8; 2]>,
 }
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
-        if self.servfail.load(Ordering::SeqCst) {
-            let msg = MessageResponseBuilder::from_message_request(request).error_msg(request.header(), ResponseCode::ServFail);
+        let fault = match request.request_info().map(|i| i.query.query_type()) {
+            Ok(RecordType::A) => self.faults[0].load(Ordering::SeqCst),
+            Ok(RecordType::AAAA) => self.faults[1].load(Ordering::SeqCst),
+            _ => Fault::None as u8,
+        };
+        if fault == Fault::Silent as u8 {
+            let mut h = Header::new();
+            h.set_response_code(ResponseCode::ServFail);
+            return h.into();
+        }
+        let code = match fault {
+            f if f == Fault::ServFail as u8 => Some(ResponseCode::ServFail),
+            f if f == Fault::Refused as u8 => Some(ResponseCode::Refused),
+            _ if self.servfail.load(Ordering::SeqCst) => Some(ResponseCode::ServFail),
+            _ => None,
+        };
+        if let Some(code) = code {
+            let msg = MessageResponseBuilder::from_message_request(request).error_msg(request.header(), code);
             return response.send_response(msg).await.unwrap_or_else(|_| {
                 let mut h = Header::new();
                 h.set_response_code(ResponseCode::ServFail);
@@ -48,6 +79,7 @@ pub struct Dns {
     pub addr: SocketAddr,
     zone: Arc<InMemoryAuthority>,
     servfail: Arc<AtomicBool>,
+    faults: Arc<[AtomicU8; 2]>,
     serial: AtomicU32,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -63,9 +95,10 @@ impl Dns {
         let origin = name(ZONE);
         let zone = Arc::new(InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false));
         let servfail = Arc::new(AtomicBool::new(false));
+        let faults = Arc::new([AtomicU8::new(0), AtomicU8::new(0)]);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (z, sf) = (zone.clone(), servfail.clone());
+        let (z, sf, fl) = (zone.clone(), servfail.clone(), faults.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -73,7 +106,11 @@ impl Dns {
                 assert!(z.upsert(Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)), 1).await);
                 let mut catalog = Catalog::new();
                 catalog.upsert(LowerName::new(&origin), vec![z as Arc<dyn AuthorityObject>]);
-                let mut server = ServerFuture::new(Handler { catalog, servfail: sf });
+                let mut server = ServerFuture::new(Handler {
+                    catalog,
+                    servfail: sf,
+                    faults: fl,
+                });
                 let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
                 let addr = udp.local_addr().unwrap();
                 server.register_socket(udp);
@@ -90,6 +127,7 @@ impl Dns {
             addr,
             zone,
             servfail,
+            faults,
             serial: AtomicU32::new(1),
             stop: Some(stop),
             thread: Some(thread),
@@ -142,6 +180,11 @@ impl Dns {
     /// Answers `SERVFAIL` to everything while `on`.
     pub fn servfail(&self, on: bool) {
         self.servfail.store(on, Ordering::SeqCst);
+    }
+
+    /// Fails the A queries (`v6`: the AAAA queries) alone as `fault` says.
+    pub fn fault(&self, v6: bool, fault: Fault) {
+        self.faults[usize::from(v6)].store(fault as u8, Ordering::SeqCst);
     }
 
     /// Stops answering: its sockets close (queries go unanswered).
