@@ -77,8 +77,13 @@ pub struct Backend {
     pub address: String,
     /// Pool name (for metrics labels).
     pub pool: Arc<str>,
-    /// Static config (TLS etc.); replaced only by building a new `Backend`.
+    /// Static config (TLS etc.); replaced only by building a new `Backend`. Its
+    /// `discovered_from` is the entry that first found it: [`Backend::discovered_from`] is
+    /// the one that finds it now.
     pub config: BackendConfig,
+    /// The discovery entry whose answer holds this backend now (a reload or a renamed entry
+    /// may find the same address under another name: the backend stays the same).
+    found_by: arc_swap::ArcSwapOption<String>,
     weight: AtomicU32,
     max_connections: AtomicU64,
     state: AtomicU8,
@@ -172,6 +177,7 @@ impl Backend {
             last_check_ms: AtomicU64::new(0),
             reported_down: AtomicBool::new(false),
             metrics,
+            found_by: arc_swap::ArcSwapOption::new(config.discovered_from.clone().map(Arc::new)),
             config,
         }
     }
@@ -190,6 +196,19 @@ impl Backend {
                 proxy_protocol: None,
             },
         )
+    }
+
+    /// The discovery entry that found it (its name as written), or `None` for a configured
+    /// backend.
+    pub fn discovered_from(&self) -> Option<Arc<String>> {
+        self.found_by.load_full()
+    }
+
+    /// Records which entry finds it now (a reload or discovery round kept it).
+    pub fn set_discovered_from(&self, entry: Option<&String>) {
+        if self.found_by.load().as_deref() != entry {
+            self.found_by.store(entry.cloned().map(Arc::new));
+        }
     }
 
     /// Configured weight (≥ 1).

@@ -68,6 +68,10 @@ pub enum Outcome {
     ClientBodyTooLarge,
     /// The client went away before its answer.
     ClientGone,
+    /// The backend ended the connection while the client's body was still flowing to it:
+    /// most often an early answer (`413`, `401`) and a close, whose answer the reset took
+    /// with it; an application's refusal, not a failing backend: `502`, not counted.
+    UploadCutShort,
     /// The connect was refused, reset or unreachable.
     ConnectFailed,
     /// The connect (or, for an upgrade, the whole attempt up to the 101) took longer than
@@ -88,7 +92,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for tests and docs.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Answered,
         Outcome::UpgradeRefused,
         Outcome::ApplicationError,
@@ -96,6 +100,7 @@ impl Outcome {
         Outcome::ClientBodyBroken,
         Outcome::ClientBodyTooLarge,
         Outcome::ClientGone,
+        Outcome::UploadCutShort,
         Outcome::ConnectFailed,
         Outcome::ConnectTimedOut,
         Outcome::TlsFailed,
@@ -108,7 +113,7 @@ impl Outcome {
     /// Who is responsible.
     pub fn party(self) -> Party {
         match self {
-            Outcome::Answered | Outcome::UpgradeRefused => Party::None,
+            Outcome::Answered | Outcome::UpgradeRefused | Outcome::UploadCutShort => Party::None,
             Outcome::ApplicationError => Party::Application,
             Outcome::ClientBodyStalled | Outcome::ClientBodyBroken | Outcome::ClientBodyTooLarge | Outcome::ClientGone => Party::Client,
             Outcome::ConnectFailed
@@ -132,6 +137,7 @@ impl Outcome {
             Outcome::ClientBodyBroken => Answer::Status(400),
             Outcome::ClientBodyTooLarge => Answer::Status(413),
             Outcome::ClientGone => Answer::Nothing,
+            Outcome::UploadCutShort => Answer::Status(502),
             Outcome::ConnectFailed | Outcome::ConnectTimedOut | Outcome::TlsFailed => Answer::NextBackend,
             // A plain request whose connection was lost is retried once on a fresh
             // connection when it is safe (see `server::forward`); then 502.
@@ -151,6 +157,7 @@ impl Outcome {
             Outcome::ClientBodyBroken => "client_body_broken",
             Outcome::ClientBodyTooLarge => "client_body_too_large",
             Outcome::ClientGone => "client_gone",
+            Outcome::UploadCutShort => "upload_cut_short",
             Outcome::ConnectFailed => "connect_failed",
             Outcome::ConnectTimedOut => "connect_timed_out",
             Outcome::TlsFailed => "tls_failed",
@@ -181,6 +188,7 @@ mod tests {
             match o.answer(false) {
                 // A client-visible 408/400/413 is always the client's doing.
                 Answer::Status(408 | 400 | 413) => assert_eq!(p, Party::Client, "{o:?}"),
+                Answer::Status(502) if o == Outcome::UploadCutShort => assert_eq!(p, Party::None),
                 Answer::Status(502 | 504) | Answer::NextBackend => assert_eq!(p, Party::Backend, "{o:?}"),
                 Answer::Status(503) => assert_eq!(p, Party::Balancer, "{o:?}"),
                 Answer::Nothing => assert_eq!(p, Party::Client, "{o:?}"),

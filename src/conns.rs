@@ -25,8 +25,11 @@ pub struct ConnShared {
     pub backend: Arc<Backend>,
     /// Pool name.
     pub pool: Arc<str>,
-    /// Listener the client came in on.
+    /// Listener the client came in on (its name then).
     pub listener: Arc<str>,
+    /// The listening socket that accepted it ([`crate::listeners::BoundListener::sockets`]):
+    /// what it belongs to whatever the listener is called by later reloads.
+    pub socket: u64,
     close_at_ms: AtomicU64,
     close_code: AtomicU16,
     /// Woken when a close is requested.
@@ -93,12 +96,13 @@ impl Drop for Registration {
 
 impl ConnTable {
     /// Registers a new connection on `backend`.
-    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, listener: Arc<str>, now_ms: u64) -> Registration {
+    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, listener: Arc<str>, socket: u64, now_ms: u64) -> Registration {
         let id = self.next_id.fetch_add(1, Relaxed);
         let shared = Arc::new(ConnShared {
             id,
             pool: backend.pool.clone(),
             listener,
+            socket,
             backend,
             close_at_ms: AtomicU64::new(NEVER),
             close_code: AtomicU16::new(0),
@@ -161,7 +165,7 @@ mod tests {
         let t = Arc::new(ConnTable::default());
         let b = Backend::for_test("a:1", 1);
         let listener: Arc<str> = "l".into();
-        let mut regs: Vec<Registration> = (0..8_000).map(|_| t.register(b.clone(), listener.clone(), 1)).collect();
+        let mut regs: Vec<Registration> = (0..8_000).map(|_| t.register(b.clone(), listener.clone(), 0, 1)).collect();
         assert_eq!(t.len(), 8_000);
         let peak = capacity(&t);
         assert!(peak >= 8_000, "{peak}");

@@ -25,6 +25,11 @@ pub struct BoundListener {
     pub(crate) name_tx: watch::Sender<Arc<str>>,
     /// Accept loops still holding a socket of this listener (0 once all are closed).
     pub(crate) open_loops: Arc<std::sync::atomic::AtomicUsize>,
+    /// The sockets whose connections are this listener's: its own (first), and those of
+    /// the listener it replaced when a reload moved it to another address (their
+    /// connections stay its own). A connection belongs to a socket, not to a name: a
+    /// rename follows it, a removal drains all of them.
+    pub sockets: Vec<u64>,
 }
 
 impl BoundListener {
@@ -55,19 +60,14 @@ pub(crate) struct BoundSockets {
     socks: Vec<std::net::TcpListener>,
 }
 
-impl BoundSockets {
-    /// The name it will listen under.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-}
-
 /// One worker's share of a listener.
 pub(crate) struct Listen {
     /// The process's shared state, for the connections it accepts.
     pub(crate) shared: Arc<Shared>,
     /// The listener's current name (a reload may rename it).
     pub(crate) name: watch::Receiver<Arc<str>>,
+    /// The listener's socket id.
+    pub(crate) socket: u64,
     /// This worker's socket.
     pub(crate) sock: std::net::TcpListener,
     /// The socket is this worker's alone, so the options it hands down to accepted sockets
@@ -101,11 +101,21 @@ impl Shared {
         self.listeners.lock().ok()?.iter().find(|l| l.name == name).map(|l| l.actual)
     }
 
-    /// Is a listener of this name still open? A connection that registers after a reload
-    /// removed its listener was missed by the reload's close pass and must close itself
-    /// (a listener moved to a new address keeps its name, and its connections).
-    pub fn listener_open(&self, name: &str) -> bool {
-        self.listeners.lock().map(|l| l.iter().any(|b| b.name == name)).unwrap_or(true)
+    /// Is the listener that accepted on socket `id` still open (under whatever name)? A
+    /// connection that registers after a reload removed its listener was missed by the
+    /// reload's close pass and must close itself (a listener moved to a new address keeps
+    /// its connections: its old socket is among its `sockets`).
+    pub fn socket_open(&self, id: u64) -> bool {
+        self.listeners
+            .lock()
+            .map(|l| l.iter().any(|b| b.sockets.contains(&id)))
+            .unwrap_or(true)
+    }
+
+    /// The current name of the listener that accepted on socket `id` (`None` once closed).
+    pub fn socket_name(&self, id: u64) -> Option<Arc<str>> {
+        let l = self.listeners.lock().ok()?;
+        l.iter().find(|b| b.sockets.contains(&id)).map(|b| Arc::from(b.name.as_str()))
     }
 
     /// Binds a listener on every worker (one `SO_REUSEPORT` socket each) and starts
@@ -132,6 +142,8 @@ impl Shared {
 
     /// Starts accepting on bound sockets, one accept loop per worker.
     pub(crate) fn start_listener(self: &Arc<Self>, b: BoundSockets) -> BoundListener {
+        static NEXT_SOCKET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let socket = NEXT_SOCKET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (stop, stop_rx) = watch::channel(false);
         let (name_tx, name_rx) = watch::channel::<Arc<str>>(Arc::from(b.name.as_str()));
         let open_loops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -141,6 +153,7 @@ impl Shared {
             let cmd = WorkerCmd::Listen(Listen {
                 shared: self.clone(),
                 name: name_rx.clone(),
+                socket,
                 sock,
                 own_socket,
                 stop: stop_rx.clone(),
@@ -158,6 +171,7 @@ impl Shared {
             stop,
             name_tx,
             open_loops,
+            sockets: vec![socket],
         }
     }
 }

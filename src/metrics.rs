@@ -127,7 +127,7 @@ fn render_backends(out: &mut String, now_ms: u64) {
             // successor's state is the one that serves.
             if matches!(v.serving, None | Some(3)) {
                 v.serving = Some(serving);
-                v.discovered_from.clone_from(&b.config.discovered_from);
+                v.discovered_from = b.discovered_from().map(|n| n.to_string());
             }
             let m = &b.metrics;
             for (sum, c) in v.http.iter_mut().zip(&m.http) {

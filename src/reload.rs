@@ -161,7 +161,12 @@ fn run(shared: &Arc<Shared>, source: Source) -> Outcome {
     };
     crate::metrics::reload(result.is_ok());
     match &result {
-        Ok(()) => tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "config reloaded"),
+        Ok(notes) => tracing::info!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "config reloaded{}{}",
+            if notes.is_empty() { "" } else { ":\n" },
+            notes.join("\n")
+        ),
         Err(e) => tracing::error!(
             errors = e.len(),
             "config reload rejected; the old config keeps serving:\n{}",
@@ -192,39 +197,26 @@ fn check_text(path: &std::path::Path, text: &str) -> Result<Config, Vec<crate::c
 /// are the kept backends' settings written, the runtime swapped and the difference applied.
 fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     let old = shared.runtime.load_full();
-    // Discovered backends stay: the entries that stay keep their last answers.
-    let prepared = Runtime::prepare(cfg, Some(&old), &old.discovered).map_err(|e| vec![e])?;
-    // Listeners to open: new names, or a changed bind address. A new name on the address
-    // of a listener this reload removes is a rename: its sockets are handed over, since
-    // binding the address again while they are open would fail.
-    let mut renames: Vec<(String, String)> = Vec::new();
-    let to_open: Vec<(String, std::net::SocketAddr)> = {
+    // Discovered backends stay: the entries that stay keep their last answers, and entries
+    // new to this config are asked now, before anything is built from them (bounded by the
+    // resolver's timeout): a renamed entry that finds the same addresses keeps its backends.
+    let mut asked = crate::discovery::ask_new(&cfg, &old.config);
+    let (found, held) = asked.merged(&old.discovered);
+    let mut notes = std::mem::take(&mut asked.notes);
+    notes.extend(held);
+    let prepared = Runtime::prepare(cfg, Some(&old), &found).map_err(|e| vec![e])?;
+    // Sockets are matched by address, not by name: a wanted listener whose address a bound
+    // one has takes that one's sockets (renamed if its name differs), so renames, moves of a
+    // name to another address and swaps of two addresses apply in one reload without
+    // binding an address that is still open. Only addresses nobody has are bound anew.
+    let plan: ListenerPlan = {
         let bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted = &prepared.config().listeners;
-        let mut to_open = Vec::new();
-        for l in wanted {
-            if bound
-                .iter()
-                .any(|b| b.name == l.name && (b.configured == l.bind || b.actual == l.bind))
-            {
-                continue;
-            }
-            let handed = bound.iter().find(|b| {
-                (b.configured == l.bind || b.actual == l.bind)
-                    && !wanted.iter().any(|w| w.name == b.name)
-                    && !renames.iter().any(|(from, _)| *from == b.name)
-            });
-            match handed {
-                Some(b) => renames.push((b.name.clone(), l.name.clone())),
-                None => to_open.push((l.name.clone(), l.bind)),
-            }
-        }
-        to_open
+        plan_listeners(&bound, &prepared.config().listeners)
     };
-    let mut opened = Vec::with_capacity(to_open.len());
-    for (name, bind) in to_open {
+    let mut opened = Vec::with_capacity(plan.to_open.len());
+    for (name, bind) in &plan.to_open {
         // On failure `opened` is dropped: its sockets close, none ever accepted.
-        opened.push(Shared::bind_listener(&name, bind, shared.workers()).map_err(|e| vec![e])?);
+        opened.push(Shared::bind_listener(name, *bind, shared.workers()).map_err(|e| vec![e])?);
     }
     // Nothing below can fail: commit.
     let rt = Arc::new(prepared.commit());
@@ -232,41 +224,101 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     shared.runtime.store(rt.clone());
     let now = clock::now_ms();
     let mut bound = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
-    for (from, to) in &renames {
-        if let Some(b) = bound.iter_mut().find(|b| b.name == *from) {
-            tracing::info!(listener = %to, previous = %from, addr = %b.actual, "listener renamed by reload (same sockets)");
-            b.rename(to);
+    let mut all: Vec<Option<crate::listeners::BoundListener>> = bound.drain(..).map(Some).collect();
+    let mut keep = Vec::with_capacity(plan.keep.len() + opened.len());
+    for (i, name) in &plan.keep {
+        let Some(mut b) = all[*i].take() else { continue };
+        if b.name != *name {
+            tracing::info!(listener = %name, previous = %b.name, addr = %b.actual, "listener renamed by reload (same sockets)");
+            b.rename(name);
         }
+        keep.push(b);
     }
-    let (keep, gone): (Vec<_>, Vec<_>) = bound.drain(..).partition(|b| {
-        rt.config
-            .listeners
-            .iter()
-            .any(|l| l.name == b.name && (l.bind == b.configured || l.bind == b.actual))
-            && !opened.iter().any(|o| o.name() == b.name)
-    });
-    *bound = keep;
+    let mut gone: Vec<crate::listeners::BoundListener> = all.into_iter().flatten().collect();
     for o in opened {
-        let l = shared.start_listener(o);
-        bound.push(l);
+        let mut l = shared.start_listener(o);
+        // A name moved to a new address: the connections of its old socket stay its own.
+        if let Some(old) = gone.iter_mut().find(|g| g.name == l.name) {
+            l.sockets.append(&mut old.sockets);
+        }
+        keep.push(l);
     }
+    *bound = keep;
     // Removed from the list (under its lock) before the connections are selected: one that
-    // registers later sees its listener gone and closes itself (`upgrade::start`).
-    let open_names: Vec<String> = bound.iter().map(|b| b.name.clone()).collect();
+    // registers later sees its socket gone and closes itself (`upgrade::start`).
     drop(bound);
-    // Listeners gone (or moved): stop accepting; a name gone for good drains with 1001.
+    // Listeners gone (or moved): stop accepting; the connections of a socket whose
+    // listener is gone (not moved) drain with 1001.
     for b in gone {
         // Waits (bounded) until every worker closed its socket: the next reload may bind the
         // same address again.
         b.close(std::time::Duration::from_secs(2));
-        if !open_names.contains(&b.name) {
-            let conns = shared.conns.select(|c| *c.listener == *b.name);
+        if !b.sockets.is_empty() {
+            let conns = shared.conns.select(|c| b.sockets.contains(&c.socket));
             ConnTable::spread_close(&conns, now, drain_ms, crate::ws::CloseCode::GoingAway.code());
         }
         tracing::info!(listener = %b.name, addr = %b.actual, "listener closed by reload");
     }
     shared.drain_removed(&old, &rt, now);
-    Ok(())
+    Ok(notes)
+}
+
+/// How a reload's listeners map onto the bound ones.
+#[derive(Debug, PartialEq)]
+struct ListenerPlan {
+    /// Bound listeners kept (by index), each under the name it takes.
+    keep: Vec<(usize, String)>,
+    /// Listeners to bind anew.
+    to_open: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// Matches the wanted listeners to the bound ones by address (the configured one, or the
+/// one a port-0 listener got); a wanted listener without one is bound anew. Bound listeners
+/// no wanted one matches are closed by the caller.
+fn plan_listeners(bound: &[crate::listeners::BoundListener], wanted: &[crate::config::ListenerConfig]) -> ListenerPlan {
+    plan_by_address(
+        &bound.iter().map(|b| (b.configured, b.actual, b.name.as_str())).collect::<Vec<_>>(),
+        &wanted.iter().map(|l| (l.name.as_str(), l.bind)).collect::<Vec<_>>(),
+    )
+}
+
+/// [`plan_listeners`] over plain values: `bound` as (configured, actual, name), `wanted` as
+/// (name, bind). A bound listener under the same name is preferred when two could match (a
+/// port-0 listener reloaded as written).
+fn plan_by_address(bound: &[(std::net::SocketAddr, std::net::SocketAddr, &str)], wanted: &[(&str, std::net::SocketAddr)]) -> ListenerPlan {
+    let mut claimed = vec![false; bound.len()];
+    let mut plan = ListenerPlan {
+        keep: Vec::new(),
+        to_open: Vec::new(),
+    };
+    let matches = |b: &(std::net::SocketAddr, std::net::SocketAddr, &str), bind: std::net::SocketAddr| {
+        // Port 0 asks for any port: it matches only the listener it was written for.
+        b.0 == bind && bind.port() != 0 || b.1 == bind
+    };
+    let wanted_name = |n: &str| wanted.iter().any(|(w, _)| *w == n);
+    for &(name, bind) in wanted {
+        let free = |i: usize| !claimed[i];
+        // The same name on the same address (for port 0: the same configured address).
+        let same_name = (0..bound.len())
+            .find(|&i| free(i) && bound[i].2 == name && (matches(&bound[i], bind) || (bind.port() == 0 && bound[i].0 == bind)));
+        // Another listener's address; for port 0, a listener of that configured address
+        // whose name no wanted listener has (a rename).
+        let other = || {
+            (0..bound.len()).find(|&i| free(i) && matches(&bound[i], bind)).or_else(|| {
+                (bind.port() == 0)
+                    .then(|| (0..bound.len()).find(|&i| free(i) && bound[i].0 == bind && !wanted_name(bound[i].2)))
+                    .flatten()
+            })
+        };
+        match same_name.or_else(other) {
+            Some(i) => {
+                claimed[i] = true;
+                plan.keep.push((i, name.to_string()));
+            }
+            None => plan.to_open.push((name.to_string(), bind)),
+        }
+    }
+    plan
 }
 
 /// How often `--watch` looks at the file.
@@ -378,4 +430,40 @@ pub fn watch_file(shared: Arc<Shared>, control: &tokio::runtime::Handle, loaded:
             let _ = queued(&shared, Source::Text(settled.text)).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> std::net::SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn listeners_are_matched_by_address() {
+        let bound = [
+            (a("127.0.0.1:8001"), a("127.0.0.1:8001"), "a"),
+            (a("127.0.0.1:8002"), a("127.0.0.1:8002"), "b"),
+            (a("127.0.0.1:0"), a("127.0.0.1:40000"), "z"),
+        ];
+        // A swap of two addresses: both keep their sockets under the other name.
+        let plan = plan_by_address(
+            &bound,
+            &[("a", a("127.0.0.1:8002")), ("b", a("127.0.0.1:8001")), ("z", a("127.0.0.1:0"))],
+        );
+        assert_eq!(plan.keep, vec![(1, "a".to_string()), (0, "b".to_string()), (2, "z".to_string())]);
+        assert!(plan.to_open.is_empty());
+        // A name moved to a new port: bound anew; its old socket is not kept.
+        let plan = plan_by_address(&bound, &[("a", a("127.0.0.1:8003")), ("b", a("127.0.0.1:8002"))]);
+        assert_eq!(plan.keep, vec![(1, "b".to_string())]);
+        assert_eq!(plan.to_open, vec![("a".to_string(), a("127.0.0.1:8003"))]);
+        // A rename on a port-0 address keeps the socket; another port-0 listener is new.
+        let plan = plan_by_address(&bound, &[("y", a("127.0.0.1:0")), ("x", a("127.0.0.1:0"))]);
+        assert_eq!(plan.keep, vec![(2, "y".to_string())]);
+        assert_eq!(plan.to_open, vec![("x".to_string(), a("127.0.0.1:0"))]);
+        // The actual address of a port-0 listener written out is that listener.
+        let plan = plan_by_address(&bound, &[("w", a("127.0.0.1:40000"))]);
+        assert_eq!(plan.keep, vec![(2, "w".to_string())]);
+    }
 }

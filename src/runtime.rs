@@ -203,7 +203,8 @@ struct PreparedPool {
 
 impl PreparedPool {
     /// Builds a pool's backends aside: those of `old` with the same address, TLS settings
-    /// and discovery source are kept (not written to); new ones ramp when `ramp`.
+    /// and PROXY mode are kept (not written to), whichever entry found them; new ones ramp
+    /// when `ramp`.
     fn new(name: &str, pc: &PoolConfig, old: Option<&Pool>, found: &FoundSets, ramp: bool, reuse_tls: bool) -> Result<Self, String> {
         let now = clock::now_ms();
         let pname: Arc<str> = old.map(|o| o.name.clone()).unwrap_or_else(|| Arc::from(name));
@@ -214,11 +215,11 @@ impl PreparedPool {
         for bc in &settings {
             let kept = old
                 .and_then(|o| o.backend(&bc.address))
-                // How the backend is spoken to (TLS, PROXY header) is part of what it is: a
-                // change makes a new backend, so a connection never uses a stale setting.
-                .filter(|b| {
-                    b.config.tls == bc.tls && b.config.discovered_from == bc.discovered_from && b.config.proxy_protocol == bc.proxy_protocol
-                });
+                // A backend is its address and how it is spoken to (TLS, PROXY header): a
+                // change of those makes a new backend, so a connection never uses a stale
+                // setting. Which entry found it does not matter: an address found under a
+                // renamed or another entry keeps its connections, counters and health.
+                .filter(|b| b.config.tls == bc.tls && b.config.proxy_protocol == bc.proxy_protocol);
             let b = match kept {
                 Some(b) => b.clone(),
                 None => {
@@ -258,6 +259,7 @@ impl PreparedPool {
     fn commit(self, tcp_keepalive: Option<std::time::Duration>) -> Pool {
         let slow_ms = self.config.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
         for (b, bc) in self.backends.iter().zip(&self.settings) {
+            b.set_discovered_from(bc.discovered_from.as_ref());
             b.set_weight(bc.weight);
             b.set_max_connections(bc.max_connections);
             b.slow_start_ms.store(slow_ms, Relaxed);

@@ -68,7 +68,7 @@ impl Shared {
 }
 
 /// The outcome of one reload: `Ok`, or every error (one per line in the API's answer).
-pub type ReloadOutcome = Result<(), Vec<String>>;
+pub type ReloadOutcome = Result<Vec<String>, Vec<String>>;
 
 /// What a reload reads its config from.
 pub enum ReloadSource {

@@ -223,7 +223,12 @@ fn rewrite_request(req: &ClientRequest<'_>) -> Vec<u8> {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded = Vec::new();
     for h in req.headers {
-        if h.name.eq_ignore_ascii_case("x-forwarded-proto") || h.name.eq_ignore_ascii_case("x-forwarded-for") {
+        // `Expect` is this hop's (a `100 Continue` would come back as the answer), and the
+        // client's forwarding fields are replaced below.
+        if h.name.eq_ignore_ascii_case("x-forwarded-proto")
+            || h.name.eq_ignore_ascii_case("x-forwarded-for")
+            || h.name.eq_ignore_ascii_case("expect")
+        {
             continue;
         }
         if h.name.eq_ignore_ascii_case("forwarded") {
@@ -265,7 +270,9 @@ fn verify(head: &[u8], expected_accept: &[u8; 28]) -> Result<u8, Rejected> {
         // a 2xx/3xx says the URL is no WebSocket endpoint, a 5xx is the application's error.
         Some(400..=499) => return Err((Outcome::UpgradeRefused, "backend refused the request (4xx)")),
         Some(500..=599) => return Err((Outcome::ApplicationError, "backend answered 5xx")),
-        Some(200..=399) => return Err((Outcome::UpgradeRefused, "backend answered without upgrading")),
+        // An interim answer (`100 Continue` to an `Expect` the backend honoured) or any
+        // answer without an upgrade: the application's, not a broken backend.
+        Some(100..=399) => return Err((Outcome::UpgradeRefused, "backend answered without upgrading")),
         _ => return Err((Outcome::InvalidAnswer, "status is not 101")),
     }
     let headers: &[httparse::Header<'_>] = resp.headers;
@@ -345,7 +352,7 @@ mod tests {
             verify(b"HTTP/1.1 503 Busy\r\n\r\n", &acc),
             Err((Outcome::ApplicationError, _))
         ));
-        for s in ["400 Bad Request", "401 Unauthorized", "431 Too Large", "302 Found"] {
+        for s in ["400 Bad Request", "401 Unauthorized", "431 Too Large", "302 Found", "100 Continue"] {
             let head = format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\n\r\n");
             assert!(matches!(verify(head.as_bytes(), &acc), Err((Outcome::UpgradeRefused, _))), "{s}");
         }

@@ -564,3 +564,162 @@ async fn every_outcome_of_the_blame_table_reaches_passive_health_only_when_the_b
     })
     .await
 }
+
+/// Attack review of issue 25 (raw sockets, scripted backends): each way a client or an
+/// application could still get a healthy backend blamed, or hold connections for ever.
+#[tokio::test]
+async fn a_backend_that_gives_up_on_a_stalled_body_or_rejects_an_upload_early_is_not_blamed() {
+    bounded(async {
+        let impatient = scripted(Script::GivesUpOnSlowBody).await;
+        let rejecting = scripted(Script::RejectsEarly).await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ host: impatient }}\n        pool: impatient\n      - pool: rejecting\npools:\n  impatient:\n    backends:\n      - address: \"{}\"\n  rejecting:\n    backends:\n      - address: \"{}\"\nlimits:\n  request_timeout: 2s\n  max_request_body_bytes: 64MiB\n",
+            impatient.addr, rejecting.addr
+        );
+        let p = Proxy::start(&yaml);
+        // The client stalls after 5 of 10 bytes; the backend gives up after 300 ms.
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(p.addr).await.unwrap();
+            s.write_all(b"POST /upload HTTP/1.1\r\nHost: impatient\r\nContent-Length: 10\r\n\r\n01234").await.unwrap();
+            assert_eq!(head_status(&mut s).await, 408, "the client's stall, as the backend saw it");
+        }
+        assert_eq!(pool_backend(&p, "impatient").passive_failures.load(Relaxed), 0);
+        // An 8 MiB upload that the backend refuses at once (413 and close).
+        for _ in 0..4 {
+            let s = TcpStream::connect(p.addr).await.unwrap();
+            let (mut rd, mut wr) = s.into_split();
+            let up = tokio::spawn(async move {
+                let _ = wr.write_all(b"POST /upload HTTP/1.1\r\nHost: rejecting\r\nContent-Length: 8388608\r\n\r\n").await;
+                let chunk = vec![b'x'; 65536];
+                for _ in 0..128 {
+                    if wr.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let status = head_status(&mut rd).await;
+            assert!(status == 413 || status == 502, "{status}");
+            up.abort();
+        }
+        assert_eq!(pool_backend(&p, "rejecting").passive_failures.load(Relaxed), 0, "an early answer is no failure");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upgrade_with_a_body_is_refused_and_expect_is_not_forwarded() {
+    bounded(async {
+        let expecting = scripted(Script::HonoursExpect).await;
+        let p = Proxy::start(&config("round_robin", &[expecting.addr], ""));
+        for body in [
+            "Content-Length: 64\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            let resp = raw_exchange(p.addr, upgrade_request("/", body).as_bytes()).await;
+            assert_eq!(status(&resp), 400, "{resp}");
+            assert!(resp.contains("a WebSocket upgrade carries no body"), "{resp}");
+        }
+        assert_eq!(expecting.accepted.load(SeqCst), 0, "nothing reached the backend");
+        // `Expect: 100-continue` is this hop's: the backend never sees it, answers 101.
+        for _ in 0..4 {
+            let resp = raw_exchange(p.addr, upgrade_request("/", "Expect: 100-continue\r\n").as_bytes()).await;
+            assert_eq!(status(&resp), 101, "{resp}");
+        }
+        assert_eq!(p.backend(0).passive_failures.load(Relaxed), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stalled_trickled_and_unread_exchanges_all_end() {
+    bounded(async {
+        let early = scripted(Script::AnswersEarlyThenDrains).await;
+        let firehose = scripted(Script::Firehose).await;
+        let b = http_backend("b").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ host: early }}\n        pool: early\n      - match: {{ host: firehose }}\n        pool: firehose\n      - pool: b\npools:\n  early:\n    backends:\n      - address: \"{}\"\n  firehose:\n    backends:\n      - address: \"{}\"\n  b:\n    backends:\n      - address: \"{}\"\nlimits:\n  request_timeout: 1s\n  idle_timeout: 1s\n  keepalive_timeout: 30s\n",
+            early.addr, firehose.addr, b.addr
+        );
+        let p = Proxy::start(&yaml);
+        // An early answer, then a body that never comes: the connection ends.
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: early\r\nContent-Length: 1000000\r\n\r\n0123456789").await.unwrap();
+        assert_eq!(head_status(&mut s).await, 401);
+        assert!(closed_soon(&mut s).await, "the stalled body ends the connection");
+        // A body trickled a byte every 400 ms (under request_timeout each time, far under 500
+        // bytes a second): 408.
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: b\r\nContent-Length: 100\r\n\r\n").await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                if wr.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        });
+        let started = Instant::now();
+        assert_eq!(head_status(&mut rd).await, 408);
+        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        trickle.abort();
+        // A client that never reads a 64 MiB answer: cut off after idle_timeout of no reading.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(p.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: firehose\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut got = 0usize;
+        let mut b2 = vec![0u8; 65536];
+        let ended = tokio::time::timeout(T, async {
+            loop {
+                match s.read(&mut b2).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok() && got < 64 << 20, "the unread answer was cut off ({got} bytes read)");
+        // Meanwhile and after, others are served.
+        let (mut s, mut buf) = (TcpStream::connect(p.addr).await.unwrap(), Vec::new());
+        assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().body, "b");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_101_to_a_plain_request_is_the_backends_fault_and_chunked_twice_is_refused() {
+    bounded(async {
+        let liar = scripted(Script::Switches).await;
+        let b = http_backend("b").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ host: liar }}\n        pool: liar\n      - pool: p\npools:\n  liar:\n    backends:\n      - address: \"{}\"\n  p:\n    backends:\n      - address: \"{}\"\n",
+            liar.addr, b.addr
+        );
+        let p = Proxy::start(&yaml);
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: liar\r\n\r\n").await.unwrap();
+        assert_eq!(head_status(&mut s).await, 502);
+        assert_eq!(pool_backend(&p, "liar").passive_failures.load(Relaxed), 1);
+        // chunked applied twice: refused on the first request and on a later one.
+        let twice = "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for second in [false, true] {
+            let (mut s, mut buf) = (TcpStream::connect(p.addr).await.unwrap(), Vec::new());
+            if second {
+                assert_eq!(roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap().status, 200);
+            }
+            let before = b.seen.requests.load(SeqCst);
+            let r = roundtrip(&mut s, &mut buf, twice).await.expect("an answer");
+            assert_eq!(r.status, 400, "second: {second}: {}", r.body);
+            assert_eq!(b.seen.requests.load(SeqCst), before);
+        }
+        // A one-shot client that shuts its sending side after the request gets its answer.
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(get("/", "Connection: close\r\n").as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        assert_eq!(head_status(&mut s).await, 200);
+    })
+    .await
+}

@@ -46,7 +46,7 @@ fn backend(b: &Backend) -> Value {
     let max = b.max_connections();
     json!({
         "address": b.address,
-        "discovered_from": b.config.discovered_from,
+        "discovered_from": b.discovered_from().as_deref(),
         "state": b.state().name(),
         "weight": b.weight(),
         "max_connections": (max != 0).then_some(max),
@@ -120,7 +120,8 @@ pub(crate) async fn reload(admin: &Admin) -> Resp {
     // Queued behind any reload already asked for; the queue logs the outcome and records
     // it for `/api/status`.
     match crate::reload::reload_async(&admin.shared).await {
-        Ok(()) => text(StatusCode::OK, "ok\n"),
+        // What entries new to the config found, one line each, after the `ok`.
+        Ok(notes) => text(StatusCode::OK, notes.iter().fold("ok\n".to_string(), |acc, n| acc + n + "\n")),
         Err(errors) => {
             let mut body = errors.join("\n");
             body.push('\n');

@@ -410,6 +410,15 @@ impl Discover {
         }
     }
 
+    /// Do `self` and `other` ask the same question (whatever their `refresh`)?
+    pub fn same_query(&self, other: &Discover) -> bool {
+        match (self, other) {
+            (Discover::Hosts { name: a, port: p, .. }, Discover::Hosts { name: b, port: q, .. }) => a == b && p == q,
+            (Discover::Srv { name: a, .. }, Discover::Srv { name: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
     /// How often DNS is asked again.
     pub fn refresh(&self) -> Duration {
         match self {

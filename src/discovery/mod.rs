@@ -47,15 +47,95 @@ fn entries(config: &Config) -> Vec<(EntryKey, Discover)> {
 /// of its own so it may be called from anywhere: at most twice `resolver.timeout`. Returns
 /// the entries that answered; every failure is logged and counted.
 pub fn initial(config: &Config) -> FoundSets {
-    let entries = entries(config);
+    ask_once(config, |_, _| true).0
+}
+
+/// Asks, before a reload commits, for the discovery entries of `config` that `previous` did
+/// not have (a new or renamed entry, another name, port or kind): a pool is never built
+/// from entries nobody asked yet, so an entry renamed to a name with the same addresses
+/// keeps its backends and their clients. Bounded like [`initial`]. Returns the answers and
+/// one line per entry asked, saying what it found, for the reload's answer.
+pub fn ask_new(config: &Config, previous: &Config) -> NewEntries {
+    let known = entries(previous);
+    let is_new = |key: &EntryKey, d: &Discover| !known.iter().any(|(k, kd)| k == key && kd.same_query(d));
+    let asked = entries(config).into_iter().filter(|(k, d)| is_new(k, d)).map(|(k, _)| k).collect();
+    let now = entries(config);
+    let gone = known
+        .iter()
+        .filter(|(k, _)| !now.iter().any(|(nk, _)| nk == k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let (found, notes) = ask_once(config, is_new);
+    NewEntries { found, notes, asked, gone }
+}
+
+/// What a reload's new discovery entries found.
+#[derive(Debug, Default)]
+pub struct NewEntries {
+    /// The answers of those that answered.
+    pub found: FoundSets,
+    /// One line per entry asked, for the reload's answer.
+    pub notes: Vec<String>,
+    /// Every entry asked (new to the config, or asking something else now).
+    pub asked: Vec<EntryKey>,
+    /// The previous config's entries this config no longer has.
+    pub gone: Vec<EntryKey>,
+}
+
+impl NewEntries {
+    /// The found sets a reload builds from, starting from the live ones (`kept`): the answers
+    /// of entries that stay, those of new entries, and — for a pool whose new entries all
+    /// found nothing yet while entries of it go away (a renamed name that does not answer) —
+    /// the last answers of the entries going away, held by the first new entry of the pool
+    /// until it answers itself. A reload never empties a pool because DNS is slow to learn
+    /// a new name. Returns the sets and a line for each pool that holds on.
+    pub fn merged(&mut self, kept: &FoundSets) -> (FoundSets, Vec<String>) {
+        let mut sets = kept.clone();
+        sets.extend(std::mem::take(&mut self.found));
+        let mut notes = Vec::new();
+        let mut pools: Vec<&String> = self.asked.iter().map(|(p, _)| p).collect();
+        pools.dedup();
+        for pool in pools {
+            let new: Vec<&EntryKey> = self.asked.iter().filter(|(p, _)| p == pool).collect();
+            if new.iter().any(|k| sets.contains_key(*k)) {
+                continue;
+            }
+            let mut held: Vec<crate::discovered::Found> = self
+                .gone
+                .iter()
+                .filter(|(p, _)| p == pool)
+                .filter_map(|k| kept.get(k))
+                .flatten()
+                .copied()
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            held = crate::discovered::canonical(held);
+            notes.push(format!(
+                "pool {pool}: {} holds the {} backend{} of the entries it replaces until it answers",
+                new[0].1,
+                held.len(),
+                if held.len() == 1 { "" } else { "s" }
+            ));
+            sets.insert(new[0].clone(), held);
+        }
+        (sets, notes)
+    }
+}
+
+/// Asks once, on a thread of its own, for the entries of `config` that `wanted` picks.
+fn ask_once(config: &Config, wanted: impl Fn(&EntryKey, &Discover) -> bool) -> (FoundSets, Vec<String>) {
+    let entries: Vec<_> = entries(config).into_iter().filter(|(k, d)| wanted(k, d)).collect();
     if entries.is_empty() {
-        return FoundSets::new();
+        return (FoundSets::new(), Vec::new());
     }
     let cfg = config.resolver.clone();
     let limit = cfg.timeout * 2;
-    let work = move || -> FoundSets {
+    let work = move || -> (FoundSets, Vec<String>) {
+        let mut notes = Vec::new();
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            return FoundSets::new();
+            return (FoundSets::new(), notes);
         };
         rt.block_on(async move {
             let resolver = match resolve::build(&cfg) {
@@ -63,8 +143,9 @@ pub fn initial(config: &Config) -> FoundSets {
                 Err(e) => {
                     for (key, _) in &entries {
                         failed(key, &e, &mut None, 0);
+                        notes.push(note(key, Err(&e)));
                     }
-                    return FoundSets::new();
+                    return (FoundSets::new(), notes);
                 }
             };
             let rounds = entries.iter().map(|(key, d)| {
@@ -77,20 +158,38 @@ pub fn initial(config: &Config) -> FoundSets {
                     Ok(found) => {
                         crate::metrics::discovered_backends(&key.0, &key.1, found.len());
                         tracing::info!(pool = %key.0, name = %key.1, backends = found.len(), "discovered backends");
+                        notes.push(note(key, Ok(found.len())));
                         sets.insert(key.clone(), found);
                     }
-                    Err(e) => failed(key, &e, &mut None, 0),
+                    Err(e) => {
+                        failed(key, &e, &mut None, 0);
+                        notes.push(note(key, Err(&e)));
+                    }
                 }
             }
-            sets
+            (sets, notes)
         })
     };
     match std::thread::Builder::new().name("switchyard-dns".into()).spawn(work) {
         Ok(t) => t.join().unwrap_or_default(),
         Err(e) => {
             tracing::warn!("cannot start the discovery thread: {e}; discovered pools start empty");
-            FoundSets::new()
+            (FoundSets::new(), Vec::new())
         }
+    }
+}
+
+/// What one entry's first lookup found, as a line of a reload's answer.
+fn note(key: &EntryKey, result: Result<usize, &LookupError>) -> String {
+    match result {
+        Ok(n) => format!("pool {}: {} found {n} backend{}", key.0, key.1, if n == 1 { "" } else { "s" }),
+        Err(e) => format!(
+            "pool {}: {} found nothing yet ({}: {}); asked again every refresh",
+            key.0,
+            key.1,
+            e.failure.reason(),
+            e.detail
+        ),
     }
 }
 
@@ -274,7 +373,7 @@ pub(crate) fn apply_answer(shared: &Arc<Shared>, answer: FoundAnswer) -> crate::
     let FoundAnswer { pool, entry, found } = answer;
     let new = match old.with_found(&pool, &entry, found) {
         Ok(Some(rt)) => Arc::new(rt),
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(Vec::new()),
         Err(e) => {
             tracing::warn!(pool = %pool, name = %entry, "discovered backends not applied: {e}");
             return Err(vec![e]);
@@ -284,11 +383,11 @@ pub(crate) fn apply_answer(shared: &Arc<Shared>, answer: FoundAnswer) -> crate::
     let now = crate::clock::now_ms();
     if let (Some(before), Some(after)) = (old.pools.get(&pool), new.pools.get(&pool)) {
         for b in after.backends.iter().filter(|b| !before.backends.iter().any(|o| Arc::ptr_eq(o, b))) {
-            tracing::info!(pool = %pool, backend = %b.address, name = ?b.config.discovered_from, "backend discovered: added");
+            tracing::info!(pool = %pool, backend = %b.address, name = ?b.discovered_from(), "backend discovered: added");
         }
     }
     shared.drain_removed(&old, &new, now);
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// `d` ± 10 %, so entries with the same `refresh` drift apart.

@@ -208,6 +208,16 @@ pub fn validate<'a>(req: &httparse::Request<'a, '_>) -> Result<Upgrade<'a>, Refu
             return Err(Refusal::BadRequest(why));
         }
     }
+    // RFC 6455 §4.1: the opening handshake is a GET without a body. One declared anyway
+    // would have the backend wait for bytes the relay treats as frames: refused here, so no
+    // client can hold a backend's handshake open (and get it blamed for the timeout).
+    if headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding") || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
+    }) {
+        return Err(Refusal::BadRequest(
+            "a WebSocket upgrade carries no body (Content-Length or Transfer-Encoding)",
+        ));
+    }
     let host = host(headers).ok_or(Refusal::BadRequest("missing Host header"))?;
     if host_is_hop_by_hop(headers) {
         return Err(Refusal::BadRequest(HOST_IN_CONNECTION));
@@ -295,6 +305,17 @@ mod tests {
             Err(r @ Refusal::BadRequest(_)) => assert!(r.body().contains("HTTP/1.1"), "{}", r.body()),
             other => panic!("HTTP/1.0: {other:?}"),
         }
+        for body in [
+            "Content-Length: 64\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            match check(&GOOD.replace("\r\n\r\n", &format!("\r\n{body}\r\n"))) {
+                Err(r @ Refusal::BadRequest(_)) => assert!(r.body().contains("carries no body"), "{}", r.body()),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert!(check(&GOOD.replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n")).is_ok());
         match check(&GOOD.replace("keep-alive, Upgrade", "Upgrade, Host")) {
             Err(r @ Refusal::BadRequest(_)) => assert_eq!(r.body(), format!("bad request: {HOST_IN_CONNECTION}\n")),
             other => panic!("Connection: host: {other:?}"),

@@ -24,40 +24,97 @@ pub struct RequestTally {
     pub over_limit: AtomicBool,
     /// The whole body was passed on.
     pub finished: AtomicBool,
+    /// When the whole body was passed on (process clock, ms; 0 for a request without one).
+    pub finished_at_ms: AtomicU64,
     /// The client's body failed (malformed chunk, connection lost): the client's fault.
     pub failed: AtomicBool,
+    /// The client left its body waiting too long ([`Limited`]): the client's fault.
+    pub stalled: AtomicBool,
     /// The body was last asked for more and the client had nothing yet: the wait is on the
     /// client. False while the backend side holds a chunk it cannot write (the backend is
     /// not reading), and before the body was first asked for.
     pub awaiting_client: AtomicBool,
+    /// Since when the current wait on the client lasts (process clock, ms).
+    pub awaiting_since_ms: AtomicU64,
 }
 
 impl RequestTally {
+    /// Has the body been waiting on the client for at least `ms` (and still)?
+    pub fn client_waited(&self, ms: u64) -> bool {
+        self.awaiting_client.load(Relaxed) && crate::clock::now_ms().saturating_sub(self.awaiting_since_ms.load(Relaxed)) >= ms
+    }
+
     /// Whose is the body's part of a wait that timed out: `None` when the whole body was
     /// passed on (the backend was waited for), else the outcome the wait means.
     pub fn stalled(&self) -> Option<crate::blame::Outcome> {
         if self.finished.load(Relaxed) {
             return None;
         }
-        Some(match self.awaiting_client.load(Relaxed) {
+        Some(match self.awaiting_client.load(Relaxed) || self.stalled.load(Relaxed) {
             true => crate::blame::Outcome::ClientBodyStalled,
             false => crate::blame::Outcome::NoAnswerInTime,
         })
     }
 }
 
-/// A client's request body, cut off with an error past `limit` bytes.
+/// The slowest average a request body may arrive at once its first `request_timeout` of
+/// waiting is spent (Apache's `mod_reqtimeout` default): a client trickling a byte just
+/// inside every timeout cannot hold a connection for the days its size limit would allow.
+pub const MIN_BODY_RATE: f64 = 500.0;
+
+/// A client's request body, cut off with an error past `limit` bytes, or when the client
+/// leaves it waiting: for `patience` at once (NGINX's `client_body_timeout`), or for longer
+/// in all than `patience` plus a second per [`MIN_BODY_RATE`] bytes received. Only time
+/// spent waiting on the client counts: a backend that does not read is no client's fault.
 #[derive(Debug)]
 pub struct Limited {
     inner: Incoming,
     left: u64,
     tally: Arc<RequestTally>,
+    patience: Duration,
+    /// The deadline of the current wait on the client, made on the first wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Since when the body waits on the client (`None` while it does not).
+    waiting_since: Option<tokio::time::Instant>,
+    /// The client waits that ended, summed.
+    waited: Duration,
+    /// The deadline `timer` is set to.
+    armed_for: Option<tokio::time::Instant>,
 }
 
 impl Limited {
-    /// Wraps `inner`; `tally` records what passed.
-    pub fn new(inner: Incoming, limit: u64, tally: Arc<RequestTally>) -> Limited {
-        Limited { inner, left: limit, tally }
+    /// Wraps `inner`; `tally` records what passed; `patience` is `request_timeout`.
+    pub fn new(inner: Incoming, limit: u64, tally: Arc<RequestTally>, patience: Duration) -> Limited {
+        Limited {
+            inner,
+            left: limit,
+            tally,
+            patience,
+            timer: None,
+            waiting_since: None,
+            waited: Duration::ZERO,
+            armed_for: None,
+        }
+    }
+
+    /// The body waits on the client: true once it waited too long.
+    fn out_of_patience(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = tokio::time::Instant::now();
+        let since = *self.waiting_since.get_or_insert_with(|| {
+            self.tally.awaiting_since_ms.store(crate::clock::now_ms(), Relaxed);
+            now
+        });
+        let received = self.tally.bytes.load(Relaxed) as f64;
+        let total = self.patience + Duration::from_secs_f64(received / MIN_BODY_RATE);
+        let deadline = (since + self.patience).min(since + total.saturating_sub(self.waited));
+        if self.armed_for != Some(deadline) {
+            self.armed_for = Some(deadline);
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -70,11 +127,18 @@ impl hyper::body::Body for Limited {
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
                 this.tally.awaiting_client.store(true, Relaxed);
+                if this.out_of_patience(cx) {
+                    this.tally.stalled.store(true, Relaxed);
+                    return Poll::Ready(Some(Err("request body not received in time".into())));
+                }
                 return Poll::Pending;
             }
             Poll::Ready(f) => f,
         };
         this.tally.awaiting_client.store(false, Relaxed);
+        if let Some(since) = this.waiting_since.take() {
+            this.waited += since.elapsed();
+        }
         Poll::Ready(match frame {
             Some(Ok(f)) => {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
@@ -92,6 +156,7 @@ impl hyper::body::Body for Limited {
                 Some(Err(e.into()))
             }
             None => {
+                this.tally.finished_at_ms.store(crate::clock::now_ms(), Relaxed);
                 this.tally.finished.store(true, Relaxed);
                 None
             }

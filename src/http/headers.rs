@@ -141,7 +141,7 @@ impl Smuggling {
         match self {
             Smuggling::LengthAndChunked => "both Content-Length and Transfer-Encoding",
             Smuggling::BadLength => "invalid or conflicting Content-Length",
-            Smuggling::BadTransferEncoding => "Transfer-Encoding must end with chunked",
+            Smuggling::BadTransferEncoding => "Transfer-Encoding must end with chunked, once",
         }
     }
 }
@@ -150,7 +150,11 @@ impl Smuggling {
 /// are already refused by the parser).
 pub fn check_framing(headers: &[httparse::Header<'_>]) -> Result<(), Smuggling> {
     let mut length: Option<&[u8]> = None;
-    let mut te: Option<&[u8]> = None;
+    // The codings of every `Transfer-Encoding` line, in order: several lines are one list
+    // (RFC 9110 §5.3).
+    let mut codings = 0usize;
+    let mut chunked = 0usize;
+    let mut last_chunked = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = h.value.trim_ascii();
@@ -166,15 +170,22 @@ pub fn check_framing(headers: &[httparse::Header<'_>]) -> Result<(), Smuggling> 
                 }
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(h.value);
+            for c in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                codings += 1;
+                last_chunked = c.eq_ignore_ascii_case(b"chunked");
+                chunked += usize::from(last_chunked);
+            }
+            codings += usize::from(h.value.trim_ascii().is_empty());
+            last_chunked &= !h.value.trim_ascii().is_empty();
         }
     }
-    if let Some(te) = te {
+    if codings > 0 {
         if length.is_some() {
             return Err(Smuggling::LengthAndChunked);
         }
-        let last = te.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-        if !last.eq_ignore_ascii_case(b"chunked") {
+        // RFC 9112 §6.1: chunked last, and once (a second one would be decoded by one side
+        // and not the other).
+        if !last_chunked || chunked > 1 {
             return Err(Smuggling::BadTransferEncoding);
         }
     }
@@ -214,6 +225,22 @@ mod tests {
             Err(Smuggling::BadTransferEncoding)
         );
         assert_eq!(check_framing(&h(&[("Transfer-Encoding", "gzip, chunked")])), Ok(()));
+        for twice in [
+            &[("Transfer-Encoding", "chunked, chunked")][..],
+            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+        ] {
+            assert_eq!(check_framing(&h(twice)), Err(Smuggling::BadTransferEncoding), "{twice:?}");
+        }
+        // One list over two lines.
+        assert_eq!(
+            check_framing(&h(&[("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")])),
+            Ok(())
+        );
+        assert_eq!(
+            check_framing(&h(&[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "gzip")])),
+            Err(Smuggling::BadTransferEncoding)
+        );
+        assert_eq!(check_framing(&h(&[("Transfer-Encoding", "")])), Err(Smuggling::BadTransferEncoding));
     }
 
     #[test]

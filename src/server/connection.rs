@@ -74,6 +74,8 @@ pub struct Accepted {
     pub local: Option<SocketAddr>,
     /// It already has the socket options of the running config (from its listener).
     pub tuned: bool,
+    /// The listening socket that accepted it ([`crate::listeners::BoundListener::sockets`]).
+    pub socket: u64,
 }
 
 /// Serves one accepted TCP connection to its end: the task of every client connection.
@@ -210,7 +212,18 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
         peer: socket,
         local,
         tuned,
+        socket: listener_socket,
     } = accepted;
+    // A reload may have renamed the listener since this connection was accepted: the
+    // socket's current name is the one its settings are under.
+    let renamed;
+    let listener = match rt.config.listeners.iter().any(|l| *l.name == **listener) {
+        true => listener,
+        false => {
+            renamed = shared.socket_name(listener_socket)?;
+            &renamed
+        }
+    };
     if !tuned {
         crate::stream::tune_accepted(&sock, limits.tcp_keepalive);
     }
@@ -280,7 +293,16 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
             .admit(pending, own, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
         {
             Ok(slot) => {
-                super::plain::serve(shared.clone(), listener.clone(), stream, buf, slot, peer, per_request).await;
+                super::plain::serve(
+                    shared.clone(),
+                    (listener.clone(), listener_socket),
+                    stream,
+                    buf,
+                    slot,
+                    peer,
+                    per_request,
+                )
+                .await;
                 None
             }
             Err(reason) => {
@@ -317,7 +339,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
     if stream.write_all(&head).await.is_err() {
         return None;
     }
-    match upgrade::start(shared, &rt, listener, stream, prepared, &buf[end..], started) {
+    match upgrade::start(shared, &rt, listener, listener_socket, stream, prepared, &buf[end..], started) {
         Ok(ready) => Some(ready),
         Err(ns) => {
             not_started(ns, peer.addr).await;

@@ -136,12 +136,23 @@ pub(super) async fn forward(
                 tracing::debug!(backend = %backend.address, outcome = outcome.name(), "no valid response: {e:?}");
                 return refusal(match outcome {
                     Outcome::ClientBodyTooLarge => Refusal::BodyTooLarge,
+                    Outcome::ClientBodyStalled => Refusal::BodyTimeout,
                     Outcome::ClientBodyBroken => Refusal::BadRequest("malformed or interrupted request body"),
+                    Outcome::UploadCutShort => {
+                        Refusal::BadGateway("the backend closed the connection before taking the whole request body")
+                    }
                     _ => Refusal::BadGateway("no valid response from the backend"),
                 });
             }
         };
         let status = resp.status();
+        // An interim answer as the final one (a `101` to a request that asked for no
+        // upgrade): the backend broke HTTP, and nothing can be relayed.
+        if status.is_informational() {
+            pool.record(&backend, Outcome::InvalidAnswer);
+            tracing::debug!(backend = %backend.address, status = status.as_u16(), "interim status as a final answer");
+            return refusal(Refusal::BadGateway("no valid response from the backend"));
+        }
         pool.record(&backend, Outcome::of_status(status.as_u16()));
         backend.http_requests.fetch_add(1, Relaxed);
         pool.request_duration.record(started.elapsed().as_secs_f64());
@@ -188,29 +199,40 @@ fn again(cx: &ClientConn, req: &Forward<'_>) -> Option<Request<Body>> {
 }
 
 /// Waits for the response head at most `limit` after the request body was sent: while the
-/// body still moves (a long upload), the wait has not started; a body stalled for `limit`,
-/// or `limit` of silence after the whole body was passed on, is a timeout (whose, the
-/// tally says: [`RequestTally::stalled`]).
+/// body still moves (a long upload), the wait has not started; a body that stopped moving
+/// for `limit`, or `limit` of silence after the whole body was passed on, is a timeout
+/// (whose, the tally says: [`RequestTally::stalled`]).
 async fn answer_within<F: std::future::Future>(send: F, limit: std::time::Duration, tally: &RequestTally) -> Result<F::Output, ()> {
     tokio::pin!(send);
     let mut seen = tally.bytes.load(Relaxed);
-    let mut was_finished = tally.finished.load(Relaxed);
+    let mut wait = limit;
     loop {
-        match tokio::time::timeout(limit, &mut send).await {
-            Ok(out) => return Ok(out),
-            Err(_) => {
-                let now = tally.bytes.load(Relaxed);
-                let finished = tally.finished.load(Relaxed);
-                // Finished for a whole `limit`, or not finished and not moving.
-                if (finished && was_finished) || (!finished && now == seen) {
-                    return Err(());
-                }
-                seen = now;
-                was_finished = finished;
-            }
+        if let Ok(out) = tokio::time::timeout(wait, &mut send).await {
+            return Ok(out);
         }
+        if tally.finished.load(Relaxed) {
+            // The backend's wait runs from the end of the body (0: a request without one).
+            let since = crate::clock::now_ms().saturating_sub(tally.finished_at_ms.load(Relaxed));
+            let since = std::time::Duration::from_millis(since);
+            if since >= limit {
+                return Err(());
+            }
+            wait = limit - since;
+            continue;
+        }
+        let now = tally.bytes.load(Relaxed);
+        if now == seen {
+            return Err(());
+        }
+        seen = now;
+        wait = limit;
     }
 }
+
+/// How long the client must have kept its body waiting for a backend that gave up on it to
+/// have given up on the client (a backend's body timeout is far longer; an early answer and
+/// close comes at once).
+const STALL_MS: u64 = 100;
 
 /// Whose failure a request that got no response is: the client's when its body broke off
 /// or went over the limit, else the backend's (the connection was lost or its answer was
@@ -218,8 +240,20 @@ async fn answer_within<F: std::future::Future>(send: F, limit: std::time::Durati
 fn send_failure(tally: &RequestTally, e: Option<&hyper::Error>) -> Outcome {
     if tally.over_limit.load(Relaxed) {
         Outcome::ClientBodyTooLarge
+    } else if tally.stalled.load(Relaxed) {
+        Outcome::ClientBodyStalled
     } else if tally.failed.load(Relaxed) {
         Outcome::ClientBodyBroken
+    } else if !tally.finished.load(Relaxed) && tally.client_waited(STALL_MS) {
+        // The backend gave up while waiting for the rest of the client's body (its own
+        // body timeout): the client's stall, not the backend's failure.
+        Outcome::ClientBodyStalled
+    } else if !tally.finished.load(Relaxed) && !e.is_some_and(|e| e.is_parse() || e.is_parse_status()) {
+        // The backend ended the connection while the body was still flowing: most often an
+        // early answer (`413`, `401`) and a close, whose answer the reset took with it. (A
+        // backend that crashes mid-upload is not counted either: its next requests and its
+        // checks will tell.)
+        Outcome::UploadCutShort
     } else if e.is_some_and(|e| e.is_parse() || e.is_parse_status()) {
         Outcome::InvalidAnswer
     } else {

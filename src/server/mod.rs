@@ -243,7 +243,7 @@ fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: 
                 cmd = cmds.recv() => match cmd {
                     Some(WorkerCmd::Listen(l)) => match TcpListener::from_std(l.sock) {
                         Ok(sock) => {
-                            tokio::spawn(accept_loop(l.shared, l.name, sock, l.own_socket, phase.clone(), l.stop, l.open_loops));
+                            tokio::spawn(accept_loop(l.shared, (l.name, l.socket), sock, l.own_socket, phase.clone(), l.stop, l.open_loops));
                         }
                         Err(e) => {
                             l.open_loops.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -268,7 +268,7 @@ fn worker(mut cmds: tokio::sync::mpsc::UnboundedReceiver<WorkerCmd>, mut phase: 
 
 async fn accept_loop(
     shared: Arc<Shared>,
-    names: watch::Receiver<Arc<str>>,
+    (names, socket): (watch::Receiver<Arc<str>>, u64),
     listener: TcpListener,
     own_socket: bool,
     mut phase: watch::Receiver<u8>,
@@ -293,7 +293,8 @@ async fn accept_loop(
                     if own_socket && !tuned {
                         handed_down = crate::stream::tune_listener(&listener, keepalive).then_some(keepalive);
                     }
-                    tokio::spawn(connection::handle(shared.clone(), name(), connection::Accepted { sock, peer, local, tuned }));
+                    let accepted = connection::Accepted { sock, peer, local, tuned, socket };
+                    tokio::spawn(connection::handle(shared.clone(), name(), accepted));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off briefly instead of spinning.
@@ -312,7 +313,8 @@ async fn accept_loop(
                     // resets those connections.
                     while let Ok(Ok((sock, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
                         let tuned = false;
-                        tokio::spawn(connection::handle(shared.clone(), name(), connection::Accepted { sock, peer, local, tuned }));
+                        let accepted = connection::Accepted { sock, peer, local, tuned, socket };
+                        tokio::spawn(connection::handle(shared.clone(), name(), accepted));
                     }
                     break;
                 }
@@ -343,6 +345,7 @@ mod tests {
             peer,
             local: None,
             tuned: false,
+            socket: 0,
         };
         let task = super::connection::handle(server.shared.clone(), std::sync::Arc::from("l"), accepted);
         let (task_size, relay_size) = (std::mem::size_of_val(&task), std::mem::size_of::<crate::relay::Relay>());

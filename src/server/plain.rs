@@ -44,6 +44,8 @@ pub(super) struct ClientConn {
     /// The process's shared state (the backend connection pool among it).
     pub(super) shared: Arc<Shared>,
     listener: Arc<str>,
+    /// The listening socket that accepted the connection.
+    socket: u64,
     /// Where the connection comes from.
     pub(super) peer: Peer,
     /// The peer is a trusted proxy: each request names its own client, and is counted for
@@ -70,7 +72,7 @@ enum PendingUpgrade {
 /// peer is a trusted proxy, and `slot` counts for no client.
 pub(super) async fn serve(
     shared: Arc<Shared>,
-    listener: Arc<str>,
+    (listener, socket): (Arc<str>, u64),
     stream: Stream,
     read: Vec<u8>,
     slot: Slot,
@@ -81,13 +83,14 @@ pub(super) async fn serve(
     let cx = Arc::new(ClientConn {
         shared: shared.clone(),
         listener: listener.clone(),
+        socket,
         peer,
         per_request,
         tls: stream.is_tls(),
         pinned: Arc::new(Pinned::default()),
         upgrade: Mutex::new(None),
     });
-    let io = TokioIo::new(ClientIo::new(Bytes::from(read), stream));
+    let io = TokioIo::new(ClientIo::new(Bytes::from(read), stream, limits.idle_timeout));
     let svc = cx.clone();
     let service = service_fn(move |req| {
         let cx = svc.clone();
@@ -97,6 +100,9 @@ pub(super) async fn serve(
         .timer(TokioTimer::new())
         // Bounds an idle keep-alive connection and each later request head.
         .header_read_timeout(limits.keepalive_timeout)
+        // A client that sends its request and then shuts its sending side (a one-shot
+        // client) still gets its answer.
+        .half_close(true)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
         // Every request of the connection, not only the first (read raw), gets a 431 past
         // `max_request_header_bytes` (start line included).
@@ -132,7 +138,7 @@ pub(super) async fn serve(
         Some(PendingUpgrade::Relay(on, prepared, started)) => {
             let Some((stream, early)) = upgraded(on).await else { return };
             let rt = shared.runtime.load_full();
-            match upgrade::start(&shared, &rt, &listener, stream, *prepared, &early, started) {
+            match upgrade::start(&shared, &rt, &listener, socket, stream, *prepared, &early, started) {
                 Ok(ready) => connection::relay(ready).await,
                 Err(ns) => connection::not_started(ns, peer.addr).await,
             }
@@ -155,7 +161,12 @@ async fn upgraded(on: OnUpgrade) -> Option<(Stream, Vec<u8>)> {
 async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let rt = cx.shared.runtime.load_full();
-    let Some(lcfg) = rt.config.listeners.iter().find(|l| *l.name == *cx.listener) else {
+    // The listener's settings under the name its socket has now (a reload may rename it).
+    let lcfg = rt.config.listeners.iter().find(|l| *l.name == *cx.listener).or_else(|| {
+        let now = cx.shared.socket_name(cx.socket)?;
+        rt.config.listeners.iter().find(|l| *l.name == *now)
+    });
+    let Some(lcfg) = lcfg else {
         return refusal(Refusal::Overloaded { retry_after_s: 1 });
     };
     let (mut parts, body) = req.into_parts();
@@ -215,7 +226,7 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
         true => (no_body_tally(), empty()),
         false => {
             let tally = Arc::new(RequestTally::default());
-            let limited = Limited::new(body, limits.max_request_body_bytes, tally.clone());
+            let limited = Limited::new(body, limits.max_request_body_bytes, tally.clone(), limits.request_timeout);
             (tally, limited.boxed_unsync())
         }
     };
@@ -226,6 +237,7 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
             Ok(Some(Ok(first))) => body = http_body_util::StreamBody::new(PrependFrame(Some(first), body)).boxed_unsync(),
             Ok(None) => body = empty(),
             Ok(Some(Err(_))) if tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTooLarge),
+            Ok(Some(Err(_))) if tally.stalled.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTimeout),
             Ok(Some(Err(_))) => return refusal(Refusal::BadRequest("malformed chunked body")),
             // The client's body did not start in time: the client's wait, no backend's.
             Err(_) => return refusal(Refusal::BodyTimeout),

@@ -144,10 +144,12 @@ pub(super) async fn prepare(
 /// After the 101 reached the client: records the handshake, registers the connection and
 /// builds its relay. `client_early` holds frames the client sent behind its request. When
 /// the relay cannot start, the sockets come back to be closed with a code.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     shared: &Arc<Shared>,
     rt: &Runtime,
     listener: &Arc<str>,
+    socket: u64,
     stream: Stream,
     prepared: Prepared,
     client_early: &[u8],
@@ -164,10 +166,13 @@ pub(super) fn start(
     let limits = &rt.config.limits;
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
     let now = clock::now_ms();
-    let reg = shared.conns.register(upstream.guard.backend().clone(), listener.clone(), now);
+    let reg = shared
+        .conns
+        .register(upstream.guard.backend().clone(), listener.clone(), socket, now);
     // Registered first, checked second: a shutdown, reload or drain that ran between this
-    // connection's pick and its registration did not see it, so it closes itself.
-    if shared.draining.load(Relaxed) || !shared.listener_open(listener) {
+    // connection's pick and its registration did not see it, so it closes itself. Its
+    // listener is the socket that accepted it, whatever a reload renamed it to meanwhile.
+    if shared.draining.load(Relaxed) || !shared.socket_open(socket) {
         reg.shared.request_close(now, crate::ws::CloseCode::GoingAway.code());
     } else if !shared.runtime.load().serves(&reg.shared.backend) {
         reg.shared.request_close(now, crate::ws::CloseCode::ServiceRestart.code());

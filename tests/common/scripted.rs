@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What a scripted backend does with each connection.
@@ -26,6 +26,19 @@ pub enum Script {
     CloseReplyKeepOpen,
     /// WebSocket: a valid 101; drops the connection when the first frame arrives.
     TerminateOnMessage,
+    /// Reads the head, then the body while it keeps coming; after 300 ms without a byte it
+    /// gives up and closes without a word (Go's `ReadTimeout`, Node's `requestTimeout`).
+    GivesUpOnSlowBody,
+    /// Honours `Expect: 100-continue` (a `100 Continue` first), then answers the upgrade.
+    HonoursExpect,
+    /// Answers `413` and closes at once, without reading the body.
+    RejectsEarly,
+    /// Answers `401` (keep-alive) at once, then reads whatever the client sends, for ever.
+    AnswersEarlyThenDrains,
+    /// Answers a plain request with a 64 MiB body.
+    Firehose,
+    /// Answers a plain request with a bare `101 Switching Protocols`.
+    Switches,
 }
 
 /// A running scripted backend.
@@ -72,7 +85,68 @@ async fn run(script: Script, mut s: TcpStream) {
     let Ok((buf, end)) = switchyard::handshake::read_head(&mut s, 65536).await else {
         return;
     };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
     match script {
+        Script::GivesUpOnSlowBody => {
+            let mut b = [0u8; 4096];
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        Script::HonoursExpect => {
+            if head.contains("expect: 100-continue") {
+                let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            }
+            let original = String::from_utf8_lossy(&buf[..end]).to_string();
+            let key = original
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                .map_or("", |l| l[18..].trim())
+                .to_string();
+            let acc = switchyard::handshake::accept_key(&key);
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                std::str::from_utf8(&acc).unwrap()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            hold(s).await;
+        }
+        Script::RejectsEarly => {
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+        Script::AnswersEarlyThenDrains => {
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n").await;
+            let mut b = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        Script::Firehose => {
+            let len = 64usize << 20;
+            let _ = s
+                .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+                .await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < len && s.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+        }
+        Script::Switches => {
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .await;
+            hold(s).await;
+        }
         Script::CloseAfterHead => {}
         Script::Silent | Script::NeverReadsBody => hold(s).await,
         Script::Garbage => {
