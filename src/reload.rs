@@ -236,12 +236,14 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     }
     let mut gone: Vec<crate::listeners::BoundListener> = all.into_iter().flatten().collect();
     for o in opened {
-        let mut l = shared.start_listener(o);
-        // A name moved to a new address: the connections of its old socket stay its own.
+        keep.push(shared.start_listener(o));
+    }
+    // A name moved to another address (bound anew, or another listener's it took over):
+    // the connections of its old socket stay its own.
+    for l in keep.iter_mut() {
         if let Some(old) = gone.iter_mut().find(|g| g.name == l.name) {
             l.sockets.append(&mut old.sockets);
         }
-        keep.push(l);
     }
     *bound = keep;
     // Removed from the list (under its lock) before the connections are selected: one that

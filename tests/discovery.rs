@@ -560,3 +560,62 @@ async fn one_failing_address_family_removes_nothing_and_is_counted_by_its_reason
     })
     .await
 }
+
+/// Issue 26, finding 2: renaming a discovery entry to a name with the same addresses keeps
+/// the backend (its connections, counters, health) and sheds nobody: the reload asks the
+/// new name before it commits. A rename to a name that does not answer keeps serving: the
+/// new entry holds the backends of the one it replaces until it answers.
+#[tokio::test]
+async fn a_renamed_entry_keeps_its_backends_and_a_rename_to_a_silent_name_keeps_serving() {
+    bounded(async {
+        let (port, _backends) = backends_on_one_port(&["127.0.0.1"], &["b1"]).await;
+        let dns = Dns::start();
+        dns.set_addrs("chat.sy.test.", &["127.0.0.1"]).await;
+        dns.set_addrs("chat2.sy.test.", &["127.0.0.1"]).await;
+        let yaml = |name: &str, bind: &str| {
+            discovery_config("round_robin", &dns_entry(name, port, "5s"), "", &dns.resolver_yaml("300ms"))
+                .replace("bind: \"127.0.0.1:0\"\n    routes", &format!("bind: \"{bind}\"\n    routes"))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &yaml("chat.sy.test", "127.0.0.1:0"));
+        let bind = p.addr.to_string();
+        let object = p.backend(0);
+        let mut ws = connect(&p.url("/")).await;
+        assert_eq!(ask(&mut ws, "whoami").await, "b1");
+        let sheds = || async { metric(&p, "switchyard_shed_total", &[("reason", "no_backend")]).await };
+        let shed_before = sheds().await;
+
+        std::fs::write(&path, yaml("chat2.sy.test", &bind)).unwrap();
+        let notes = switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        assert!(
+            notes.iter().any(|n| n.contains(&format!("chat2.sy.test:{port} found 1 backend"))),
+            "{notes:?}"
+        );
+        assert!(Arc::ptr_eq(&p.backend(0), &object), "the same backend, found by another name");
+        assert_eq!(
+            p.backend(0).discovered_from().as_deref().map(String::as_str),
+            Some(format!("chat2.sy.test:{port}").as_str())
+        );
+        assert_eq!(ask(&mut ws, "still").await, "still");
+        assert_eq!(who(&p).await, "b1");
+
+        // A name DNS does not know: the reload is applied, says so, and the pool keeps serving.
+        // Through the admin API, whose answer says what the new entry found.
+        std::fs::write(&path, yaml("nothing.sy.test", &bind)).unwrap();
+        let (code, answer) = http(p.admin(), "POST", "/api/reload", "").await;
+        assert_eq!(code, 200, "{answer}");
+        assert!(answer.starts_with("ok\n"), "{answer}");
+        assert!(
+            answer.contains(&format!("nothing.sy.test:{port} found nothing yet (nxdomain")),
+            "{answer}"
+        );
+        assert!(answer.contains("holds the 1 backend"), "{answer}");
+        assert!(Arc::ptr_eq(&p.backend(0), &object));
+        for _ in 0..5 {
+            assert_eq!(who(&p).await, "b1", "new clients are served");
+        }
+        assert_eq!(ask(&mut ws, "still").await, "still");
+        assert_eq!(sheds().await, shed_before, "nobody shed for want of a backend");
+    })
+    .await
+}

@@ -261,3 +261,115 @@ async fn a_fixed_port_listener_survives_renames_and_removal_then_re_adding() {
     })
     .await
 }
+
+/// Issue 26, finding 3: a connection belongs to the socket that accepted it. A rename with
+/// a handshake in flight does not close it; after a rename, removing the listener drains
+/// every connection its socket accepted, under either name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_follow_their_socket_through_renames() {
+    bounded(async {
+        let mut held = common::control::held_backend().await;
+        let echo = backend("echo").await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = |listeners: &[(&str, &str)]| {
+            let mut y = String::from("listeners:\n");
+            for (n, b) in listeners {
+                let pool = if *n == "keep" { "e" } else { "p" };
+                y.push_str(&format!("  - name: {n}\n    bind: \"{b}\"\n    routes:\n      - match: {{ path_prefix: /echo }}\n        pool: e\n      - pool: {pool}\n"));
+            }
+            y.push_str(&format!(
+                "pools:\n  p:\n    backends:\n      - address: \"{}\"\n  e:\n    backends:\n      - address: \"{}\"\nlimits:\n  drain_timeout: 200ms\n",
+                held.addr, echo.addr
+            ));
+            y
+        };
+        let (p, path) = Proxy::start_file(dir.path(), &yaml(&[("keep", "127.0.0.1:0"), ("c", "127.0.0.1:0")]));
+        let keep = p.addr.to_string();
+        let c = p.server.shared.listener_addr("c").unwrap();
+        // A handshake held at the backend while the listener is renamed c -> d.
+        let in_flight = tokio::spawn(async move {
+            let mut ws = connect(&format!("ws://{c}/")).await;
+            let next = tokio::time::timeout(Duration::from_millis(800), futures_util::StreamExt::next(&mut ws)).await;
+            (next.is_err(), ws)
+        });
+        held.arrived.recv().await.unwrap();
+        let mut under_c = connect(&format!("ws://{c}/echo")).await;
+        std::fs::write(&path, yaml(&[("keep", &keep), ("d", &c.to_string())])).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("rename ok");
+        held.release.send(()).unwrap();
+        let (quiet, mut late) = in_flight.await.unwrap();
+        assert!(quiet, "the handshake in flight during the rename was not closed");
+        assert_eq!(ask(&mut under_c, "still").await, "still");
+        let mut under_d = connect(&format!("ws://{c}/echo")).await;
+        assert_eq!(ask(&mut under_d, "d").await, "d");
+        // d removed: everything its socket accepted drains, whatever name it came under.
+        std::fs::write(&path, yaml(&[("keep", &keep)])).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("removal ok");
+        assert_eq!(expect_close(&mut under_c).await.0, 1001, "accepted as c");
+        assert_eq!(expect_close(&mut under_d).await.0, 1001, "accepted as d");
+        assert_eq!(expect_close(&mut late).await.0, 1001, "accepted as c mid-handshake");
+        still_serves(&format!("ws://{keep}/echo")).await;
+    })
+    .await
+}
+
+/// Issue 26, finding 4: sockets are matched by address, so two listeners swapping their
+/// addresses (or a name moving to another listener's address) apply in one reload; the
+/// connections stay on their sockets and new ones get the settings now at that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_listeners_swap_addresses_in_one_reload() {
+    bounded(async {
+        let (a, b) = (backend("A").await, backend("B").await);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = |x: &str, y: &str| {
+            format!(
+                "listeners:\n  - name: la\n    bind: \"{x}\"\n    routes:\n      - pool: pa\n  - name: lb\n    bind: \"{y}\"\n    routes:\n      - pool: pb\npools:\n  pa:\n    backends:\n      - address: \"{}\"\n  pb:\n    backends:\n      - address: \"{}\"\n",
+                a.addr, b.addr
+            )
+        };
+        let x = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let y = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let (p, path) = Proxy::start_file(dir.path(), &yaml(&x, &y));
+        let mut on_x = connect(&format!("ws://{x}/")).await;
+        let mut on_y = connect(&format!("ws://{y}/")).await;
+        assert_eq!(ask(&mut on_x, "whoami").await, "A");
+        assert_eq!(ask(&mut on_y, "whoami").await, "B");
+        std::fs::write(&path, yaml(&y, &x)).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("a swap applies in one reload");
+        let mut new_x = connect(&format!("ws://{x}/")).await;
+        let mut new_y = connect(&format!("ws://{y}/")).await;
+        assert_eq!(ask(&mut new_x, "whoami").await, "B", "lb's routes now at x");
+        assert_eq!(ask(&mut new_y, "whoami").await, "A");
+        assert_eq!(ask(&mut on_x, "still").await, "still");
+        assert_eq!(ask(&mut on_y, "still").await, "still");
+        assert_eq!(p.server.shared.listener_addr("la").unwrap().to_string(), y);
+    })
+    .await
+}
+
+/// A listener moved to another address keeps the connections its old socket accepted (the
+/// name stays; the old address stops accepting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_moved_to_another_port_keeps_its_connections() {
+    bounded(async {
+        let a = backend("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let x = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let z = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &listeners_yaml(&[("m", &x.to_string())], a.addr));
+        let mut on_x = connect(&format!("ws://{x}/")).await;
+        std::fs::write(&path, listeners_yaml(&[("m", &z.to_string())], a.addr)).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("a move applies");
+        assert_eq!(p.server.shared.listener_addr("m"), Some(z));
+        let mut on_z = connect(&format!("ws://{z}/")).await;
+        assert_eq!(ask(&mut on_z, "new").await, "new");
+        let quiet = tokio::time::timeout(Duration::from_millis(800), futures_util::StreamExt::next(&mut on_x)).await;
+        assert!(quiet.is_err(), "the moved listener's old connection was closed: {quiet:?}");
+        assert_eq!(ask(&mut on_x, "still").await, "still");
+        assert!(
+            tokio::net::TcpStream::connect(x).await.is_err(),
+            "the old address stopped accepting"
+        );
+    })
+    .await
+}
