@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use common::browser::{chromium_available, Browser, Cdp};
+use common::browser::{chromium_or_skip, Browser, Cdp};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -35,8 +35,7 @@ fn echo_in_background(mut ws: Ws) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test]
 async fn dashboard_renders_live_data_in_a_real_browser() {
-    if !chromium_available() {
-        eprintln!("SKIPPED dashboard_renders_live_data_in_a_real_browser: no `chromium` on PATH (apt-get install chromium; .ci/run does)");
+    if !chromium_or_skip("dashboard_renders_live_data_in_a_real_browser") {
         return;
     }
     bounded(async {
@@ -142,10 +141,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
 
 #[tokio::test]
 async fn dashboard_names_the_dns_entry_of_discovered_backends() {
-    if !chromium_available() {
-        eprintln!(
-            "SKIPPED dashboard_names_the_dns_entry_of_discovered_backends: no `chromium` on PATH (apt-get install chromium; .ci/run does)"
-        );
+    if !chromium_or_skip("dashboard_names_the_dns_entry_of_discovered_backends") {
         return;
     }
     bounded(async {

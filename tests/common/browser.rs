@@ -22,6 +22,20 @@ pub fn chromium_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a test that needs `chromium` can run: outside CI a missing browser skips it with
+/// a message; under CI (`CI` set, as `.ci/run` does) it is a failure, never a silent pass.
+pub fn chromium_or_skip(test: &str) -> bool {
+    if chromium_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: chromium missing under CI (.ci/run installs it)"
+    );
+    eprintln!("SKIPPED {test}: no `chromium` on PATH (apt-get install chromium; .ci/run does)");
+    false
+}
+
 /// Headless Chromium in its own process group; the whole group is killed on drop.
 pub struct Browser {
     child: Child,
