@@ -41,11 +41,13 @@ pub fn canonical(mut found: Vec<Found>) -> Vec<Found> {
 
 /// The concrete backends of pool `pool`: its configured backends in config order, each
 /// discovery entry replaced by the backends of its last good answer in `sets` (canonical
-/// order; none before the first answer). An address already in the list (a configured
-/// backend, or found by an earlier entry) is not added again.
-pub fn expand(pool: &str, config: &PoolConfig, sets: &FoundSets) -> Vec<BackendConfig> {
+/// order; none before the first answer), then the entries a reload removed that the pool
+/// still holds (`held`, see [`HeldEntries`]). An address is listed once: a configured
+/// backend wherever it is written, else the first entry that found it.
+pub fn expand(pool: &str, config: &PoolConfig, sets: &FoundSets, held: &[BackendConfig]) -> Vec<BackendConfig> {
     let mut out: Vec<BackendConfig> = Vec::with_capacity(config.backends.len());
-    for entry in &config.backends {
+    let configured = |address: &str| config.backends.iter().any(|b| b.discover.is_none() && b.address == address);
+    for entry in config.backends.iter().chain(held) {
         let Some(discover) = &entry.discover else {
             out.push(entry.clone());
             continue;
@@ -55,7 +57,7 @@ pub fn expand(pool: &str, config: &PoolConfig, sets: &FoundSets) -> Vec<BackendC
         };
         for f in found {
             let address = f.addr.to_string();
-            if out.iter().any(|b| b.address == address) {
+            if configured(&address) || out.iter().any(|b| b.address == address) {
                 continue;
             }
             out.push(found_backend(entry, discover, f, address));
@@ -85,6 +87,22 @@ fn found_backend(entry: &BackendConfig, discover: &Discover, f: &Found, address:
         discovered_from: Some(entry.address.clone()),
         proxy_protocol: entry.proxy_protocol,
     }
+}
+
+/// Discovery entries a reload removed from a pool while entries of the pool had not
+/// answered yet (renamed to a name DNS does not know yet, or added earlier and still
+/// silent): their last answers keep serving until every discovery entry of the pool has
+/// answered once, so a reload never empties a pool, nor drops the backends of one renamed
+/// entry because another answered. By pool name.
+pub type HeldEntries = BTreeMap<String, Vec<BackendConfig>>;
+
+/// Has every discovery entry of pool `pool` (configured as `config`) answered once?
+pub fn all_answered(pool: &str, config: &PoolConfig, sets: &FoundSets) -> bool {
+    config
+        .backends
+        .iter()
+        .filter(|b| b.discover.is_some())
+        .all(|b| sets.contains_key(&(pool.to_string(), b.address.clone())))
 }
 
 /// Is `entry` a discovery entry of the pool `config`? (An answer for an entry a reload
@@ -150,11 +168,11 @@ mod tests {
         let p = pool(vec![entry("10.0.0.9:80", None), entry("chat.test:80", Some(hosts)), tls_entry]);
         let mut sets = FoundSets::new();
         // Nothing found yet: only the configured backend.
-        assert_eq!(expand("p", &p, &sets).len(), 1);
+        assert_eq!(expand("p", &p, &sets, &[]).len(), 1);
         let key = |e: &str| ("p".to_string(), e.to_string());
         sets.insert(key("chat.test:80"), vec![found("10.0.0.1:80", 0), found("10.0.0.9:80", 0)]);
         sets.insert(key("_ws._tcp.chat.test"), vec![found("10.0.0.1:80", 5), found("10.0.0.3:81", 0)]);
-        let all = expand("p", &p, &sets);
+        let all = expand("p", &p, &sets, &[]);
         let addrs: Vec<&str> = all.iter().map(|b| b.address.as_str()).collect();
         assert_eq!(addrs, ["10.0.0.9:80", "10.0.0.1:80", "10.0.0.3:81"]);
         assert_eq!(all[0].discovered_from, None);
@@ -167,6 +185,6 @@ mod tests {
         assert!(all.iter().all(|b| b.discover.is_none()));
         // AAAA records: the address is written with brackets.
         sets.insert(key("chat.test:80"), vec![found("[fd00::1]:80", 0)]);
-        assert_eq!(expand("p", &p, &sets)[1].address, "[fd00::1]:80");
+        assert_eq!(expand("p", &p, &sets, &[])[1].address, "[fd00::1]:80");
     }
 }

@@ -201,10 +201,10 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     // new to this config are asked now, before anything is built from them (bounded by the
     // resolver's timeout): a renamed entry that finds the same addresses keeps its backends.
     let mut asked = crate::discovery::ask_new(&cfg, &old.config);
-    let (found, held) = asked.merged(&old.discovered);
+    let (found, held, holding) = asked.merged(&old.discovered, &old.held, &old.config, &cfg);
     let mut notes = std::mem::take(&mut asked.notes);
-    notes.extend(held);
-    let prepared = Runtime::prepare(cfg, Some(&old), &found).map_err(|e| vec![e])?;
+    notes.extend(holding);
+    let prepared = Runtime::prepare(cfg, Some(&old), &found, held).map_err(|e| vec![e])?;
     // Sockets are matched by address, not by name: a wanted listener whose address a bound
     // one has takes that one's sockets (renamed if its name differs), so renames, moves of a
     // name to another address and swaps of two addresses apply in one reload without
@@ -246,6 +246,7 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
         }
     }
     *bound = keep;
+    shared.listener_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
     // Removed from the list (under its lock) before the connections are selected: one that
     // registers later sees its socket gone and closes itself (`upgrade::start`).
     drop(bound);

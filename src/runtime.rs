@@ -11,7 +11,7 @@ use crate::balance::sticky::{Sticky, StickyResult};
 use crate::balance::{self, Balancer, PickContext};
 use crate::clock;
 use crate::config::{BackendConfig, Config, PoolConfig};
-use crate::discovered::{Found, FoundSets};
+use crate::discovered::{Found, FoundSets, HeldEntries};
 
 /// TLS settings to reach one backend.
 pub type BackendTlsConnector = (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
@@ -170,9 +170,12 @@ pub struct Runtime {
     pub pools: NameMap<Arc<Pool>>,
     /// TLS acceptors by listener name.
     pub tls: HashMap<String, tokio_rustls::TlsAcceptor>,
-    /// The last good answer of every discovery entry of `config` that has had one; the
-    /// pools' backends were expanded from them.
+    /// The last good answer of every discovery entry of `config` that has had one (and of
+    /// the entries in `held`); the pools' backends were expanded from them.
     pub discovered: Arc<FoundSets>,
+    /// Discovery entries reloads removed whose backends still serve until the pool's
+    /// entries have all answered ([`HeldEntries`]).
+    pub held: Arc<HeldEntries>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -189,6 +192,7 @@ pub struct Prepared {
     pools: Vec<PreparedPool>,
     tls: HashMap<String, tokio_rustls::TlsAcceptor>,
     discovered: Arc<FoundSets>,
+    held: Arc<HeldEntries>,
 }
 
 struct PreparedPool {
@@ -205,10 +209,18 @@ impl PreparedPool {
     /// Builds a pool's backends aside: those of `old` with the same address, TLS settings
     /// and PROXY mode are kept (not written to), whichever entry found them; new ones ramp
     /// when `ramp`.
-    fn new(name: &str, pc: &PoolConfig, old: Option<&Pool>, found: &FoundSets, ramp: bool, reuse_tls: bool) -> Result<Self, String> {
+    fn new(
+        name: &str,
+        pc: &PoolConfig,
+        old: Option<&Pool>,
+        found: &FoundSets,
+        held: &HeldEntries,
+        ramp: bool,
+        reuse_tls: bool,
+    ) -> Result<Self, String> {
         let now = clock::now_ms();
         let pname: Arc<str> = old.map(|o| o.name.clone()).unwrap_or_else(|| Arc::from(name));
-        let settings = crate::discovered::expand(name, pc, found);
+        let settings = crate::discovered::expand(name, pc, found, held.get(name).map_or(&[], Vec::as_slice));
         let mut backends = Vec::with_capacity(settings.len());
         let mut tls = HashMap::new();
         let slow_ms = pc.slow_start.map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -304,6 +316,7 @@ impl Prepared {
             pools,
             tls: self.tls,
             discovered: self.discovered,
+            held: self.held,
         }
     }
 }
@@ -311,7 +324,7 @@ impl Prepared {
 impl Runtime {
     /// Builds the runtime at once ([`Runtime::prepare`] then [`Prepared::commit`]).
     pub fn build(config: Config, previous: Option<&Runtime>, found: &FoundSets) -> Result<Runtime, String> {
-        Ok(Runtime::prepare(config, previous, found)?.commit())
+        Ok(Runtime::prepare(config, previous, found, HeldEntries::new())?.commit())
     }
 
     /// Builds everything that can fail, aside: backends of `previous` with the same pool,
@@ -319,16 +332,19 @@ impl Runtime {
     /// health, ejection, counters) and are not written to; new ones start their slow-start
     /// ramp. Discovery entries expand to the backends of their answer in `found` (answers
     /// of entries `config` no longer has are dropped).
-    pub fn prepare(config: Config, previous: Option<&Runtime>, found: &FoundSets) -> Result<Prepared, String> {
+    pub fn prepare(config: Config, previous: Option<&Runtime>, found: &FoundSets, held: HeldEntries) -> Result<Prepared, String> {
+        let is_held = |pool: &str, entry: &str| held.get(pool).is_some_and(|h| h.iter().any(|b| b.address == entry));
         let found: FoundSets = found
             .iter()
-            .filter(|((pool, entry), _)| config.pools.get(pool).is_some_and(|p| crate::discovered::is_entry(p, entry)))
+            .filter(|((pool, entry), _)| {
+                config.pools.get(pool).is_some_and(|p| crate::discovered::is_entry(p, entry)) || is_held(pool, entry)
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut pools = Vec::with_capacity(config.pools.len());
         for (name, pc) in &config.pools {
             let old = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
-            pools.push(PreparedPool::new(name, pc, old, &found, previous.is_some(), false)?);
+            pools.push(PreparedPool::new(name, pc, old, &found, &held, previous.is_some(), false)?);
         }
         let mut tls_acceptors = HashMap::new();
         for l in &config.listeners {
@@ -342,6 +358,7 @@ impl Runtime {
             pools,
             tls: tls_acceptors,
             discovered: Arc::new(found),
+            held: Arc::new(held),
         })
     }
 
@@ -359,8 +376,18 @@ impl Runtime {
         }
         let mut sets = (*self.discovered).clone();
         sets.insert(key, found);
+        // Once every discovery entry of the pool has answered, the entries a reload removed
+        // are let go: their backends that no answer holds drain like any removal.
+        let mut held = (*self.held).clone();
+        if held.contains_key(pool) && crate::discovered::all_answered(pool, pc, &sets) {
+            if let Some(gone) = held.remove(pool) {
+                for h in gone {
+                    sets.remove(&(pool.to_string(), h.address));
+                }
+            }
+        }
         let old = self.pools.get(pool).map(|p| &**p);
-        let rebuilt = PreparedPool::new(pool, pc, old, &sets, true, true)?.commit(self.config.limits.tcp_keepalive);
+        let rebuilt = PreparedPool::new(pool, pc, old, &sets, &held, true, true)?.commit(self.config.limits.tcp_keepalive);
         let mut pools = self.pools.clone();
         pools.insert(pool.to_string(), Arc::new(rebuilt));
         Ok(Some(Runtime {
@@ -368,6 +395,7 @@ impl Runtime {
             pools,
             tls: self.tls.clone(),
             discovered: Arc::new(sets),
+            held: Arc::new(held),
         }))
     }
 

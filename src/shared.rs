@@ -34,6 +34,9 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     /// Bound listeners (changed by reloads).
     pub listeners: std::sync::Mutex<Vec<BoundListener>>,
+    /// Bumped by every reload after it renamed, moved or replaced listeners: a keep-alive
+    /// connection looks its socket's name up again when it changed.
+    pub listener_epoch: std::sync::atomic::AtomicU64,
     /// One command queue per worker thread.
     pub(crate) workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>,
     /// When the last reload ran (Unix seconds) and how it ended, whatever triggered it.

@@ -619,3 +619,104 @@ async fn a_renamed_entry_keeps_its_backends_and_a_rename_to_a_silent_name_keeps_
     })
     .await
 }
+
+/// Attack review of issue 26: a discovered address that is also configured is one backend
+/// whatever the order; renamed entries of which only some answer, or an entry added before
+/// its name exists and the old one removed later, never empty the pool or close its clients.
+#[tokio::test]
+async fn held_entries_keep_serving_until_every_entry_has_answered() {
+    bounded(async {
+        let (port, _backends) = backends_on_one_port(&["127.0.0.1", "127.0.0.3"], &["b1", "b3"]).await;
+        let dns = Dns::start();
+        dns.set_addrs("a.sy.test.", &["127.0.0.1"]).await;
+        dns.set_addrs("b.sy.test.", &["127.0.0.3"]).await;
+        let yaml = |entries: &[&str], bind: &str| {
+            let list: String = entries.iter().map(|n| dns_entry(n, port, "150ms")).collect();
+            discovery_config("round_robin", &list, "", &dns.resolver_yaml("300ms"))
+                .replace("bind: \"127.0.0.1:0\"\n    routes", &format!("bind: \"{bind}\"\n    routes"))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = Proxy::start_file(dir.path(), &yaml(&["a.sy.test", "b.sy.test"], "127.0.0.1:0"));
+        let bind = p.addr.to_string();
+        let objects: Vec<_> = (0..2).map(|i| p.backend(i)).collect();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let mut ws = connect(&p.url("/")).await;
+            let name = ask(&mut ws, "whoami").await;
+            clients.push((name, ws));
+        }
+        let same = |p: &Proxy| {
+            let rt = p.server.shared.runtime.load();
+            let now = &rt.pools["p"].backends;
+            now.len() == 2 && objects.iter().all(|o| now.iter().any(|b| Arc::ptr_eq(b, o)))
+        };
+        // Both entries renamed to names that do not answer yet: a's and b's backends held.
+        std::fs::write(&path, yaml(&["a2.sy.test", "b2.sy.test"], &bind)).unwrap();
+        let notes = switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        assert!(notes.iter().any(|n| n.contains("holds the 2 backends")), "{notes:?}");
+        assert!(same(&p), "{:?}", pool_addrs(&p));
+        // a2 answers first: the hold stays while b2 has not answered (b's backend is kept).
+        dns.set_addrs("a2.sy.test.", &["127.0.0.1"]).await;
+        let a2 = ("p".to_string(), format!("a2.sy.test:{port}"));
+        assert!(eventually(T, || p.server.shared.runtime.load().discovered.contains_key(&a2))
+            .await
+            .is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(same(&p), "{:?}", pool_addrs(&p));
+        // An entry added before its name exists, then the old ones removed: still held.
+        std::fs::write(&path, yaml(&["a2.sy.test", "b2.sy.test", "c.sy.test"], &bind)).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        std::fs::write(&path, yaml(&["c.sy.test"], &bind)).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        assert!(same(&p), "{:?}", pool_addrs(&p));
+        for (name, ws) in clients.iter_mut() {
+            assert_eq!(ask(ws, "still").await, "still", "{name} kept its connection");
+        }
+        // c answers with both addresses: the held entries are let go, the backends stay.
+        dns.set_addrs("c.sy.test.", &["127.0.0.1", "127.0.0.3"]).await;
+        assert!(
+            eventually(T, || p.server.shared.runtime.load().held.is_empty()).await.is_some(),
+            "held until the pool's entries answered"
+        );
+        assert!(same(&p), "{:?}", pool_addrs(&p));
+        for (name, ws) in clients.iter_mut() {
+            assert_eq!(ask(ws, "still").await, "still", "{name} kept its connection");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_discovered_address_also_configured_is_one_backend() {
+    bounded(async {
+        let (port, _backends) = backends_on_one_port(&["127.0.0.1", "127.0.0.3"], &["b1", "b3"]).await;
+        let dns = Dns::start();
+        dns.set_addrs("dup.sy.test.", &["127.0.0.1"]).await;
+        let entries = format!(
+            "{}      - address: \"127.0.0.1:{port}\"\n      - address: \"127.0.0.3:{port}\"\n",
+            dns_entry("dup.sy.test", port, "150ms")
+        );
+        let p = Proxy::start(&discovery_config("round_robin", &entries, "", &dns.resolver_yaml("300ms")));
+        let mut addrs = pool_addrs(&p);
+        addrs.sort();
+        assert_eq!(addrs, [format!("127.0.0.1:{port}"), format!("127.0.0.3:{port}")]);
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            let mut ws = connect(&p.url("/")).await;
+            let name = ask(&mut ws, "whoami").await;
+            clients.push((name, ws));
+        }
+        let mut names: Vec<_> = clients.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["b1", "b1", "b1", "b3", "b3", "b3"],
+            "an even spread: one backend per address"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for (name, ws) in clients.iter_mut() {
+            assert_eq!(ask(ws, "still").await, "still", "{name} kept its connection");
+        }
+    })
+    .await
+}

@@ -373,3 +373,30 @@ async fn a_listener_moved_to_another_port_keeps_its_connections() {
     })
     .await
 }
+
+/// Attack review of issue 26: a plain keep-alive connection follows its socket through a
+/// swap: its next request is routed by the listener now at its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_is_routed_by_its_sockets_listener_after_a_swap() {
+    bounded(async {
+        let (a, b) = (common::http::http_backend("A").await, common::http::http_backend("B").await);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = |x: &str, y: &str| {
+            format!(
+                "listeners:\n  - name: la\n    bind: \"{x}\"\n    routes:\n      - pool: pa\n  - name: lb\n    bind: \"{y}\"\n    routes:\n      - pool: pb\npools:\n  pa:\n    backends:\n      - address: \"{}\"\n  pb:\n    backends:\n      - address: \"{}\"\n",
+                a.addr, b.addr
+            )
+        };
+        let x = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let y = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let (p, path) = Proxy::start_file(dir.path(), &yaml(&x, &y));
+        let mut s = tokio::net::TcpStream::connect(&x).await.unwrap();
+        let mut buf = Vec::new();
+        let get = common::http::get("/", "");
+        assert_eq!(common::http::roundtrip(&mut s, &mut buf, &get).await.unwrap().body, "A");
+        std::fs::write(&path, yaml(&y, &x)).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("swap ok");
+        assert_eq!(common::http::roundtrip(&mut s, &mut buf, &get).await.unwrap().body, "B", "lb is at x now");
+    })
+    .await
+}

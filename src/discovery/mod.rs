@@ -21,7 +21,7 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 
 use crate::config::{Config, Discover, ResolverConfig};
-use crate::discovered::{EntryKey, FoundSets};
+use crate::discovered::{EntryKey, FoundSets, HeldEntries};
 use crate::shared::{FoundAnswer, ReloadReply, ReloadSource, Shared};
 use resolve::{Failure, LookupError};
 
@@ -58,15 +58,8 @@ pub fn initial(config: &Config) -> FoundSets {
 pub fn ask_new(config: &Config, previous: &Config) -> NewEntries {
     let known = entries(previous);
     let is_new = |key: &EntryKey, d: &Discover| !known.iter().any(|(k, kd)| k == key && kd.same_query(d));
-    let asked = entries(config).into_iter().filter(|(k, d)| is_new(k, d)).map(|(k, _)| k).collect();
-    let now = entries(config);
-    let gone = known
-        .iter()
-        .filter(|(k, _)| !now.iter().any(|(nk, _)| nk == k))
-        .map(|(k, _)| k.clone())
-        .collect();
     let (found, notes) = ask_once(config, is_new);
-    NewEntries { found, notes, asked, gone }
+    NewEntries { found, notes }
 }
 
 /// What a reload's new discovery entries found.
@@ -76,51 +69,57 @@ pub struct NewEntries {
     pub found: FoundSets,
     /// One line per entry asked, for the reload's answer.
     pub notes: Vec<String>,
-    /// Every entry asked (new to the config, or asking something else now).
-    pub asked: Vec<EntryKey>,
-    /// The previous config's entries this config no longer has.
-    pub gone: Vec<EntryKey>,
 }
 
 impl NewEntries {
-    /// The found sets a reload builds from, starting from the live ones (`kept`): the answers
-    /// of entries that stay, those of new entries, and — for a pool whose new entries all
-    /// found nothing yet while entries of it go away (a renamed name that does not answer) —
-    /// the last answers of the entries going away, held by the first new entry of the pool
-    /// until it answers itself. A reload never empties a pool because DNS is slow to learn
-    /// a new name. Returns the sets and a line for each pool that holds on.
-    pub fn merged(&mut self, kept: &FoundSets) -> (FoundSets, Vec<String>) {
+    /// The found sets and held entries a reload to `config` builds from, given the running
+    /// runtime's (`kept`, `old_held`, from `old_config`): the answers of entries that stay
+    /// and of new ones; and, for every pool of which some discovery entry has not answered
+    /// yet, the entries this reload (or an earlier one) removed from it, held with their
+    /// last answers until every entry of the pool has answered ([`HeldEntries`]). Lines for
+    /// the reload's answer say which pools hold on.
+    pub fn merged(
+        &mut self,
+        kept: &FoundSets,
+        old_held: &HeldEntries,
+        old_config: &Config,
+        config: &Config,
+    ) -> (FoundSets, HeldEntries, Vec<String>) {
         let mut sets = kept.clone();
         sets.extend(std::mem::take(&mut self.found));
+        let mut held = HeldEntries::new();
         let mut notes = Vec::new();
-        let mut pools: Vec<&String> = self.asked.iter().map(|(p, _)| p).collect();
-        pools.dedup();
-        for pool in pools {
-            let new: Vec<&EntryKey> = self.asked.iter().filter(|(p, _)| p == pool).collect();
-            if new.iter().any(|k| sets.contains_key(*k)) {
+        for (pool, pc) in &config.pools {
+            if crate::discovered::all_answered(pool, pc, &sets) {
                 continue;
             }
-            let mut held: Vec<crate::discovered::Found> = self
-                .gone
+            let mut h: Vec<crate::config::BackendConfig> = old_held.get(pool).cloned().unwrap_or_default();
+            if let Some(opc) = old_config.pools.get(pool) {
+                for b in opc.backends.iter().filter(|b| b.discover.is_some()) {
+                    if !h.iter().any(|x| x.address == b.address) {
+                        h.push(b.clone());
+                    }
+                }
+            }
+            // Only entries gone from the config, with an answer to hold.
+            h.retain(|b| !crate::discovered::is_entry(pc, &b.address) && sets.contains_key(&(pool.clone(), b.address.clone())));
+            if h.is_empty() {
+                continue;
+            }
+            let n: usize = h
                 .iter()
-                .filter(|(p, _)| p == pool)
-                .filter_map(|k| kept.get(k))
-                .flatten()
-                .copied()
-                .collect();
-            if held.is_empty() {
-                continue;
-            }
-            held = crate::discovered::canonical(held);
+                .filter_map(|b| sets.get(&(pool.clone(), b.address.clone())))
+                .map(Vec::len)
+                .sum();
+            let names: Vec<&str> = h.iter().map(|b| b.address.as_str()).collect();
             notes.push(format!(
-                "pool {pool}: {} holds the {} backend{} of the entries it replaces until it answers",
-                new[0].1,
-                held.len(),
-                if held.len() == 1 { "" } else { "s" }
+                "pool {pool}: holds the {n} backend{} of {} until every entry of the pool has answered",
+                if n == 1 { "" } else { "s" },
+                names.join(", ")
             ));
-            sets.insert(new[0].clone(), held);
+            held.insert(pool.clone(), h);
         }
-        (sets, notes)
+        (sets, held, notes)
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Accepted {
     pub tuned: bool,
     /// The listening socket that accepted it ([`crate::listeners::BoundListener::sockets`]).
     pub socket: u64,
+    /// `Shared::listener_epoch` when it was accepted under its listener's name.
+    pub epoch: u64,
 }
 
 /// Serves one accepted TCP connection to its end: the task of every client connection.
@@ -213,11 +215,12 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
         local,
         tuned,
         socket: listener_socket,
+        epoch,
     } = accepted;
-    // A reload may have renamed the listener since this connection was accepted: the
-    // socket's current name is the one its settings are under.
+    // A reload may have renamed, moved or swapped listeners since this connection was
+    // accepted: then the socket's current name is the one its settings are under.
     let renamed;
-    let listener = match rt.config.listeners.iter().any(|l| *l.name == **listener) {
+    let listener = match shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire) == epoch {
         true => listener,
         false => {
             renamed = shared.socket_name(listener_socket)?;

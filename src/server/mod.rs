@@ -105,6 +105,7 @@ impl Server {
             listeners: std::sync::Mutex::new(Vec::new()),
             workers: senders,
             last_reload: std::sync::Mutex::new(None),
+            listener_epoch: std::sync::atomic::AtomicU64::new(0),
             reloads: crate::reload::Queue::default(),
         });
         let mut addrs = Vec::new();
@@ -293,7 +294,8 @@ async fn accept_loop(
                     if own_socket && !tuned {
                         handed_down = crate::stream::tune_listener(&listener, keepalive).then_some(keepalive);
                     }
-                    let accepted = connection::Accepted { sock, peer, local, tuned, socket };
+                    let epoch = shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire);
+                    let accepted = connection::Accepted { sock, peer, local, tuned, socket, epoch };
                     tokio::spawn(connection::handle(shared.clone(), name(), accepted));
                 }
                 Err(e) => {
@@ -313,7 +315,8 @@ async fn accept_loop(
                     // resets those connections.
                     while let Ok(Ok((sock, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
                         let tuned = false;
-                        let accepted = connection::Accepted { sock, peer, local, tuned, socket };
+                        let epoch = shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire);
+                    let accepted = connection::Accepted { sock, peer, local, tuned, socket, epoch };
                         tokio::spawn(connection::handle(shared.clone(), name(), accepted));
                     }
                     break;
@@ -346,6 +349,7 @@ mod tests {
             local: None,
             tuned: false,
             socket: 0,
+            epoch: 0,
         };
         let task = super::connection::handle(server.shared.clone(), std::sync::Arc::from("l"), accepted);
         let (task_size, relay_size) = (std::mem::size_of_val(&task), std::mem::size_of::<crate::relay::Relay>());

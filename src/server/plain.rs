@@ -43,7 +43,10 @@ use crate::stream::Stream;
 pub(super) struct ClientConn {
     /// The process's shared state (the backend connection pool among it).
     pub(super) shared: Arc<Shared>,
-    listener: Arc<str>,
+    /// The name of its listener, and the listener epoch it was looked up at: each request
+    /// is routed by the listener its socket belongs to now (a reload may rename, move or
+    /// swap listeners under a keep-alive connection).
+    listener: Mutex<(u64, Arc<str>)>,
     /// The listening socket that accepted the connection.
     socket: u64,
     /// Where the connection comes from.
@@ -57,6 +60,24 @@ pub(super) struct ClientConn {
     pub(super) pinned: Arc<Pinned>,
     /// Set by a request that upgraded: what to do with the connection once hyper lets go.
     upgrade: Mutex<Option<PendingUpgrade>>,
+}
+
+impl ClientConn {
+    /// The current name of the listener whose socket accepted this connection: looked up
+    /// again only when a reload changed listeners since the last request.
+    fn listener_name(&self) -> Arc<str> {
+        let epoch = self.shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire);
+        let Ok(mut cached) = self.listener.lock() else {
+            return Arc::from("");
+        };
+        if cached.0 != epoch {
+            if let Some(now) = self.shared.socket_name(self.socket) {
+                cached.1 = now;
+            }
+            cached.0 = epoch;
+        }
+        cached.1.clone()
+    }
 }
 
 /// An upgrade answered with a 101 through hyper, finished after hyper hands the socket back.
@@ -82,7 +103,7 @@ pub(super) async fn serve(
     let limits = shared.runtime.load().config.limits.clone();
     let cx = Arc::new(ClientConn {
         shared: shared.clone(),
-        listener: listener.clone(),
+        listener: Mutex::new((shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire), listener.clone())),
         socket,
         peer,
         per_request,
@@ -161,12 +182,9 @@ async fn upgraded(on: OnUpgrade) -> Option<(Stream, Vec<u8>)> {
 async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let rt = cx.shared.runtime.load_full();
-    // The listener's settings under the name its socket has now (a reload may rename it).
-    let lcfg = rt.config.listeners.iter().find(|l| *l.name == *cx.listener).or_else(|| {
-        let now = cx.shared.socket_name(cx.socket)?;
-        rt.config.listeners.iter().find(|l| *l.name == *now)
-    });
-    let Some(lcfg) = lcfg else {
+    // The listener's settings under the name its socket has now.
+    let name = cx.listener_name();
+    let Some(lcfg) = rt.config.listeners.iter().find(|l| *l.name == *name) else {
         return refusal(Refusal::Overloaded { retry_after_s: 1 });
     };
     let (mut parts, body) = req.into_parts();
