@@ -321,14 +321,8 @@ async fn two_listeners_swap_addresses_in_one_reload() {
     bounded(async {
         let (a, b) = (backend("A").await, backend("B").await);
         let dir = tempfile::tempdir().unwrap();
-        let yaml = |x: &str, y: &str| {
-            format!(
-                "listeners:\n  - name: la\n    bind: \"{x}\"\n    routes:\n      - pool: pa\n  - name: lb\n    bind: \"{y}\"\n    routes:\n      - pool: pb\npools:\n  pa:\n    backends:\n      - address: \"{}\"\n  pb:\n    backends:\n      - address: \"{}\"\n",
-                a.addr, b.addr
-            )
-        };
-        let x = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let y = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let yaml = |x: &str, y: &str| two_listeners(x, y, a.addr, b.addr);
+        let (x, y) = (free_addr(), free_addr());
         let (p, path) = Proxy::start_file(dir.path(), &yaml(&x, &y));
         let mut on_x = connect(&format!("ws://{x}/")).await;
         let mut on_y = connect(&format!("ws://{y}/")).await;
@@ -354,8 +348,8 @@ async fn a_listener_moved_to_another_port_keeps_its_connections() {
     bounded(async {
         let a = backend("a").await;
         let dir = tempfile::tempdir().unwrap();
-        let x = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let z = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let x: std::net::SocketAddr = free_addr().parse().unwrap();
+        let z: std::net::SocketAddr = free_addr().parse().unwrap();
         let (p, path) = Proxy::start_file(dir.path(), &listeners_yaml(&[("m", &x.to_string())], a.addr));
         let mut on_x = connect(&format!("ws://{x}/")).await;
         std::fs::write(&path, listeners_yaml(&[("m", &z.to_string())], a.addr)).unwrap();
@@ -381,14 +375,8 @@ async fn a_keep_alive_connection_is_routed_by_its_sockets_listener_after_a_swap(
     bounded(async {
         let (a, b) = (common::http::http_backend("A").await, common::http::http_backend("B").await);
         let dir = tempfile::tempdir().unwrap();
-        let yaml = |x: &str, y: &str| {
-            format!(
-                "listeners:\n  - name: la\n    bind: \"{x}\"\n    routes:\n      - pool: pa\n  - name: lb\n    bind: \"{y}\"\n    routes:\n      - pool: pb\npools:\n  pa:\n    backends:\n      - address: \"{}\"\n  pb:\n    backends:\n      - address: \"{}\"\n",
-                a.addr, b.addr
-            )
-        };
-        let x = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let y = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let yaml = |x: &str, y: &str| two_listeners(x, y, a.addr, b.addr);
+        let (x, y) = (free_addr(), free_addr());
         let (p, path) = Proxy::start_file(dir.path(), &yaml(&x, &y));
         let mut s = tokio::net::TcpStream::connect(&x).await.unwrap();
         let mut buf = Vec::new();
@@ -396,7 +384,27 @@ async fn a_keep_alive_connection_is_routed_by_its_sockets_listener_after_a_swap(
         assert_eq!(common::http::roundtrip(&mut s, &mut buf, &get).await.unwrap().body, "A");
         std::fs::write(&path, yaml(&y, &x)).unwrap();
         switchyard::reload::reload(&p.server.shared).expect("swap ok");
-        assert_eq!(common::http::roundtrip(&mut s, &mut buf, &get).await.unwrap().body, "B", "lb is at x now");
+        assert_eq!(
+            common::http::roundtrip(&mut s, &mut buf, &get).await.unwrap().body,
+            "B",
+            "lb is at x now"
+        );
     })
     .await
+}
+
+/// Listeners `la` at `x` (pool `pa`, backend `a`) and `lb` at `y` (pool `pb`, backend `b`).
+fn two_listeners(x: &str, y: &str, a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
+    format!(
+        "listeners:\n  - name: la\n    bind: \"{x}\"\n    routes:\n      - pool: pa\n  - name: lb\n    bind: \"{y}\"\n    routes:\n      - pool: pb\npools:\n  pa:\n    backends:\n      - address: \"{a}\"\n  pb:\n    backends:\n      - address: \"{b}\"\n"
+    )
+}
+
+/// A loopback address with a port the OS just had free.
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
 }

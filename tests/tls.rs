@@ -169,33 +169,34 @@ async fn a_proxy_protocol_header_comes_before_tls() {
 
 /// A wss:// echo backend with this certificate.
 async fn tls_backend(cert: &Path, key: &Path) -> std::net::SocketAddr {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).unwrap()))
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).unwrap()))
-        .unwrap()
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tls_server(cert, key, |tls| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+            return;
+        };
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() && ws.send(m).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// A TLS server on 127.0.0.1:0 with this certificate, `serve` run on each connection.
+async fn tls_server<F, Fut>(cert: &Path, key: &Path, serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = server_tls(cert, key);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else { return };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() && ws.send(m).await.is_err() {
-                        break;
-                    }
+                if let Ok(tls) = acceptor.accept(s).await {
+                    serve(tls).await;
                 }
             });
         }
@@ -384,36 +385,15 @@ fn check_refuses_a_self_signed_ca_certificate_of_the_backend_itself_as_its_ca() 
 
 /// A plain HTTP/1.1 backend over TLS (hyper) answering `200 tls` to every request.
 async fn tls_http_backend(cert: &Path, key: &Path) -> std::net::SocketAddr {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).unwrap()))
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).unwrap()))
-        .unwrap()
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else { return };
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("tls"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    tls_server(cert, key, |tls| async move {
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("tls"))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+            .await;
+    })
+    .await
 }
 
 /// Issue 25, finding 3: idle backend connections were shared by address alone, so a pool
@@ -445,4 +425,21 @@ async fn a_strict_pool_never_reuses_a_lax_pools_unverified_connection() {
         assert_eq!(p.server.shared.http_clients.idle(), 1, "the lax pool's connection is kept for the lax pool");
     })
     .await
+}
+
+/// A TLS acceptor serving the certificate and key in these files.
+fn server_tls(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).unwrap()))
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).unwrap()))
+        .unwrap()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
