@@ -102,10 +102,23 @@ async fn hash_by_client_ip_keeps_one_client_on_one_backend() {
         let a = backend("a").await;
         let b = backend("b").await;
         let proxy = Proxy::start(&config("hash", &[a.addr, b.addr], "    hash:\n      key: client_ip\n"));
-        let first = served_by(&proxy, &[]).await;
-        for _ in 0..10 {
-            assert_eq!(served_by(&proxy, &[]).await, first);
+        // Sixteen client addresses, three connections each: each address always lands on one
+        // backend, and the addresses spread over both (a picker that ignores the key, or
+        // always answers the same backend, fails one or the other; all sixteen on one
+        // backend by chance is 1 in 32,768).
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 1..=16u8 {
+            let from = format!("127.0.0.{i}");
+            let mut names = Vec::new();
+            for _ in 0..3 {
+                let mut ws = connect_via(&from, &proxy.url("/"), b"", &[]).await;
+                names.push(ask(&mut ws, "whoami").await);
+            }
+            names.dedup();
+            assert_eq!(names.len(), 1, "client {from} moved between backends: {names:?}");
+            *seen.entry(names.remove(0)).or_insert(0) += 1;
         }
+        assert_eq!(seen.len(), 2, "sixteen clients all on one backend: {seen:?}");
     })
     .await;
 }

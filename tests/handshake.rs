@@ -22,22 +22,28 @@ async fn bad_requests_get_400_naming_the_header() {
     bounded(async {
         let (p, _b) = proxy_with("", "").await;
         let good = upgrade_request("/chat", "");
+        // Each row of the contract's table: the exact body, not a header name found anywhere
+        // in the answer (every refusal carries `Connection: close`).
+        const UPGRADE: &str = "missing or invalid Upgrade header (need: websocket)";
+        const CONNECTION: &str = "missing or invalid Connection header (need: Upgrade)";
+        const KEY: &str = "missing or invalid Sec-WebSocket-Key header (must be base64 of 16 bytes)";
         let cases = [
-            (good.replace("GET", "POST"), "GET"),
-            (good.replace("Host: test\r\n", ""), "Host"),
-            (good.replace("Upgrade: websocket\r\n", ""), "Upgrade"),
-            (good.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"), "Connection"),
-            (good.replace("dGhlIHNhbXBsZSBub25jZQ==", "dG9vIHNob3J0"), "Sec-WebSocket-Key"),
-            (
-                good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
-                "Sec-WebSocket-Key",
-            ),
-            ("GARBAGE\r\n\r\n".to_string(), "malformed"),
+            (good.replace("GET", "POST"), "method must be GET"),
+            (good.replace("Host: test\r\n", ""), "missing Host header"),
+            (good.replace("Host: test\r\n", "Host: \r\n"), "missing Host header"),
+            (good.replace("Upgrade: websocket\r\n", ""), UPGRADE),
+            (good.replace("Upgrade: websocket\r\n", "Upgrade: h2c\r\n"), UPGRADE),
+            (good.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"), CONNECTION),
+            (good.replace("Connection: Upgrade\r\n", ""), CONNECTION),
+            (good.replace("dGhlIHNhbXBsZSBub25jZQ==", "dG9vIHNob3J0"), KEY),
+            (good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), KEY),
+            ("GARBAGE\r\n\r\n".to_string(), "malformed request head"),
         ];
-        for (req, name) in cases {
+        for (req, why) in cases {
             let resp = raw_exchange(p.addr, req.as_bytes()).await;
-            assert_eq!(status(&resp), 400, "{name}: {resp}");
-            assert!(resp.contains(name), "body names {name}: {resp}");
+            assert_eq!(status(&resp), 400, "{why}: {resp}");
+            let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            assert_eq!(body, format!("bad request: {why}\n"), "{resp}");
         }
         still_serves(&p.url("/chat")).await;
     })
@@ -48,10 +54,16 @@ async fn bad_requests_get_400_naming_the_header() {
 async fn wrong_version_gets_426_with_version_header() {
     bounded(async {
         let (p, _b) = proxy_with("", "").await;
-        let req = upgrade_request("/chat", "").replace("Version: 13", "Version: 8");
-        let resp = raw_exchange(p.addr, req.as_bytes()).await;
-        assert_eq!(status(&resp), 426, "{resp}");
-        assert!(resp.contains("Sec-WebSocket-Version: 13\r\n"), "{resp}");
+        let good = upgrade_request("/chat", "");
+        // A version other than 13, or none at all.
+        for req in [
+            good.replace("Version: 13", "Version: 8"),
+            good.replace("Sec-WebSocket-Version: 13\r\n", ""),
+        ] {
+            let resp = raw_exchange(p.addr, req.as_bytes()).await;
+            assert_eq!(status(&resp), 426, "{resp}");
+            assert!(resp.contains("Sec-WebSocket-Version: 13\r\n"), "{resp}");
+        }
         still_serves(&p.url("/chat")).await;
     })
     .await

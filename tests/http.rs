@@ -370,6 +370,40 @@ async fn a_one_gib_upload_streams_with_flat_memory() {
     .await
 }
 
+/// Contract rows with no test before (issue 31): plain HTTP gets `503` with a jittered
+/// `Retry-After` when every backend is at its `max_connections`, and when the process cap
+/// sheds; others are served meanwhile.
+#[tokio::test]
+async fn plain_requests_get_503_when_every_backend_is_full_and_when_the_process_cap_sheds() {
+    bounded(async {
+        let b = http_backend("b1").await;
+        let yaml = format!(
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n        max_connections: 1\nlimits:\n  max_connections: 2\n",
+            b.addr
+        );
+        let p = Proxy::start(&yaml);
+        // One request in flight fills the backend (`/slow` answers after 3 s).
+        let (mut slow, mut sbuf) = conn(&p).await;
+        slow.write_all(get("/slow", "").as_bytes()).await.unwrap();
+        assert!(eventually(T, || p.backend(0).active() == 1).await.is_some());
+        let (mut s, mut buf) = conn(&p).await;
+        let r = roundtrip(&mut s, &mut buf, &get("/", "")).await.unwrap();
+        assert_eq!(r.status, 503, "every backend full: {r:?}");
+        let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+        assert!((1..=7).contains(&retry), "{retry}");
+        // Two connections are open (the process cap is 2): a third is shed by the cap.
+        let (mut third, mut tbuf) = conn(&p).await;
+        let r = roundtrip(&mut third, &mut tbuf, &get("/", "")).await.unwrap();
+        assert_eq!(r.status, 503, "over max_connections: {r:?}");
+        assert!(r.header("retry-after").is_some(), "{r:?}");
+        // The request in flight is served, and then the next one on its connection.
+        let r = read_response(&mut slow, &mut sbuf).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "b1"));
+        assert_eq!(roundtrip(&mut slow, &mut sbuf, &get("/", "")).await.unwrap().status, 200);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn plain_connections_over_the_rate_get_503_and_an_upgrade_after_plain_requests_can_be_shed() {
     bounded(async {

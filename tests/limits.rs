@@ -387,9 +387,11 @@ async fn past_the_hard_ceiling_connections_get_503_with_retry_after_before_any_w
 async fn a_full_backend_is_skipped_and_all_full_is_1013_counted_as_backend_full() {
     bounded(async {
         let a = backend("a").await;
+        let b = backend("b").await;
+        // Pool p: `a` takes one connection, `b` two; round robin would alternate.
         let p = Proxy::start(&format!(
-            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /full }}\n        pool: p\n      - pool: q\npools:\n  p:\n    backends:\n      - address: \"{}\"\n        max_connections: 1\n  q:\n    backends:\n      - address: \"{}\"\n",
-            a.addr, a.addr
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /full }}\n        pool: p\n      - pool: q\npools:\n  p:\n    algorithm: round_robin\n    backends:\n      - address: \"{}\"\n        max_connections: 1\n      - address: \"{}\"\n        max_connections: 2\n  q:\n    backends:\n      - address: \"{}\"\n",
+            a.addr, b.addr, a.addr
         ));
         let count = || {
             switchyard::metrics::render()
@@ -398,11 +400,20 @@ async fn a_full_backend_is_skipped_and_all_full_is_1013_counted_as_backend_full(
                 .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        let mut first = connect(&p.url("/full")).await;
-        assert_eq!(ask(&mut first, "x").await, "x");
+        // The first three connections fill both backends; whichever order round robin
+        // offers them, a full `a` is skipped for `b`.
+        let mut held = Vec::new();
+        let mut names = Vec::new();
+        for _ in 0..3 {
+            let mut ws = connect(&p.url("/full")).await;
+            names.push(ask(&mut ws, "whoami").await);
+            held.push(ws);
+        }
+        names.sort();
+        assert_eq!(names, ["a", "b", "b"], "a full backend is skipped, not overshot");
         let before = count();
-        let mut second = connect(&p.url("/full")).await;
-        assert_eq!(expect_close(&mut second).await.0, 1013);
+        let mut fourth = connect(&p.url("/full")).await;
+        assert_eq!(expect_close(&mut fourth).await.0, 1013);
         assert!(count() >= before + 1.0, "counted as backend_full");
         still_serves(&p.url("/other")).await;
     })

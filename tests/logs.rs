@@ -24,13 +24,18 @@ async fn one_connection_then_logs(access_log: bool) -> Vec<serde_json::Value> {
     ws.close(None).await.unwrap();
     let _ = expect_close(&mut ws).await;
     drop(ws);
+    // A reload after the connection ended: its `config reloaded` line proves the log was
+    // still being read past the point where an access line would be (so an access log turned
+    // off is not confused with a log nobody read).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal(libc::SIGHUP);
     let mut lines = Vec::new();
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(3) {
+    while t0.elapsed() < Duration::from_secs(10) {
         match logs.recv_timeout(Duration::from_millis(200)) {
             Ok(l) => {
                 let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-                let done = v["target"] == "switchyard::access";
+                let done = v["message"].as_str().is_some_and(|m| m.starts_with("config reloaded"));
                 lines.push(v);
                 if done {
                     break;
@@ -39,6 +44,12 @@ async fn one_connection_then_logs(access_log: bool) -> Vec<serde_json::Value> {
             Err(_) => continue,
         }
     }
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["message"].as_str().is_some_and(|m| m.starts_with("config reloaded"))),
+        "the log was read to the reload after the connection: {lines:?}"
+    );
     lines
 }
 

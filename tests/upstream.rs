@@ -29,6 +29,35 @@ async fn a_dead_backend_is_skipped() {
     .await
 }
 
+/// The contract's "a backend refuses or fails before its 101: the next backend is tried",
+/// for the failures after the connect: a backend that accepts and closes on the request,
+/// and one that accepts and never answers (over `connect_timeout`).
+#[tokio::test]
+async fn a_backend_that_resets_or_stays_silent_before_its_101_is_skipped() {
+    bounded(async {
+        use common::scripted::{scripted, Script};
+        let good = backend("good").await;
+        let reset = scripted(Script::CloseAfterHead).await;
+        let silent = scripted(Script::Silent).await;
+        let yaml =
+            config("round_robin", &[reset.addr, silent.addr, good.addr], "").replace("connect_timeout: 5s", "connect_timeout: 300ms");
+        let p = Proxy::start(&yaml);
+        for _ in 0..6 {
+            let mut ws = connect(&p.url("/")).await;
+            assert_eq!(ask(&mut ws, "whoami").await, "good");
+        }
+        assert!(
+            reset.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "the resetting backend was tried"
+        );
+        assert!(
+            silent.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "the silent backend was tried"
+        );
+    })
+    .await
+}
+
 #[tokio::test]
 async fn every_backend_dead_gives_a_completed_handshake_and_1013() {
     bounded(async {
