@@ -183,6 +183,10 @@ async fn a_record_added_reaches_traffic_within_refresh() {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let changed = Instant::now();
             dns.set_addrs("grow.sy.test.", &["127.0.0.1", "127.0.0.4"]).await;
+            // The new record is given out in one round only (every later A query fails, and a
+            // failed round keeps the last set): it reaches traffic only if the first round that
+            // sees it applies it, whatever the time it takes on a loaded machine.
+            dns.ration_a(Some(1));
             // New clients until one lands on the new backend (round robin: every other one,
             // once it is in the pool).
             let mut first = None;
@@ -194,6 +198,9 @@ async fn a_record_added_reaches_traffic_within_refresh() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             took.push(first.expect("the added record gets a connection").as_millis());
+            dns.ration_a(None);
+            // And a bound no loaded machine reaches with one refresh of 300 ms.
+            assert!(changed.elapsed() < Duration::from_secs(5), "{:?}", changed.elapsed());
             // The backend that stayed is the same object, untouched by the change.
             assert!(Arc::ptr_eq(&before, &p.backend(0)));
             assert_eq!(pool_addrs(&p), [format!("127.0.0.1:{port}"), format!("127.0.0.4:{port}")]);

@@ -141,6 +141,9 @@ async fn ambiguous_framing_is_refused_and_reaches_no_backend() {
                 .unwrap_or_else(|| panic!("an answer to {v:?}"));
             assert_eq!(r.status, 400, "{v:?}: {r:?}");
             assert!(closed_soon(&mut s).await, "connection closed after {v:?}");
+            // Counted in connections, not requests: the backend's parser would refuse some of
+            // these itself, so its request count could stay at 0 whatever was forwarded.
+            assert_eq!(b.seen.conns.load(SeqCst), 0, "{v:?} opened a backend connection");
         }
         // The same after a good request on a keep-alive connection (hyper parses it).
         let (mut s, mut buf) = conn(&p).await;
@@ -154,6 +157,7 @@ async fn ambiguous_framing_is_refused_and_reaches_no_backend() {
         .unwrap();
         assert_eq!(r.status, 400, "{r:?}");
         assert_eq!(b.seen.requests.load(SeqCst), 1, "only the good request reached the backend");
+        assert_eq!(b.seen.conns.load(SeqCst), 1, "on the one connection the good request opened");
         assert_eq!(http_get(p.addr, "/").await, (200, "b1".to_string()), "still serves");
     })
     .await

@@ -40,12 +40,25 @@ struct Handler {
     catalog: Catalog,
     servfail: Arc<AtomicBool>,
     faults: Arc<[AtomicU8; 2]>,
+    queries: Arc<AtomicU32>,
+    /// A answers left before every A query gets `SERVFAIL` (negative: no limit).
+    a_left: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        let is_a = request.request_info().is_ok_and(|i| i.query.query_type() == RecordType::A);
+        let rationed = is_a
+            && self
+                .a_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n > 0).then(|| n - 1).or((n < 0).then_some(n))
+                })
+                .is_err();
         let fault = match request.request_info().map(|i| i.query.query_type()) {
+            Ok(RecordType::A) if rationed => Fault::ServFail as u8,
             Ok(RecordType::A) => self.faults[0].load(Ordering::SeqCst),
             Ok(RecordType::AAAA) => self.faults[1].load(Ordering::SeqCst),
             _ => Fault::None as u8,
@@ -80,6 +93,8 @@ pub struct Dns {
     zone: Arc<InMemoryAuthority>,
     servfail: Arc<AtomicBool>,
     faults: Arc<[AtomicU8; 2]>,
+    queries: Arc<AtomicU32>,
+    a_left: Arc<std::sync::atomic::AtomicI64>,
     serial: AtomicU32,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -98,7 +113,9 @@ impl Dns {
         let faults = Arc::new([AtomicU8::new(0), AtomicU8::new(0)]);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (z, sf, fl) = (zone.clone(), servfail.clone(), faults.clone());
+        let queries = Arc::new(AtomicU32::new(0));
+        let a_left = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+        let (z, sf, fl, q, al) = (zone.clone(), servfail.clone(), faults.clone(), queries.clone(), a_left.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -110,6 +127,8 @@ impl Dns {
                     catalog,
                     servfail: sf,
                     faults: fl,
+                    queries: q,
+                    a_left: al,
                 });
                 let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
                 let addr = udp.local_addr().unwrap();
@@ -128,6 +147,8 @@ impl Dns {
             zone,
             servfail,
             faults,
+            queries,
+            a_left,
             serial: AtomicU32::new(1),
             stop: Some(stop),
             thread: Some(thread),
@@ -180,6 +201,16 @@ impl Dns {
     /// Answers `SERVFAIL` to everything while `on`.
     pub fn servfail(&self, on: bool) {
         self.servfail.store(on, Ordering::SeqCst);
+    }
+
+    /// Answers the next `n` A queries, then `SERVFAIL` to every A query (`None`: no limit).
+    pub fn ration_a(&self, n: Option<u32>) {
+        self.a_left.store(n.map_or(-1, i64::from), Ordering::SeqCst);
+    }
+
+    /// Queries answered (or failed) so far.
+    pub fn queries(&self) -> u32 {
+        self.queries.load(Ordering::SeqCst)
     }
 
     /// Fails the A queries (`v6`: the AAAA queries) alone as `fault` says.
