@@ -118,6 +118,9 @@ async fn a_second_signal_exits_at_once() {
         }
         p.signal(libc::SIGTERM);
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // Still draining after the first signal (30 s of drain for five connections): the
+        // second signal is what ends it, not the first.
+        assert!(p.0.try_wait().unwrap().is_none(), "exited on the first signal");
         let t0 = std::time::Instant::now();
         p.signal(libc::SIGTERM);
         let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
