@@ -109,6 +109,7 @@ async fn trickling_client_gets_408_at_the_handshake_timeout() {
         let req = upgrade_request("/chat", "");
         // one byte every 100 ms: never finishes in time
         let mut out = Vec::new();
+        let mut answered: Option<Duration> = None;
         for b in req.as_bytes() {
             if s.write_all(&[*b]).await.is_err() {
                 break;
@@ -120,14 +121,29 @@ async fn trickling_client_gets_408_at_the_handshake_timeout() {
             let mut chunk = [0u8; 256];
             if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut chunk)).await {
                 out.extend_from_slice(&chunk[..n]);
+                answered.get_or_insert_with(|| started.elapsed());
                 if n == 0 {
                     break;
                 }
             }
         }
+        if out.is_empty() {
+            let mut first = [0u8; 256];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(3), s.read(&mut first)).await {
+                out.extend_from_slice(&first[..n]);
+                answered.get_or_insert_with(|| started.elapsed());
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
         let resp = String::from_utf8_lossy(&out);
         assert_eq!(status(&resp), 408, "{resp}");
+        // Not before the handshake timeout (a lower bound no load can break: timers only fire
+        // late), and well before the client would have finished.
+        let answered = answered.expect("an answer");
+        assert!(
+            answered >= Duration::from_millis(590),
+            "408 after {answered:?}, before handshake_timeout"
+        );
         assert!(started.elapsed() < Duration::from_secs(3), "held {:?}", started.elapsed());
         still_serves(&p.url("/chat")).await;
     })
