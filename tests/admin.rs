@@ -170,6 +170,13 @@ async fn drain_closes_with_1012_over_drain_timeout_and_undrain_restores() {
         }
         let took = started.elapsed();
         assert!(took < Duration::from_millis(2000), "drained connections closed after {took:?}");
+        // Spread over drain_timeout, not all at once: two connections take one half of the
+        // window each, so the later close is at least half a window after the drain (a lower
+        // bound: load only delays closes).
+        assert!(
+            took >= Duration::from_millis(490),
+            "both drained connections closed within {took:?}"
+        );
         for ws in &mut on_two {
             assert_eq!(ask(ws, "whoami").await, "two", "the other backend's connections stay open");
         }
