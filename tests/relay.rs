@@ -196,7 +196,28 @@ async fn permessage_deflate_and_rsv_bits_pass_untouched() {
 #[tokio::test]
 async fn client_protocol_violations_get_1002_and_the_backend_a_close() {
     bounded(async {
-        let (p, b) = one_backend("").await;
+        // A backend that records, per connection, every frame it receives up to a close.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Vec<(Opcode, Vec<u8>)>>();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let (_, mut pending) = accept_upgrade_raw(&mut s, "").await;
+                    let mut frames = Vec::new();
+                    while let Ok(Ok(f)) = tokio::time::timeout(T, switchyard::ws::peer::read_frame(&mut s, &mut pending)).await {
+                        let close = f.opcode == Opcode::Close;
+                        frames.push((f.opcode, f.payload));
+                        if close {
+                            break;
+                        }
+                    }
+                    let _ = tx.send(frames);
+                });
+            }
+        });
+        let p = Proxy::start(&config("round_robin", &[addr], ""));
         let mut unmasked = vec![0x81, 2];
         unmasked.extend(b"hi");
         let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -209,23 +230,23 @@ async fn client_protocol_violations_get_1002_and_the_backend_a_close() {
             ("rsv without extension", masked_frame(0x80 | 0x20 | 0x1, b"x")),
         ];
         for (what, bytes) in cases {
-            let before = b.live.load(std::sync::atomic::Ordering::SeqCst);
             let (mut s, mut pending) = raw_ws(p.addr, "/").await;
-            // a good message first: it must still arrive
-            s.write_all(&masked_frame(0x81, b"fine")).await.unwrap();
-            s.write_all(&bytes).await.unwrap();
+            // A good message first, in the same write as the violation: it must still arrive.
+            let mut both = masked_frame(0x81, b"fine");
+            both.extend_from_slice(&bytes);
+            s.write_all(&both).await.unwrap();
             assert_eq!(raw_close_code(&mut s, &mut pending).await, 1002, "{what}");
-            // the backend side is closed too
-            let t0 = std::time::Instant::now();
-            while b.live.load(std::sync::atomic::Ordering::SeqCst) > before && t0.elapsed() < T {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert!(
-                b.live.load(std::sync::atomic::Ordering::SeqCst) <= before,
-                "{what}: backend connection not closed"
+            // The backend got the good message, then the balancer's 1002, and nothing else.
+            let frames = tokio::time::timeout(T, seen.recv()).await.expect("the backend's frames").unwrap();
+            assert_eq!(frames.len(), 2, "{what}: {frames:?}");
+            assert_eq!((frames[0].0, frames[0].1.as_slice()), (Opcode::Text, &b"fine"[..]), "{what}");
+            assert_eq!(frames[1].0, Opcode::Close, "{what}");
+            assert_eq!(
+                u16::from_be_bytes([frames[1].1[0], frames[1].1[1]]),
+                1002,
+                "{what}: the backend's close code"
             );
         }
-        still_serves(&p.url("/")).await;
     })
     .await
 }
