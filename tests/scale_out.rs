@@ -184,6 +184,15 @@ async fn behind_haproxy_the_backends_see_the_client_and_a_key_lands_on_one_backe
             let mut second = client_via(sp, &key).await;
             let (n1, n2) = (ask(&mut first, "whoami").await, ask(&mut second, "whoami").await);
             assert_eq!(n1, n2, "key {key} went to two backends");
+            // ... and the two connections did go through different instances: each holds one
+            // (without this, one instance alone would pass the test).
+            if k == 0 {
+                for (_, _, admin) in &farm.instances {
+                    let (_, body) = http_get(*admin, "/api/status").await;
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(v["connections"], 1, "key {key}: one connection on each instance: {v}");
+                }
+            }
             let b = bs
                 .iter()
                 .find(|b| b.last_headers.lock().unwrap().iter().any(|(n, _)| n == "x-key"))
