@@ -293,3 +293,93 @@ proptest! {
         }
     }
 }
+
+/// An upgrade request built from a grammar: each part the handshake checks is right, wrong
+/// or missing, in any header order, among noise headers; with whether it is valid. Random
+/// text almost never parses as a request, so it rarely reached `validate` at all.
+fn upgrade_from_grammar() -> impl Strategy<Value = (String, bool)> {
+    fn part(choices: Vec<(Option<&'static str>, bool)>) -> impl Strategy<Value = (Option<&'static str>, bool)> {
+        proptest::sample::select(choices)
+    }
+    let method = part(vec![(Some("GET"), true), (Some("POST"), false), (Some("get"), false)]);
+    let version = part(vec![(Some("HTTP/1.1"), true), (Some("HTTP/1.0"), false)]);
+    let host = part(vec![(Some("Host: example.com"), true), (Some("Host: "), false), (None, false)]);
+    let upgrade = part(vec![
+        (Some("Upgrade: websocket"), true),
+        (Some("Upgrade: WebSocket"), true),
+        (Some("Upgrade: h2c, websocket"), true),
+        (Some("Upgrade: h2c"), false),
+        (None, false),
+    ]);
+    let connection = part(vec![
+        (Some("Connection: Upgrade"), true),
+        (Some("Connection: keep-alive, Upgrade"), true),
+        (Some("Connection: keep-alive"), false),
+        (Some("Connection: Upgrade, Host"), false),
+        (None, false),
+    ]);
+    let key = part(vec![
+        (Some("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="), true),
+        (Some("Sec-WebSocket-Key: c2hvcnQ="), false),
+        (None, false),
+    ]);
+    let ws_version = part(vec![
+        (Some("Sec-WebSocket-Version: 13"), true),
+        (Some("Sec-WebSocket-Version: 8"), false),
+        (None, false),
+    ]);
+    let body = part(vec![
+        (None, true),
+        (Some("Content-Length: 0"), true),
+        (Some("Content-Length: 5"), false),
+        (Some("Transfer-Encoding: chunked"), false),
+    ]);
+    let second_host = part(vec![(None, true), (Some("Host: other.example"), false)]);
+    let reserved = |n: &str| {
+        let n = n.to_ascii_lowercase();
+        ["host", "upgrade", "connection", "content-length", "transfer-encoding"].contains(&n.as_str()) || n.starts_with("sec-websocket")
+    };
+    let noise = proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,12}", "[ -~]{0,20}"), 0..6).prop_map(move |v| {
+        v.into_iter()
+            .filter(|(n, _)| !reserved(n))
+            .map(|(n, val)| format!("{n}: {}", val.trim()))
+            .collect::<Vec<_>>()
+    });
+    (
+        (method, version, host, upgrade, connection),
+        (key, ws_version, body, second_host, noise),
+    )
+        .prop_flat_map(|((m, v, h, u, c), (k, w, b, h2, noise))| {
+            // Exactly one Host, and not empty (the second is only wrong beside a first).
+            let hosts: Vec<&str> = [h.0, h2.0].into_iter().flatten().collect();
+            let one_host = hosts.len() == 1 && hosts[0] != "Host: ";
+            let valid = one_host && [m, v, u, c, k, w, b].iter().all(|(_, ok)| *ok);
+            let mut lines: Vec<String> = [h, u, c, k, w, b, h2].iter().filter_map(|(l, _)| l.map(str::to_string)).collect();
+            lines.extend(noise);
+            let start = format!("{} /chat {}", m.0.unwrap_or("GET"), v.0.unwrap_or("HTTP/1.1"));
+            (Just(start), Just(lines).prop_shuffle(), Just(valid))
+        })
+        .prop_map(|(start, lines, valid)| {
+            let mut raw = start + "\r\n";
+            for l in lines {
+                raw.push_str(&l);
+                raw.push_str("\r\n");
+            }
+            raw.push_str("\r\n");
+            (raw, valid)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn handshake_validation_accepts_exactly_the_valid_requests((raw, valid) in upgrade_from_grammar()) {
+        let mut hs = [httparse::EMPTY_HEADER; switchyard::handshake::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut hs);
+        let parsed = req.parse(raw.as_bytes());
+        prop_assert!(matches!(parsed, Ok(httparse::Status::Complete(_))), "{raw:?} does not parse: {parsed:?}");
+        let verdict = switchyard::handshake::validate(&req);
+        prop_assert_eq!(verdict.is_ok(), valid, "{:?}: {:?}", raw, verdict);
+    }
+}
