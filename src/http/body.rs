@@ -30,18 +30,17 @@ pub struct RequestTally {
     pub failed: AtomicBool,
     /// The client left its body waiting too long ([`Limited`]): the client's fault.
     pub stalled: AtomicBool,
-    /// The body was last asked for more and the client had nothing yet: the wait is on the
-    /// client. False while the backend side holds a chunk it cannot write (the backend is
-    /// not reading), and before the body was first asked for.
-    pub awaiting_client: AtomicBool,
-    /// Since when the current wait on the client lasts (process clock, ms).
+    /// Since when the body waits on the client (process clock, ms): it was last asked for
+    /// more and the client had nothing yet. 0 while the backend side holds a chunk it
+    /// cannot write (the backend is not reading), and before the body was first asked for.
     pub awaiting_since_ms: AtomicU64,
 }
 
 impl RequestTally {
     /// Has the body been waiting on the client for at least `ms` (and still)?
     pub fn client_waited(&self, ms: u64) -> bool {
-        self.awaiting_client.load(Relaxed) && crate::clock::now_ms().saturating_sub(self.awaiting_since_ms.load(Relaxed)) >= ms
+        let since = self.awaiting_since_ms.load(Relaxed);
+        since != 0 && crate::clock::now_ms().saturating_sub(since) >= ms
     }
 
     /// Whose is the body's part of a wait that timed out: `None` when the whole body was
@@ -50,7 +49,7 @@ impl RequestTally {
         if self.finished.load(Relaxed) {
             return None;
         }
-        Some(match self.awaiting_client.load(Relaxed) || self.stalled.load(Relaxed) {
+        Some(match self.awaiting_since_ms.load(Relaxed) != 0 || self.stalled.load(Relaxed) {
             true => crate::blame::Outcome::ClientBodyStalled,
             false => crate::blame::Outcome::NoAnswerInTime,
         })
@@ -78,8 +77,6 @@ pub struct Limited {
     waiting_since: Option<tokio::time::Instant>,
     /// The client waits that ended, summed.
     waited: Duration,
-    /// The deadline `timer` is set to.
-    armed_for: Option<tokio::time::Instant>,
 }
 
 impl Limited {
@@ -93,7 +90,6 @@ impl Limited {
             timer: None,
             waiting_since: None,
             waited: Duration::ZERO,
-            armed_for: None,
         }
     }
 
@@ -107,14 +103,15 @@ impl Limited {
         let received = self.tally.bytes.load(Relaxed) as f64;
         let total = self.patience + Duration::from_secs_f64(received / MIN_BODY_RATE);
         let deadline = (since + self.patience).min(since + total.saturating_sub(self.waited));
-        if self.armed_for != Some(deadline) {
-            self.armed_for = Some(deadline);
-            match &mut self.timer {
-                Some(t) => t.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        let timer = match &mut self.timer {
+            Some(t) if t.deadline() == deadline => t,
+            Some(t) => {
+                t.as_mut().reset(deadline);
+                t
             }
-        }
-        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -126,7 +123,6 @@ impl hyper::body::Body for Limited {
         let this = self.get_mut();
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                this.tally.awaiting_client.store(true, Relaxed);
                 if this.out_of_patience(cx) {
                     this.tally.stalled.store(true, Relaxed);
                     return Poll::Ready(Some(Err("request body not received in time".into())));
@@ -135,9 +131,9 @@ impl hyper::body::Body for Limited {
             }
             Poll::Ready(f) => f,
         };
-        this.tally.awaiting_client.store(false, Relaxed);
         if let Some(since) = this.waiting_since.take() {
             this.waited += since.elapsed();
+            this.tally.awaiting_since_ms.store(0, Relaxed);
         }
         Poll::Ready(match frame {
             Some(Ok(f)) => {

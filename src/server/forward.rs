@@ -76,9 +76,12 @@ pub(super) async fn forward(
         let guard = ActiveGuard::request(backend.clone());
         // A connection that starts with a PROXY header speaks for one client: never shared.
         let pinned = backend.config.proxy_protocol.is_some();
+        // Where a connection to this backend is kept: looked up once for taking one and
+        // putting it back.
+        let key = crate::http::client::conn_key(pool, &backend);
         let kept = match pinned {
             true => cx.pinned.take(&backend, req.client.addr).await,
-            false => clients.take(crate::http::client::conn_key(pool, &backend)).await,
+            false => clients.take(key).await,
         };
         let mut conn = match kept {
             Some(c) => c,
@@ -101,10 +104,7 @@ pub(super) async fn forward(
                     let outcome = req.tally.stalled().unwrap_or(Outcome::NoAnswerInTime);
                     pool.record(&backend, outcome);
                     tracing::debug!(backend = %backend.address, outcome = outcome.name(), "no response head within request_timeout");
-                    return refusal(match outcome {
-                        Outcome::ClientBodyStalled => Refusal::BodyTimeout,
-                        _ => Refusal::GatewayTimeout,
-                    });
+                    return refusal(failure_answer(outcome));
                 }
                 Ok(Ok(resp)) => break Ok(resp),
                 Ok(Err(mut e)) => {
@@ -134,15 +134,7 @@ pub(super) async fn forward(
                 let outcome = send_failure(&req.tally, e.as_ref());
                 pool.record(&backend, outcome);
                 tracing::debug!(backend = %backend.address, outcome = outcome.name(), "no valid response: {e:?}");
-                return refusal(match outcome {
-                    Outcome::ClientBodyTooLarge => Refusal::BodyTooLarge,
-                    Outcome::ClientBodyStalled => Refusal::BodyTimeout,
-                    Outcome::ClientBodyBroken => Refusal::BadRequest("malformed or interrupted request body"),
-                    Outcome::UploadCutShort => {
-                        Refusal::BadGateway("the backend closed the connection before taking the whole request body")
-                    }
-                    _ => Refusal::BadGateway("no valid response from the backend"),
-                });
+                return refusal(failure_answer(outcome));
             }
         };
         let status = resp.status();
@@ -151,7 +143,7 @@ pub(super) async fn forward(
         if status.is_informational() {
             pool.record(&backend, Outcome::InvalidAnswer);
             tracing::debug!(backend = %backend.address, status = status.as_u16(), "interim status as a final answer");
-            return refusal(Refusal::BadGateway("no valid response from the backend"));
+            return refusal(failure_answer(Outcome::InvalidAnswer));
         }
         pool.record(&backend, Outcome::of_status(status.as_u16()));
         backend.http_requests.fetch_add(1, Relaxed);
@@ -167,7 +159,7 @@ pub(super) async fn forward(
         }
         let home = match pinned {
             true => Home::Pinned(cx.pinned.clone(), Arc::downgrade(&backend), req.client.addr),
-            false => Home::Shared(clients.clone(), crate::http::client::conn_key(pool, &backend)),
+            false => Home::Shared(clients.clone(), key),
         };
         let end = Finished {
             _guard: guard,
@@ -238,6 +230,7 @@ const STALL_MS: u64 = 100;
 /// or went over the limit, else the backend's (the connection was lost or its answer was
 /// not HTTP).
 fn send_failure(tally: &RequestTally, e: Option<&hyper::Error>) -> Outcome {
+    let unparsable = e.is_some_and(|e| e.is_parse() || e.is_parse_status());
     if tally.over_limit.load(Relaxed) {
         Outcome::ClientBodyTooLarge
     } else if tally.stalled.load(Relaxed) {
@@ -248,16 +241,28 @@ fn send_failure(tally: &RequestTally, e: Option<&hyper::Error>) -> Outcome {
         // The backend gave up while waiting for the rest of the client's body (its own
         // body timeout): the client's stall, not the backend's failure.
         Outcome::ClientBodyStalled
-    } else if !tally.finished.load(Relaxed) && !e.is_some_and(|e| e.is_parse() || e.is_parse_status()) {
+    } else if !tally.finished.load(Relaxed) && !unparsable {
         // The backend ended the connection while the body was still flowing: most often an
         // early answer (`413`, `401`) and a close, whose answer the reset took with it. (A
         // backend that crashes mid-upload is not counted either: its next requests and its
         // checks will tell.)
         Outcome::UploadCutShort
-    } else if e.is_some_and(|e| e.is_parse() || e.is_parse_status()) {
+    } else if unparsable {
         Outcome::InvalidAnswer
     } else {
         Outcome::ConnectionLost
+    }
+}
+
+/// The balancer's answer to a plain request that got no response, by whose failure it was.
+fn failure_answer(outcome: Outcome) -> Refusal {
+    match outcome {
+        Outcome::ClientBodyTooLarge => Refusal::BodyTooLarge,
+        Outcome::ClientBodyStalled => Refusal::BodyTimeout,
+        Outcome::ClientBodyBroken => Refusal::BadRequest("malformed or interrupted request body"),
+        Outcome::UploadCutShort => Refusal::BadGateway("the backend closed the connection before taking the whole request body"),
+        Outcome::NoAnswerInTime => Refusal::GatewayTimeout,
+        _ => Refusal::BadGateway("no valid response from the backend"),
     }
 }
 

@@ -250,15 +250,15 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
     };
     if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
         // A chunked body is checked up to its first chunk before anything is forwarded: a
-        // malformed chunk size (the usual smuggling probe) never reaches a backend.
-        match tokio::time::timeout(limits.request_timeout, body.frame()).await {
-            Ok(Some(Ok(first))) => body = http_body_util::StreamBody::new(PrependFrame(Some(first), body)).boxed_unsync(),
-            Ok(None) => body = empty(),
-            Ok(Some(Err(_))) if tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTooLarge),
-            Ok(Some(Err(_))) if tally.stalled.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTimeout),
-            Ok(Some(Err(_))) => return refusal(Refusal::BadRequest("malformed chunked body")),
-            // The client's body did not start in time: the client's wait, no backend's.
-            Err(_) => return refusal(Refusal::BodyTimeout),
+        // malformed chunk size (the usual smuggling probe) never reaches a backend. The body
+        // bounds its own wait (`Limited`: a first chunk that does not come in
+        // `request_timeout` is the client's stall).
+        match body.frame().await {
+            Some(Ok(first)) => body = http_body_util::StreamBody::new(PrependFrame(Some(first), body)).boxed_unsync(),
+            None => body = empty(),
+            Some(Err(_)) if tally.over_limit.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTooLarge),
+            Some(Err(_)) if tally.stalled.load(std::sync::atomic::Ordering::Relaxed) => return refusal(Refusal::BodyTimeout),
+            Some(Err(_)) => return refusal(Refusal::BadRequest("malformed chunked body")),
         }
     }
     let req = super::forward::Forward {
