@@ -200,10 +200,7 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
     // Discovered backends stay: the entries that stay keep their last answers, and entries
     // new to this config are asked now, before anything is built from them (bounded by the
     // resolver's timeout): a renamed entry that finds the same addresses keeps its backends.
-    let mut asked = crate::discovery::ask_new(&cfg, &old.config);
-    let (found, held, holding) = asked.merged(&old.discovered, &old.held, &old.config, &cfg);
-    let mut notes = std::mem::take(&mut asked.notes);
-    notes.extend(holding);
+    let (found, held, notes) = crate::discovery::ask_new(&cfg, &old.config).merged(&old.discovered, &old.held, &old.config, &cfg);
     let prepared = Runtime::prepare(cfg, Some(&old), &found, held).map_err(|e| vec![e])?;
     // Sockets are matched by address, not by name: a wanted listener whose address a bound
     // one has takes that one's sockets (renamed if its name differs), so renames, moves of a

@@ -76,19 +76,19 @@ impl NewEntries {
     /// runtime's (`kept`, `old_held`, from `old_config`): the answers of entries that stay
     /// and of new ones; and, for every pool of which some discovery entry has not answered
     /// yet, the entries this reload (or an earlier one) removed from it, held with their
-    /// last answers until every entry of the pool has answered ([`HeldEntries`]). Lines for
-    /// the reload's answer say which pools hold on.
+    /// last answers until every entry of the pool has answered ([`HeldEntries`]). The lines
+    /// for the reload's answer: what each entry asked found, then which pools hold on.
     pub fn merged(
-        &mut self,
+        self,
         kept: &FoundSets,
         old_held: &HeldEntries,
         old_config: &Config,
         config: &Config,
     ) -> (FoundSets, HeldEntries, Vec<String>) {
+        let NewEntries { found, mut notes } = self;
         let mut sets = kept.clone();
-        sets.extend(std::mem::take(&mut self.found));
+        sets.extend(found);
         let mut held = HeldEntries::new();
-        let mut notes = Vec::new();
         for (pool, pc) in &config.pools {
             if crate::discovered::all_answered(pool, pc, &sets) {
                 continue;
