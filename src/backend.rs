@@ -91,6 +91,8 @@ pub struct Backend {
     pub active: AtomicU64,
     /// Connections ever established.
     pub total: AtomicU64,
+    /// Of `total`, the WebSockets carried by HTTP/2 streams (RFC 8441).
+    pub total_h2: AtomicU64,
     /// Bytes relayed client → backend (flushed by the relay in batches).
     pub bytes_c2b: AtomicU64,
     /// Bytes relayed backend → client.
@@ -156,6 +158,7 @@ impl Backend {
             state: AtomicU8::new(BackendState::Up as u8),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            total_h2: AtomicU64::new(0),
             bytes_c2b: AtomicU64::new(0),
             bytes_b2c: AtomicU64::new(0),
             msgs_c2b: AtomicU64::new(0),

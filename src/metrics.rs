@@ -88,10 +88,12 @@ pub fn track(b: &Arc<Backend>) {
 struct BackendValues {
     active: u64,
     total: u64,
+    total_h2: u64,
     bytes: [u64; 2],
     msgs: [u64; 2],
     up: bool,
-    http: [u64; 5],
+    /// By client protocol (`PROTOCOLS`), then status class.
+    http: [[u64; 5]; 2],
     transitions: [u64; 4],
     /// Index into [`SERVING_STATES`] of the state shown (a removed object still draining
     /// gives way to its re-added successor).
@@ -111,6 +113,7 @@ fn render_backends(out: &mut String, now_ms: u64) {
             let v = values.entry((b.pool.clone(), b.address.clone())).or_default();
             v.active += b.active.load(Relaxed);
             v.total += b.total.load(Relaxed);
+            v.total_h2 += b.total_h2.load(Relaxed);
             v.bytes[0] += b.bytes_c2b.load(Relaxed);
             v.bytes[1] += b.bytes_b2c.load(Relaxed);
             v.msgs[0] += b.msgs_c2b.load(Relaxed);
@@ -130,8 +133,10 @@ fn render_backends(out: &mut String, now_ms: u64) {
                 v.discovered_from = b.discovered_from().map(|n| n.to_string());
             }
             let m = &b.metrics;
-            for (sum, c) in v.http.iter_mut().zip(&m.http) {
-                *sum += c.load(Relaxed);
+            for (sums, counts) in v.http.iter_mut().zip(&m.http) {
+                for (sum, c) in sums.iter_mut().zip(counts) {
+                    *sum += c.load(Relaxed);
+                }
             }
             for (sum, c) in v.transitions.iter_mut().zip(&m.transitions) {
                 *sum += c.load(Relaxed);
@@ -162,7 +167,14 @@ fn render_backends(out: &mut String, now_ms: u64) {
         out.push('\n');
     };
     family(out, "switchyard_connections_active", "gauge", &|v| v.active);
-    family(out, "switchyard_connections_total", "counter", &|v| v.total);
+    let _ = writeln!(out, "# TYPE switchyard_connections_total counter");
+    for (k, v) in &values {
+        let by_protocol = [v.total.saturating_sub(v.total_h2), v.total_h2];
+        for (protocol, n) in PROTOCOLS.iter().zip(by_protocol) {
+            let _ = writeln!(out, "switchyard_connections_total{{{},protocol=\"{protocol}\"}} {n}", labels(k));
+        }
+    }
+    out.push('\n');
     family(out, "switchyard_backend_up", "gauge", &|v| u64::from(v.up));
     let _ = writeln!(out, "# TYPE switchyard_backend_state gauge");
     for (k, v) in &values {
@@ -197,9 +209,23 @@ fn render_backends(out: &mut String, now_ms: u64) {
             out.push('\n');
         }
     };
-    sparse(out, "switchyard_http_requests_total", "status", &|v| {
-        STATUS_CLASSES.iter().copied().zip(v.http).collect()
-    });
+    let mut lines = String::new();
+    for (k, v) in &values {
+        for (protocol, counts) in PROTOCOLS.iter().zip(&v.http) {
+            for (class, n) in STATUS_CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
+                let _ = writeln!(
+                    lines,
+                    "switchyard_http_requests_total{{{},status=\"{class}\",protocol=\"{protocol}\"}} {n}",
+                    labels(k)
+                );
+            }
+        }
+    }
+    if !lines.is_empty() {
+        out.push_str("# TYPE switchyard_http_requests_total counter\n");
+        out.push_str(&lines);
+        out.push('\n');
+    }
     sparse(out, "switchyard_health_transitions_total", "to", &|v| {
         TRANSITION_STATES.iter().copied().zip(v.transitions).collect()
     });
@@ -242,8 +268,9 @@ fn escape(v: &str) -> std::borrow::Cow<'_, str> {
 /// values that counted something, as a registry series would appear on first use.
 #[derive(Debug, Default)]
 pub struct BackendMetrics {
-    /// `switchyard_http_requests_total{…,status}` by status class (1xx…5xx).
-    http: [AtomicU64; 5],
+    /// `switchyard_http_requests_total{…,status,protocol}` by client protocol, then status
+    /// class (1xx…5xx).
+    http: [[AtomicU64; 5]; 2],
     /// `switchyard_health_transitions_total{…,to}` by state (up, down, draining, ejected).
     transitions: [AtomicU64; 4],
     /// `switchyard_backend_protocol_errors_total`.
@@ -252,6 +279,8 @@ pub struct BackendMetrics {
     custom_load_errors: AtomicU64,
 }
 
+/// `protocol` values: how the client spoke (HTTP/1.1, or HTTP/2 streams).
+const PROTOCOLS: [&str; 2] = ["http1", "h2"];
 /// Status classes of `switchyard_http_requests_total`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `to` values of `switchyard_health_transitions_total`: `BackendState as usize`, then a
@@ -266,10 +295,11 @@ impl BackendMetrics {
         BackendMetrics::default()
     }
 
-    /// Counts one plain HTTP answer with `status` from this backend.
-    pub fn http_request(&self, status: u16) {
+    /// Counts one plain HTTP answer with `status` from this backend, to a client that
+    /// spoke HTTP/2 (`h2`) or HTTP/1.
+    pub fn http_request(&self, status: u16, h2: bool) {
         let i = usize::from(status / 100).clamp(1, 5) - 1;
-        self.http[i].fetch_add(1, Relaxed);
+        self.http[usize::from(h2)][i].fetch_add(1, Relaxed);
     }
 
     /// Counts one health transition to `to`.
@@ -434,13 +464,13 @@ mod tests {
         b.bytes_c2b.store(7, Relaxed);
         let conn = b.clone(); // a live connection's hold on a removed backend
         let lines = lines_for("series-test:1");
-        assert_eq!(lines.len(), 11, "{lines:?}");
+        assert_eq!(lines.len(), 12, "{lines:?}");
         assert!(lines.contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 1".to_string()));
         assert!(lines
             .iter()
             .any(|l| l.ends_with("direction=\"client_to_backend\"} 7") && l.starts_with("switchyard_bytes_total{")));
         drop(b);
-        assert_eq!(lines_for("series-test:1").len(), 11, "kept while a connection holds it");
+        assert_eq!(lines_for("series-test:1").len(), 12, "kept while a connection holds it");
         conn.set_state(BackendState::Draining, 1);
         assert!(lines_for("series-test:1").contains(&"switchyard_backend_up{pool=\"test\",backend=\"series-test:1\"} 0".to_string()));
         drop(conn);
@@ -450,21 +480,26 @@ mod tests {
     #[test]
     fn event_series_show_what_counted_and_go_with_the_backend() {
         let b = Backend::for_test("event-series:1", 1);
-        assert_eq!(lines_for("event-series:1").len(), 11, "nothing counted: no event series");
-        b.metrics.http_request(204);
-        b.metrics.http_request(200);
-        b.metrics.http_request(503);
+        assert_eq!(lines_for("event-series:1").len(), 12, "nothing counted: no event series");
+        b.metrics.http_request(204, false);
+        b.metrics.http_request(200, false);
+        b.metrics.http_request(503, false);
+        b.metrics.http_request(200, true);
         b.metrics.transition(BackendState::Down);
         b.metrics.protocol_error();
         b.metrics.custom_load_error();
         let lines = lines_for("event-series:1");
         let has = |l: &str| lines.iter().any(|x| x == l);
         assert!(
-            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"2xx\"} 2"),
+            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"2xx\",protocol=\"http1\"} 2"),
             "{lines:?}"
         );
         assert!(
-            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"5xx\"} 1"),
+            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"2xx\",protocol=\"h2\"} 1"),
+            "{lines:?}"
+        );
+        assert!(
+            has("switchyard_http_requests_total{pool=\"test\",backend=\"event-series:1\",status=\"5xx\",protocol=\"http1\"} 1"),
             "{lines:?}"
         );
         assert!(
@@ -479,7 +514,7 @@ mod tests {
             has("switchyard_custom_load_errors_total{pool=\"test\",backend=\"event-series:1\"} 1"),
             "{lines:?}"
         );
-        assert_eq!(lines.len(), 16, "{lines:?}");
+        assert_eq!(lines.len(), 18, "{lines:?}");
         drop(b);
         assert!(lines_for("event-series:1").is_empty(), "gone with the backend");
     }

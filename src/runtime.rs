@@ -349,7 +349,7 @@ impl Runtime {
         let mut tls_acceptors = HashMap::new();
         for l in &config.listeners {
             if let Some(t) = &l.tls {
-                let sc = crate::tls::server_config(t).map_err(|e| format!("listener {}: {e}", l.name))?;
+                let sc = crate::tls::server_config(t, l.http2).map_err(|e| format!("listener {}: {e}", l.name))?;
                 tls_acceptors.insert(l.name.clone(), tokio_rustls::TlsAcceptor::from(sc));
             }
         }

@@ -44,6 +44,17 @@ pub struct Shared {
     /// The one queue every reload goes through (SIGHUP, API, `--watch`), run in order; DNS
     /// discovery's answers go through it too.
     pub reloads: ReloadQueue,
+    /// HTTP/2 client connections open now, and their open streams.
+    pub h2: H2Gauges,
+}
+
+/// How much HTTP/2 is open now (for `/api/status` and the dashboard).
+#[derive(Debug, Default)]
+pub struct H2Gauges {
+    /// Client connections that chose `h2`.
+    pub connections: std::sync::atomic::AtomicU64,
+    /// Their open streams (requests in flight and WebSockets).
+    pub streams: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {

@@ -68,6 +68,9 @@ pub enum Stream {
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS originated here (backend side of the proxy).
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A WebSocket carried by an HTTP/2 stream (RFC 8441) of a TLS client connection: its
+    /// DATA frames, flow-controlled by the stream's window.
+    H2(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 impl std::fmt::Debug for Stream {
@@ -76,6 +79,7 @@ impl std::fmt::Debug for Stream {
             Stream::Tcp(_) => "Stream::Tcp",
             Stream::TlsServer(_) => "Stream::TlsServer",
             Stream::TlsClient(_) => "Stream::TlsClient",
+            Stream::H2(_) => "Stream::H2",
         })
     }
 }
@@ -102,6 +106,10 @@ macro_rules! each {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
+            Stream::H2($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
         }
     };
 }
@@ -124,6 +132,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::TlsServer(s) => s.is_write_vectored(),
             Stream::TlsClient(s) => s.is_write_vectored(),
+            Stream::H2(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -84,8 +84,9 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Server config for a TLS listener.
-pub fn server_config(t: &ListenerTls) -> Result<Arc<ServerConfig>, String> {
+/// Server config for a TLS listener. With `http2`, ALPN offers `h2` first (a client that
+/// speaks it gets it), then `http/1.1`.
+pub fn server_config(t: &ListenerTls, http2: bool) -> Result<Arc<ServerConfig>, String> {
     let mut by_name = HashMap::new();
     let mut default = None;
     for c in &t.certs {
@@ -106,7 +107,10 @@ pub fn server_config(t: &ListenerTls) -> Result<Arc<ServerConfig>, String> {
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = match http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(cfg))
 }
 

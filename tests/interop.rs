@@ -173,6 +173,50 @@ async fn socket_io_in_chromium_keeps_its_cookie_and_upgrades() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_in_chromium_over_h2_polls_and_upgrades_on_one_tls_connection() {
+    if !browser_ready() {
+        return;
+    }
+    bounded(async {
+        let servers: Vec<_> = ["s1", "s2", "s3"].iter().map(|n| node_server("sio_server.js", &[n])).collect();
+        let addrs: Vec<_> = servers.iter().map(|s| s.1).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = common::self_signed(dir.path());
+        let yaml = config(
+            "round_robin",
+            &addrs,
+            "    sticky:\n      cookie: SYID\n      secret: interop-secret\nadmin:\n  bind: \"127.0.0.1:0\"\n",
+        )
+        .replace(
+            "    routes:\n",
+            &format!("    tls: {{ cert: \"{}\", key: \"{}\" }}\n    routes:\n", cert.display(), key.display()),
+        );
+        let p = Proxy::start(&yaml);
+        let mut page = common::browser::Page::new().await;
+        page.cdp.call("Security.setIgnoreCertificateErrors", serde_json::json!({ "ignore": true })).await;
+        page.goto(&format!("https://127.0.0.1:{}/page", p.addr.port())).await;
+        let r = page.cdp.eval("runSio(2000)").await;
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert_eq!(r["servers"].as_array().map(Vec::len), Some(1), "sticky: every ack from one server: {r}");
+        assert_eq!((&r["upgraded"], &r["transport"]), (&serde_json::json!(true), &serde_json::json!("websocket")), "{r}");
+        // The page and every polling request came over HTTP/2...
+        let protocols = page
+            .cdp
+            .eval("[...new Set([performance.getEntriesByType('navigation')[0], ...performance.getEntriesByType('resource')].map(e => e.nextHopProtocol))].join(',')")
+            .await;
+        assert_eq!(protocols, "h2", "page and polling requests over HTTP/2");
+        // ...and the upgrade was an RFC 8441 stream, on one backend.
+        let metrics = http_get(p.admin(), "/metrics").await.1;
+        let h2: f64 = addrs
+            .iter()
+            .map(|a| metric(&metrics, &format!("switchyard_connections_total{{pool=\"p\",backend=\"{a}\",protocol=\"h2\"}}")))
+            .sum();
+        assert_eq!(h2, 1.0, "one WebSocket, over an HTTP/2 stream: {metrics}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockjs_in_chromium_over_each_fallback_transport() {
     if !browser_ready() {
         return;

@@ -106,6 +106,10 @@ pub(crate) fn status(admin: &Admin) -> Value {
         "draining": shared.draining.load(Relaxed),
         "connections": shared.conns.len(),
         "admitted": shared.admission.active(),
+        "h2": {
+            "connections": shared.h2.connections.load(Relaxed),
+            "streams": shared.h2.streams.load(Relaxed),
+        },
         "config_path": shared.config_path.as_ref().map(|p| p.display().to_string()),
         "last_reload": last.map(|(at_unix_s, r)| json!({
             "at_unix_s": at_unix_s,

@@ -13,7 +13,19 @@ use super::yaml::{parse_tree, Node, NodeKind};
 use super::*;
 
 const TOP_KEYS: &[&str] = &["listeners", "admin", "pools", "limits", "shedding", "process", "resolver"];
-const LISTENER_KEYS: &[&str] = &["name", "bind", "tls", "routes", "allowed_origins", "proxy_protocol"];
+/// Streams an HTTP/2 connection may have open at once when the listener does not say.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+const LISTENER_KEYS: &[&str] = &[
+    "name",
+    "bind",
+    "tls",
+    "routes",
+    "allowed_origins",
+    "proxy_protocol",
+    "http2",
+    "max_concurrent_streams",
+];
 const LIMITS_KEYS: &[&str] = &[
     "max_connections",
     "max_connections_per_second",
@@ -272,8 +284,14 @@ fn decode_listeners<'a>(
                 on
             }
         };
+        let http2 = f.get("http2").map(|n| ctx.bool(n, &format!("{what}.http2")));
+        let streams = f
+            .get("max_concurrent_streams")
+            .map(|n| ctx.int(n, &format!("{what}.max_concurrent_streams"), 1, 10_000).map(|v| v as u32));
         if let (Some(name), Some(bind), Some(routes), Some(proxy_protocol)) = (name, addr, routes, proxy_protocol) {
-            let (Some(tls), Some(allowed_origins)) = (optional(tls), optional(origins)) else {
+            let (Some(tls), Some(allowed_origins), Some(http2), Some(max_concurrent_streams)) =
+                (optional(tls), optional(origins), optional(http2), optional(streams))
+            else {
                 continue;
             };
             out.push(ListenerConfig {
@@ -283,6 +301,8 @@ fn decode_listeners<'a>(
                 routes,
                 allowed_origins,
                 proxy_protocol,
+                http2: http2.unwrap_or(true),
+                max_concurrent_streams: max_concurrent_streams.unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
             });
         }
     }

@@ -530,3 +530,17 @@ fn client_address_settings() {
     has(&e, 4, 21, "needs `limits.trusted_proxies`");
     assert_eq!(e.len(), 1, "{e:#?}");
 }
+
+#[test]
+fn http2_listener_settings() {
+    let yaml = "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    http2: false\n    max_concurrent_streams: 250\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"127.0.0.1:9001\"\n";
+    let c = parse(yaml, &PathBuf::from(".")).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!((c.listeners[0].http2, c.listeners[0].max_concurrent_streams), (false, 250));
+    // Defaults: offered, 100 streams.
+    let d = parse(MINIMAL, Path::new("")).unwrap();
+    assert_eq!((d.listeners[0].http2, d.listeners[0].max_concurrent_streams), (true, 100));
+    let bad = yaml.replace("http2: false", "http2: maybe").replace("streams: 250", "streams: 0");
+    let e = errors(&bad);
+    has(&e, 4, 12, "must be `true` or `false`");
+    has(&e, 5, 29, "listeners[0].max_concurrent_streams");
+}

@@ -153,6 +153,10 @@ pub struct ListenerConfig {
     /// Every connection starts with a PROXY protocol header (v1 or v2), accepted only from
     /// `limits.trusted_proxies`.
     pub proxy_protocol: bool,
+    /// A TLS listener offers HTTP/2 (ALPN `h2`) besides HTTP/1.1.
+    pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 /// Certificates a TLS listener serves (`tls: {cert, key}` is one entry with no SNI names).

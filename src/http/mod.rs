@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod client;
+pub mod floods;
 pub mod headers;
 mod io;
 

@@ -53,6 +53,8 @@ pub(super) struct Ready {
 pub(super) struct Logged {
     pub client: SocketAddr,
     pub peer: SocketAddr,
+    /// The WebSocket is an HTTP/2 stream (RFC 8441).
+    pub h2: bool,
 }
 
 impl Logged {
@@ -60,6 +62,7 @@ impl Logged {
         Logged {
             client: client.addr,
             peer: peer.socket,
+            h2: false,
         }
     }
 }
@@ -191,6 +194,7 @@ fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant
             client = %who.client,
             peer = %who.peer,
             listener = %listener,
+            protocol = if who.h2 { "h2" } else { "http1" },
             pool = %reg.shared.pool,
             backend = %reg.shared.backend.address,
             duration_ms = started.elapsed().as_millis() as u64,
@@ -265,6 +269,32 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
             }
         },
     };
+    if let Stream::TlsServer(tls) = &stream {
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            // The fork before any request: HTTP/2. Its streams are admitted one by one (a
+            // WebSocket stream as a connection of its own); the connection is admitted like a
+            // plain HTTP/1.1 one.
+            let per_request = any_contains(&limits.trusted_proxies, peer.addr.ip());
+            let own = (!per_request).then_some(peer.addr.ip());
+            let now = crate::clock::now_ms();
+            return match shared
+                .admission
+                .admit(pending, own, limits, &rt.config.shedding, &shared.conns, now)
+            {
+                Ok(slot) => {
+                    let at = (listener.clone(), listener_socket);
+                    super::h2::serve(shared.clone(), at, lcfg, stream, slot, peer, per_request).await;
+                    None
+                }
+                Err(reason) => {
+                    // Refused before any stream: the client sees the connection end.
+                    metrics::shed(reason.label());
+                    close_now(&mut stream).await;
+                    None
+                }
+            };
+        }
+    }
     let (buf, end) = match tokio::time::timeout_at(deadline, read_head(&mut stream, limits.max_request_header_bytes)).await {
         Ok(Ok(h)) => h,
         Ok(Err(HeadError::TooLarge(_))) => return refuse(&mut stream, Refusal::HeadTooLarge, Linger::Held).await,

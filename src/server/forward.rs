@@ -148,7 +148,7 @@ pub(super) async fn forward(
         pool.record(&backend, Outcome::of_status(status.as_u16()));
         backend.http_requests.fetch_add(1, Relaxed);
         pool.request_duration.record(started.elapsed().as_secs_f64());
-        backend.metrics.http_request(status.as_u16());
+        backend.metrics.http_request(status.as_u16(), cx.h2);
         if let Some(r) = sticky {
             pool.count_sticky(r);
         }
@@ -176,6 +176,7 @@ pub(super) async fn forward(
                     backend: backend.address.clone(),
                     started,
                     tally: req.tally.clone(),
+                    protocol: if cx.h2 { "h2" } else { "http1" },
                 }
             }),
         };
@@ -296,6 +297,8 @@ struct AccessLine {
     backend: String,
     started: Instant,
     tally: Arc<RequestTally>,
+    /// `h2` or `http1`: how the client spoke.
+    protocol: &'static str,
 }
 
 /// Where a backend connection goes back to once its response is complete.
@@ -335,6 +338,7 @@ impl OnEnd for Finished {
             peer = %l.peer,
             method = %l.method,
             path = %l.path,
+            protocol = l.protocol,
             status = l.status,
             pool = %l.pool,
             backend = %l.backend,

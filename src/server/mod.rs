@@ -8,6 +8,7 @@
 mod connection;
 
 mod forward;
+mod h2;
 mod plain;
 mod proxied;
 mod upgrade;
@@ -107,6 +108,7 @@ impl Server {
             last_reload: std::sync::Mutex::new(None),
             listener_epoch: std::sync::atomic::AtomicU64::new(0),
             reloads: crate::reload::Queue::default(),
+            h2: Default::default(),
         });
         let mut addrs = Vec::new();
         for (name, bind) in listeners {

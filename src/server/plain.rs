@@ -56,6 +56,8 @@ pub(super) struct ClientConn {
     per_request: bool,
     /// Whether the client connection is TLS.
     pub(super) tls: bool,
+    /// Whether the client speaks HTTP/2 (each request a stream).
+    pub(super) h2: bool,
     /// The backend connection kept for a backend with `proxy_protocol`.
     pub(super) pinned: Arc<Pinned>,
     /// Set by a request that upgraded: what to do with the connection once hyper lets go.
@@ -63,9 +65,35 @@ pub(super) struct ClientConn {
 }
 
 impl ClientConn {
+    /// The state of a client connection admitted on the plain path (HTTP/1.1 or HTTP/2).
+    pub(super) fn new(
+        shared: &Arc<Shared>,
+        (listener, socket): (Arc<str>, u64),
+        peer: Peer,
+        per_request: bool,
+        (tls, h2): (bool, bool),
+    ) -> Arc<ClientConn> {
+        Arc::new(ClientConn {
+            shared: shared.clone(),
+            listener: Mutex::new((shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire), listener)),
+            socket,
+            peer,
+            per_request,
+            tls,
+            h2,
+            pinned: Arc::new(Pinned::default()),
+            upgrade: Mutex::new(None),
+        })
+    }
+
+    /// The socket that accepted the connection.
+    pub(super) fn socket(&self) -> u64 {
+        self.socket
+    }
+
     /// The current name of the listener whose socket accepted this connection: looked up
     /// again only when a reload changed listeners since the last request.
-    fn listener_name(&self) -> Arc<str> {
+    pub(super) fn listener_name(&self) -> Arc<str> {
         let epoch = self.shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire);
         let Ok(mut cached) = self.listener.lock() else {
             return Arc::from("");
@@ -101,16 +129,7 @@ pub(super) async fn serve(
     per_request: bool,
 ) {
     let limits = shared.runtime.load().config.limits.clone();
-    let cx = Arc::new(ClientConn {
-        shared: shared.clone(),
-        listener: Mutex::new((shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire), listener.clone())),
-        socket,
-        peer,
-        per_request,
-        tls: stream.is_tls(),
-        pinned: Arc::new(Pinned::default()),
-        upgrade: Mutex::new(None),
-    });
+    let cx = ClientConn::new(&shared, (listener.clone(), socket), peer, per_request, (stream.is_tls(), false));
     let io = TokioIo::new(ClientIo::new(Bytes::from(read), stream, limits.idle_timeout));
     let svc = cx.clone();
     let service = service_fn(move |req| {
@@ -178,8 +197,8 @@ async fn upgraded(on: OnUpgrade) -> Option<(Stream, Vec<u8>)> {
     Some((stream, early))
 }
 
-/// Answers one request.
-async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request (of an HTTP/1.1 connection, or one stream of an HTTP/2 one).
+pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let rt = cx.shared.runtime.load_full();
     // The listener's settings under the name its socket has now.
@@ -188,6 +207,9 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
         return refusal(Refusal::Overloaded { retry_after_s: 1 });
     };
     let (mut parts, body) = req.into_parts();
+    if let Err(r) = authority_as_host(&mut parts) {
+        return refusal(r);
+    }
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut hs = headers_of_map(&parts.headers);
     // The checks of the first request (read raw) hold for every request of the connection.
@@ -273,11 +295,34 @@ async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> 
     super::forward::forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
 }
 
+/// An HTTP/2 request names its host in `:authority` (RFC 9113 §8.3.1): it becomes the `Host`
+/// the routes, the checks and the backend see. A `Host` field that disagrees with it is
+/// refused. HTTP/1.1 requests keep theirs.
+pub(super) fn authority_as_host(parts: &mut hyper::http::request::Parts) -> Result<(), Refusal> {
+    if parts.version != hyper::Version::HTTP_2 {
+        return Ok(());
+    }
+    let Some(authority) = parts.uri.authority() else {
+        return Ok(());
+    };
+    match parts.headers.get(hyper::header::HOST) {
+        Some(h) if !h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+            Err(Refusal::BadRequest("Host disagrees with :authority"))
+        }
+        Some(_) => Ok(()),
+        None => {
+            let v = HeaderValue::from_str(authority.as_str()).map_err(|_| Refusal::BadRequest("malformed :authority"))?;
+            parts.headers.insert(hyper::header::HOST, v);
+            Ok(())
+        }
+    }
+}
+
 /// What every request of a connection must pass before it is routed: `CONNECT` is not a
 /// reverse proxy's to carry (`405`); one `Host` that `Connection` does not name; at most
 /// [`MAX_HEADERS`] fields; unambiguous framing (RFC 9112 §6.1, §6.3). The head's size is
 /// hyper's (`max_header_size`).
-fn check_request(parts: &hyper::http::request::Parts, hs: &[httparse::Header<'_>]) -> Result<(), Refusal> {
+pub(super) fn check_request(parts: &hyper::http::request::Parts, hs: &[httparse::Header<'_>]) -> Result<(), Refusal> {
     if parts.method == hyper::Method::CONNECT {
         return Err(Refusal::MethodNotAllowed);
     }
@@ -387,7 +432,7 @@ fn switching(raw: &[u8]) -> Response<Body> {
 }
 
 /// The request's headers as the handshake and balancing code reads them.
-fn headers_of_map(map: &hyper::HeaderMap) -> Vec<httparse::Header<'_>> {
+pub(super) fn headers_of_map(map: &hyper::HeaderMap) -> Vec<httparse::Header<'_>> {
     map.iter()
         .map(|(n, v)| httparse::Header {
             name: n.as_str(),

@@ -165,6 +165,11 @@ pub(super) fn start(
     } = prepared;
     let limits = &rt.config.limits;
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
+    let mut logged = logged;
+    if matches!(stream, Stream::H2(_)) {
+        upstream.guard.backend().total_h2.fetch_add(1, Relaxed);
+        logged.h2 = true;
+    }
     let now = clock::now_ms();
     let reg = shared
         .conns

@@ -292,6 +292,17 @@ pub async fn accept_upgrade_raw(s: &mut TcpStream, extra: &str) -> (String, Vec<
     (head, buf[end..].to_vec())
 }
 
+/// A self-signed certificate for `localhost` and `127.0.0.1` written into `dir`: (cert, key).
+pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let c = params.self_signed(&key).unwrap();
+    let (cp, kp) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cp, c.pem()).unwrap();
+    std::fs::write(&kp, key.serialize_pem()).unwrap();
+    (cp, kp)
+}
+
 /// A port nothing listens on.
 pub async fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,377 @@
+//! The HTTP/2 path of a TLS connection whose client chose `h2` by ALPN: hyper's HTTP/2
+//! server (no framing here) with extended CONNECT enabled (RFC 8441). Each stream is one
+//! request: a plain one goes the plain path ([`super::plain::request`]) exactly as an
+//! HTTP/1.1 request would; an extended CONNECT with `:protocol websocket` is checked like
+//! an upgrade, opened towards the backend as an HTTP/1.1 upgrade, answered `200` for the
+//! backend's `101`, and relayed frame by frame over the stream ([`Stream::H2`]) by the same
+//! relay as any WebSocket.
+//!
+//! Bounds: at most `max_concurrent_streams` streams; the header list at most
+//! `max_request_header_bytes`; a connection with no open stream for `keepalive_timeout` is
+//! sent GOAWAY; resets and errors the client provokes are bounded by the h2 crate's
+//! counters (rapid reset, CONTINUATION floods) and end the connection with GOAWAY.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::HeaderValue;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+
+use super::connection::{self, shed_close};
+use super::plain::{self, empty, refusal, ClientConn};
+use super::upgrade::{self, Admit, Answer};
+use crate::client_addr::Peer;
+use crate::config::ListenerConfig;
+use crate::handshake::{header, Refusal, MAX_HEADERS};
+use crate::http::floods::FloodWatch;
+use crate::http::{Body, BoxError, ClientIo};
+use crate::limits::Slot;
+use crate::runtime::Runtime;
+use crate::shared::Shared;
+use crate::stream::Stream;
+
+/// Each stream's receive window: what one stream's client may send ahead of the relay or
+/// the backend reading it.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's receive window: what all its streams together may send ahead.
+const CONN_WINDOW: u32 = 1024 * 1024;
+/// What one stream may have queued towards the client beyond its flow-control window.
+const SEND_BUF: usize = 64 * 1024;
+/// Stream resets a client may provoke (protocol errors of its own) before the connection
+/// ends with GOAWAY.
+const MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Streams the client reset before the server saw them, pending at once (rapid reset).
+const MAX_PENDING_RESETS: usize = 20;
+
+/// How long a flooding client's connection lives after its GOAWAY.
+const FLOOD_GOODBYE: Duration = Duration::from_millis(500);
+
+/// How many streams of a connection are open, and when the last one ended: a connection
+/// with no stream for `keepalive_timeout` is told to go. Counted in the process's gauges
+/// too while it lives.
+struct Streams {
+    open: AtomicUsize,
+    last_end_ms: AtomicU64,
+    shared: Arc<Shared>,
+}
+
+impl Streams {
+    fn new(shared: &Arc<Shared>) -> Streams {
+        shared.h2.connections.fetch_add(1, Ordering::Relaxed);
+        Streams {
+            open: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(crate::clock::now_ms()),
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        self.shared.h2.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One open stream, counted until dropped (the response body finished, or the WebSocket
+/// relay ended).
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn new(s: &Arc<Streams>) -> StreamGuard {
+        s.open.fetch_add(1, Ordering::Relaxed);
+        s.shared.h2.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(s.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.last_end_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.shared.h2.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves an HTTP/2 connection until it closes or the balancer drains.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    (listener, socket): (Arc<str>, u64),
+    lcfg: &ListenerConfig,
+    stream: Stream,
+    slot: Slot,
+    peer: Peer,
+    per_request: bool,
+) {
+    let limits = shared.runtime.load().config.limits.clone();
+    let cx = ClientConn::new(&shared, (listener, socket), peer, per_request, (true, true));
+    let streams = Arc::new(Streams::new(&shared));
+    let flooded = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(FloodWatch::new(
+        ClientIo::new(Bytes::new(), stream, limits.idle_timeout),
+        flooded.clone(),
+    ));
+    let svc = (cx.clone(), streams.clone());
+    let service = service_fn(move |req| {
+        let (cx, streams) = svc.clone();
+        async move { Ok::<_, Infallible>(stream_request(cx, &streams, req).await) }
+    });
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(lcfg.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_send_buf_size(SEND_BUF)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let drain = shared.drain_started.notified();
+    tokio::pin!(drain);
+    let draining = shared.draining.load(Ordering::Relaxed);
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    let keepalive = limits.keepalive_timeout;
+    let mut idle_gone = false;
+    let check = tokio::time::sleep(keepalive);
+    tokio::pin!(check);
+    let ended = loop {
+        tokio::select! {
+            r = &mut conn => break r,
+            _ = &mut drain, if !draining => {
+                conn.as_mut().graceful_shutdown();
+                // Live WebSocket streams are closed by the drain (`1001`/`1012`) over its window.
+                break tokio::time::timeout(limits.drain_timeout + Duration::from_secs(1), &mut conn).await.unwrap_or(Ok(()));
+            }
+            _ = std::future::poll_fn(|_| match flooded.load(Ordering::Relaxed) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }) => {
+                // A flood (see `FloodWatch`): GOAWAY, a moment to write it, and the end.
+                tracing::debug!(client = %cx.peer.addr, "HTTP/2 flood: connection closed");
+                crate::metrics::handshake_failure("h2_flood");
+                conn.as_mut().graceful_shutdown();
+                break tokio::time::timeout(FLOOD_GOODBYE, &mut conn).await.unwrap_or(Ok(()));
+            }
+            _ = &mut check, if !idle_gone => {
+                let since = crate::clock::now_ms().saturating_sub(streams.last_end_ms.load(Ordering::Relaxed));
+                let keep_ms = keepalive.as_millis() as u64;
+                if streams.open.load(Ordering::Relaxed) == 0 && since >= keep_ms {
+                    // No stream for `keepalive_timeout`: GOAWAY, and the connection ends.
+                    idle_gone = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    let left = keep_ms.saturating_sub(since).max(1);
+                    let next = if streams.open.load(Ordering::Relaxed) == 0 { left } else { keep_ms };
+                    check.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(next));
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(client = %cx.peer.addr, "HTTP/2 connection ended: {e}");
+    }
+    drop(slot);
+}
+
+/// Answers one stream: an extended CONNECT for a WebSocket, or a plain request.
+async fn stream_request(cx: Arc<ClientConn>, streams: &Arc<Streams>, req: Request<Incoming>) -> Response<Body> {
+    let guard = StreamGuard::new(streams);
+    let websocket = req.method() == hyper::Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some();
+    if !websocket {
+        let resp = plain::request(cx, req).await;
+        return resp.map(|b| Counted { body: b, _guard: guard }.boxed_unsync());
+    }
+    websocket_stream(cx, req, guard).await
+}
+
+/// A response body that keeps its stream counted until it is finished or dropped.
+struct Counted {
+    body: Body,
+    _guard: StreamGuard,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An extended CONNECT (RFC 8441 §4): checked like an HTTP/1.1 upgrade, whose form it is
+/// given for the checks, the routes and the backend (`GET`, `Host` from `:authority`,
+/// `Upgrade`, `Connection` and a key of the balancer's own: the backend's `101` is checked
+/// against that key). Each WebSocket stream is admitted as a connection of its own.
+async fn websocket_stream(cx: Arc<ClientConn>, mut req: Request<Incoming>, guard: StreamGuard) -> Response<Body> {
+    let started = Instant::now();
+    let rt = cx.shared.runtime.load_full();
+    let name = cx.listener_name();
+    let Some(lcfg) = rt.config.listeners.iter().find(|l| *l.name == *name) else {
+        return refusal(Refusal::Overloaded { retry_after_s: 1 });
+    };
+    let protocol = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_ascii_lowercase());
+    if protocol.as_deref() != Some("websocket") {
+        return refusal(Refusal::BadRequest("extended CONNECT is served for :protocol websocket only"));
+    }
+    let on = hyper::upgrade::on(&mut req);
+    let (mut parts, _body) = req.into_parts();
+    if let Err(r) = plain::authority_as_host(&mut parts) {
+        return refusal(r);
+    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let key = own_key();
+    let mut hs: Vec<httparse::Header<'_>> = plain::headers_of_map(&parts.headers)
+        .into_iter()
+        // RFC 8441 §5: no key on HTTP/2; the balancer's own goes to the backend.
+        .filter(|h| !h.name.eq_ignore_ascii_case("sec-websocket-key"))
+        .collect();
+    if hs.len() > MAX_HEADERS {
+        return refusal(Refusal::HeadTooLarge);
+    }
+    if parts.headers.get_all(hyper::header::HOST).iter().nth(1).is_some() {
+        return refusal(Refusal::BadRequest("duplicated Host header"));
+    }
+    hs.push(httparse::Header {
+        name: "Upgrade",
+        value: b"websocket",
+    });
+    hs.push(httparse::Header {
+        name: "Connection",
+        value: b"Upgrade",
+    });
+    hs.push(httparse::Header {
+        name: "Sec-WebSocket-Key",
+        value: key.as_bytes(),
+    });
+    let head = httparse::Request {
+        method: Some("GET"),
+        path: Some(&target),
+        version: Some(1),
+        headers: &mut hs,
+    };
+    let limits = &rt.config.limits;
+    // A WebSocket stream is a connection of its client for caps, the connection rate and
+    // the per-client limits, like the TCP connection an HTTP/1.1 client would open for it.
+    let admit = match cx.shared.admission.accept(limits) {
+        Some(pending) => Admit::Pending(pending),
+        None => return shed_stream(&rt, &head, on, crate::limits::ShedReason::MaxConnections, guard),
+    };
+    let (shared, peer) = (cx.shared.clone(), cx.peer);
+    match upgrade::prepare(&shared, &rt, lcfg, &head, &peer, true, admit).await {
+        Err(Answer::Refuse(r)) => refusal(r),
+        Err(Answer::Shed(reason)) => shed_stream(&rt, &head, on, reason, guard),
+        Ok(prepared) => {
+            let resp = connect_ok(&prepared.response_head());
+            let (listener, socket) = (name.clone(), cx.socket());
+            tokio::spawn(async move {
+                let _guard = guard;
+                let Some(stream) = upgraded(on).await else { return };
+                let rt = shared.runtime.load_full();
+                match upgrade::start(&shared, &rt, &listener, socket, stream, prepared, &[], started) {
+                    Ok(ready) => connection::relay(ready).await,
+                    Err(ns) => connection::not_started(ns, peer.addr).await,
+                }
+            });
+            resp
+        }
+    }
+}
+
+/// The stream of an answered extended CONNECT, as the relay's client side.
+async fn upgraded(on: OnUpgrade) -> Option<Stream> {
+    let up = on.await.ok()?;
+    Some(Stream::H2(Box::new(TokioIo::new(up))))
+}
+
+/// A shed WebSocket stream: `200` (with the first offered subprotocol, so a browser does not
+/// fail the handshake), then the close frame with the jittered retry hint, and the stream
+/// ends.
+fn shed_stream(
+    rt: &Runtime,
+    head: &httparse::Request<'_, '_>,
+    on: OnUpgrade,
+    reason: crate::limits::ShedReason,
+    guard: StreamGuard,
+) -> Response<Body> {
+    let close = shed_close(reason, &rt.config.shedding);
+    let mut resp = Response::new(empty());
+    if let Some(p) = header(head.headers, "sec-websocket-protocol").and_then(|v| v.split(|&b| b == b',').next()) {
+        if let Ok(v) = HeaderValue::from_bytes(p.trim_ascii()) {
+            resp.headers_mut().insert("sec-websocket-protocol", v);
+        }
+    }
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Some(mut stream) = upgraded(on).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = stream.write_all(&close).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+        }
+    });
+    resp
+}
+
+/// The stream's `200` for the backend's `101` head: its headers but those of the HTTP/1.1
+/// upgrade itself (RFC 8441 §5: no `Sec-WebSocket-Accept`, no connection-specific fields).
+fn connect_ok(raw: &[u8]) -> Response<Body> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut hs);
+    let _ = parsed.parse(raw);
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::OK;
+    const DROPPED: [&str; 7] = [
+        "upgrade",
+        "connection",
+        "sec-websocket-accept",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "content-length",
+    ];
+    for h in parsed.headers.iter() {
+        if DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}
+
+/// A fresh `Sec-WebSocket-Key` for the backend side of an RFC 8441 stream.
+fn own_key() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
+}
