@@ -1,71 +1,32 @@
-//! The life of one client connection up to the fork: admission, TLS, the first request
-//! head, then either the WebSocket path ([`super::upgrade`]: a backend's 101 and the
-//! frame relay) or the plain HTTP path ([`super::plain`]: hyper, keep-alive, requests
-//! forwarded one by one, possibly an upgrade later). Every raw client-visible refusal goes
-//! through [`refuse`] (an HTTP status) or [`shed`] (a completed handshake and a close code).
+//! The life of one client connection up to the fork, the one place that decides what a
+//! connection and its first request are: admission, PROXY header, TLS, then by ALPN the
+//! HTTP/2 path ([`super::h2`]), or the first request head read raw: an upgrade goes the
+//! WebSocket path ([`super::upgrade`], then the relay), anything else the HTTP/1.1 path
+//! ([`super::h1`]: hyper, keep-alive, each request the plain path, possibly an upgrade
+//! later). The paths below do not call back up; what they share (the balancer's own answers,
+//! the relay's life) sits below them ([`super::answer`], [`super::relaying`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::answer::{close_now, refuse, shed, Linger};
+use super::relaying::{not_started, Ready, Relaying};
 use super::upgrade::{self, Admit, Answer};
-use crate::backend::ActiveGuard;
-use crate::client_addr::{ClientAddr, Peer};
-use crate::config::{any_contains, Limits, Shedding};
-use crate::conns::Registration;
-use crate::handshake::{accept_key, header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
-use crate::limits::per_client::ClientSlot;
-use crate::limits::{retry_reason, Admission, ShedReason, Slot};
-use crate::metrics::{self, CloseOrigin};
-use crate::relay::{NotStarted, Relay, MAX_EARLY_BYTES};
+use crate::client_addr::Peer;
+use crate::config::any_contains;
+use crate::handshake::{header, read_head, wants_websocket, HeadError, Refusal, MAX_HEADERS};
+use crate::metrics;
+use crate::relay::MAX_EARLY_BYTES;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::stream::Stream;
-use crate::ws::frame::ControlFrame;
-
-/// After a refusal or a shed close, how long the client gets to read it and go.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// A connection whose handshake succeeded on both sides.
-pub(super) struct Ready {
-    pub relay: Relay,
-    pub reg: Registration,
-    /// The admission slot (held by the plain HTTP path instead when it upgraded).
-    pub _slot: Option<Slot>,
-    /// The client's count, when the connection was not admitted as its own: an upgrade on
-    /// a trusted proxy's keep-alive connection.
-    pub _client_slot: Option<ClientSlot>,
-    pub _guard: ActiveGuard,
-    pub started: Instant,
-    pub access_log: bool,
-    /// Who the connection is for, for the access log.
-    pub client: Logged,
-}
-
-/// The addresses an access-log line names: the client, and the TCP peer it came through.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Logged {
-    pub client: SocketAddr,
-    pub peer: SocketAddr,
-    /// The WebSocket is an HTTP/2 stream (RFC 8441).
-    pub h2: bool,
-}
-
-impl Logged {
-    pub(super) fn new(client: &ClientAddr, peer: &Peer) -> Logged {
-        Logged {
-            client: client.addr,
-            peer: peer.socket,
-            h2: false,
-        }
-    }
-}
 
 /// A connection as the accept loop hands it over.
 pub struct Accepted {
@@ -109,18 +70,6 @@ pub enum Connection {
     Done,
 }
 
-/// What a relayed connection holds until it ends.
-pub struct Relaying {
-    run: crate::relay::Run,
-    reg: Registration,
-    started: Instant,
-    access_log: bool,
-    client: Logged,
-    /// Released when the connection ends; the admission slot also gives its rate token back
-    /// when the backend failed.
-    held: (Option<Slot>, Option<ClientSlot>, ActiveGuard),
-}
-
 impl Future for Connection {
     type Output = ();
 
@@ -137,16 +86,8 @@ impl Future for Connection {
                     Poll::Ready(Some(ready)) => *this = Connection::Relaying(Relaying::from(ready)),
                 },
                 Connection::Relaying(r) => {
-                    let Poll::Ready(out) = Pin::new(&mut r.run).poll(cx) else {
+                    if Pin::new(r).poll(cx).is_pending() {
                         return Poll::Pending;
-                    };
-                    if r.access_log {
-                        access_line(&out, &r.reg, r.started, r.client, &r.reg.shared.listener);
-                    }
-                    if out.backend_failed() {
-                        if let Some(slot) = &r.held.0 {
-                            slot.refund_rate();
-                        }
                     }
                     *this = Connection::Done;
                     return Poll::Ready(());
@@ -154,58 +95,6 @@ impl Future for Connection {
                 Connection::Done => return Poll::Ready(()),
             }
         }
-    }
-}
-
-impl From<Ready> for Relaying {
-    fn from(ready: Ready) -> Relaying {
-        let Ready {
-            relay,
-            reg,
-            started,
-            access_log,
-            client,
-            _slot,
-            _client_slot,
-            _guard,
-        } = ready;
-        Relaying {
-            run: relay.run(),
-            reg,
-            started,
-            access_log,
-            client,
-            held: (_slot, _client_slot, _guard),
-        }
-    }
-}
-
-/// Relays frames until the connection ends, then writes its access-log line (an upgrade
-/// that followed plain requests on the same connection).
-pub(super) async fn relay(ready: Ready) {
-    Connection::Relaying(Relaying::from(ready)).await
-}
-
-/// The access-log line of a finished WebSocket connection.
-fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant, who: Logged, listener: &str) {
-    {
-        tracing::info!(
-            target: "switchyard::access",
-            client = %who.client,
-            peer = %who.peer,
-            listener = %listener,
-            protocol = if who.h2 { "h2" } else { "http1" },
-            pool = %reg.shared.pool,
-            backend = %reg.shared.backend.address,
-            duration_ms = started.elapsed().as_millis() as u64,
-            bytes_c2b = out.bytes_c2b,
-            bytes_b2c = out.bytes_b2c,
-            msgs_c2b = out.msgs_c2b,
-            msgs_b2c = out.msgs_b2c,
-            close_code = out.code,
-            closed_by = out.origin.name(),
-            "connection closed"
-        );
     }
 }
 
@@ -326,7 +215,7 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
             .admit(pending, own, limits, &rt.config.shedding, &shared.conns, crate::clock::now_ms())
         {
             Ok(slot) => {
-                super::plain::serve(
+                super::h1::serve(
                     shared.clone(),
                     (listener.clone(), listener_socket),
                     stream,
@@ -379,127 +268,4 @@ async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Acce
             None
         }
     }
-}
-
-/// After a 101, a relay that cannot start (checked before the 101, so this is a bug guard)
-/// still ends with a close frame on both sides, a log line and a metric.
-pub(super) async fn not_started(ns: NotStarted, peer: SocketAddr) {
-    let NotStarted { mut client, mut backend } = ns;
-    let code = crate::ws::CloseCode::InternalError.code();
-    tracing::warn!(client = %peer, "relay could not start after the 101: early data over {MAX_EARLY_BYTES} bytes");
-    metrics::handshake_failure("relay_start");
-    metrics::close_code(code, CloseOrigin::Proxy);
-    let reason = "relay could not start";
-    let _ = backend
-        .write_all(ControlFrame::close(code, reason, Some(rand::random())).as_bytes())
-        .await;
-    let _ = backend.shutdown().await;
-    let _ = client.write_all(ControlFrame::close(code, reason, None).as_bytes()).await;
-    linger(&mut client).await;
-}
-
-/// How a refused or shed connection's linger counts against the hard ceiling (2 ×
-/// `max_connections` admitted, pending or lingering), so connections the balancer is done
-/// with cannot hold descriptors past it.
-pub(super) enum Linger<'a> {
-    /// The connection still holds its accept slot: linger under it.
-    Held,
-    /// The connection holds nothing now: linger under a slot of its own, or, past the
-    /// ceiling, close at once.
-    Take(&'a Arc<Admission>, &'a Limits),
-    /// Close at once (the connection was refused for being past the ceiling).
-    Never,
-}
-
-impl Linger<'_> {
-    /// Lingers (see [`linger`]) while counted, or only closes.
-    pub(super) async fn run(self, stream: &mut Stream) {
-        let held = match self {
-            Linger::Held => None,
-            Linger::Take(admission, limits) => match admission.accept(limits) {
-                Some(slot) => Some(slot),
-                None => return close_now(stream).await,
-            },
-            Linger::Never => return close_now(stream).await,
-        };
-        linger(stream).await;
-        drop(held);
-    }
-}
-
-/// Sends what was written and closes without waiting for the client.
-async fn close_now(stream: &mut Stream) {
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
-/// Answers with an HTTP error and closes (after letting the client read it).
-async fn refuse<T>(stream: &mut Stream, r: Refusal, linger: Linger<'_>) -> Option<T> {
-    metrics::handshake_failure(r.metric_reason());
-    tracing::debug!(status = r.status().0, "request refused");
-    let _ = stream.write_all(r.response().as_bytes()).await;
-    linger.run(stream).await;
-    None
-}
-
-/// The 101 with which the balancer completes a shed handshake itself.
-pub(super) fn shed_head(key: &str, headers: &[httparse::Header<'_>]) -> Vec<u8> {
-    let accept = accept_key(key);
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
-    out.extend_from_slice(&accept);
-    out.extend_from_slice(b"\r\n");
-    // Echo the first offered subprotocol: browsers fail a handshake that drops it, and then
-    // they would see 1006 instead of our close code.
-    if let Some(p) = header(headers, "sec-websocket-protocol").and_then(|v| v.split(|&b| b == b',').next()) {
-        out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
-        out.extend_from_slice(p.trim_ascii());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// The close frame of a shed connection, with a jittered retry hint.
-pub(super) fn shed_close(reason: ShedReason, shedding: &Shedding) -> Vec<u8> {
-    metrics::shed(reason.label());
-    metrics::close_code(shedding.close_code, CloseOrigin::Proxy);
-    tracing::debug!(reason = reason.label(), "connection shed");
-    let reason_text = retry_reason(shedding.retry_hint);
-    ControlFrame::close(shedding.close_code, &reason_text, None).as_bytes().to_vec()
-}
-
-/// Completes the handshake itself and closes with `shedding.close_code` and a jittered
-/// retry hint, so well-behaved clients back off with spread.
-async fn shed<T>(
-    stream: &mut Stream,
-    key: &str,
-    headers: &[httparse::Header<'_>],
-    reason: ShedReason,
-    shedding: &Shedding,
-    linger: Linger<'_>,
-) -> Option<T> {
-    let mut out = shed_head(key, headers);
-    out.extend_from_slice(&shed_close(reason, shedding));
-    let _ = stream.write_all(&out).await;
-    linger.run(stream).await;
-    None
-}
-
-/// Half-closes and reads what the client still sends for a bounded time, so the kernel
-/// does not reset the connection under the answer we just wrote.
-pub(super) async fn linger(stream: &mut Stream) {
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 512];
-    let mut budget: usize = 64 * 1024;
-    let _ = tokio::time::timeout(LINGER, async {
-        while budget > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => budget = budget.saturating_sub(n),
-            }
-        }
-    })
-    .await;
 }

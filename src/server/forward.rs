@@ -11,17 +11,18 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, SET_COOKIE};
+use hyper::header::{HeaderValue, SET_COOKIE, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response};
 
-use super::plain::{empty, overloaded, refusal, ClientConn};
+use super::answer::{empty, overloaded, refusal};
+use super::client::ClientConn;
 use crate::backend::{ActiveGuard, Backend};
 use crate::blame::Outcome;
 use crate::client_addr::ClientAddr;
 use crate::handshake::Refusal;
 use crate::http::body::{OnEnd, Relayed, RequestTally};
 use crate::http::client::{Conn, Pinned};
-use crate::http::headers::strip_hop_by_hop;
+use crate::http::headers::{add_forwarded, strip_hop_by_hop};
 use crate::http::{Body, ClientPool};
 use crate::limits::per_client::ClientSlot;
 use crate::limits::ShedReason;
@@ -187,7 +188,7 @@ pub(super) async fn forward(
 
 /// A bodiless request made again from the client's head, for a retry.
 fn again(cx: &ClientConn, req: &Forward<'_>) -> Option<Request<Body>> {
-    let head = super::plain::outgoing(req.head, req.target, req.client, cx.tls, req.host)?;
+    let head = outgoing(req.head, req.target, req.client, cx.tls, req.host)?;
     Some(Request::from_parts(head, empty()))
 }
 
@@ -349,4 +350,34 @@ impl OnEnd for Finished {
             "request"
         );
     }
+}
+
+/// The head of a request as it goes to a backend: the target in origin form, hop-by-hop
+/// fields removed, the forwarding fields added. `None` for a target that is not a valid
+/// origin-form URI.
+pub(super) fn outgoing(
+    parts: &hyper::http::request::Parts,
+    target: &str,
+    client: &crate::client_addr::ClientAddr,
+    tls: bool,
+    host: &str,
+) -> Option<hyper::http::request::Parts> {
+    let mut out = Request::new(()).into_parts().0;
+    out.method = parts.method.clone();
+    out.version = hyper::Version::HTTP_11;
+    // An origin-form target (what clients send to a server) is shared, not parsed again.
+    out.uri = match parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        true => parts.uri.clone(),
+        false => target.parse().ok()?,
+    };
+    out.headers = parts.headers.clone();
+    strip_hop_by_hop(&mut out.headers);
+    // A chunked body goes on chunked, whatever the method: hyper's client sends a body of
+    // unknown length on GET or HEAD only when told to (else as `Content-Length: 0`, the
+    // body silently dropped). The codings before `chunked` go on as they were.
+    for te in parts.headers.get_all(TRANSFER_ENCODING) {
+        out.headers.append(TRANSFER_ENCODING, te.clone());
+    }
+    add_forwarded(&mut out.headers, client, tls, host);
+    Some(out)
 }

@@ -28,8 +28,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
-use super::connection::{self, shed_close};
-use super::plain::{self, empty, refusal, ClientConn};
+use super::answer::{empty, refusal, shed_close};
+use super::client::ClientConn;
+use super::plain;
+use super::relaying;
 use super::upgrade::{self, Admit, Answer};
 use crate::client_addr::Peer;
 use crate::config::ListenerConfig;
@@ -294,8 +296,8 @@ async fn websocket_stream(cx: Arc<ClientConn>, mut req: Request<Incoming>, guard
                 let Some(stream) = upgraded(on).await else { return };
                 let rt = shared.runtime.load_full();
                 match upgrade::start(&shared, &rt, &listener, socket, stream, prepared, &[], started) {
-                    Ok(ready) => connection::relay(ready).await,
-                    Err(ns) => connection::not_started(ns, peer.addr).await,
+                    Ok(ready) => relaying::relay(ready).await,
+                    Err(ns) => relaying::not_started(ns, peer.addr).await,
                 }
             });
             resp

@@ -5,12 +5,15 @@
 //! thread and its relay never crosses threads. A control thread runs the admin listener,
 //! health checks, samplers and reloads. Shared state is atomics plus an `ArcSwap<Runtime>`.
 
+mod answer;
+mod client;
 mod connection;
-
 mod forward;
+mod h1;
 mod h2;
 mod plain;
 mod proxied;
+mod relaying;
 mod upgrade;
 
 use std::net::SocketAddr;

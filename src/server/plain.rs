@@ -9,193 +9,27 @@
 //! within `request_timeout`). Connect failures move on to the next backend; failures the
 //! backend is responsible for feed passive health.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 
-use super::connection::{self, linger, shed_close, shed_head};
-use super::upgrade::{self, Admit, Answer, Prepared};
-use crate::client_addr::{resolve, Peer};
+use super::answer::{empty, overloaded, refusal, shed_close, shed_head};
+use super::client::{ClientConn, PendingUpgrade};
+use super::forward::outgoing;
+use super::upgrade::{self, Admit, Answer};
+use crate::client_addr::resolve;
 use crate::config::{HttpMode, ListenerConfig};
 use crate::handshake::{header, wants_websocket, Refusal, MAX_HEADERS};
 use crate::http::body::{Limited, RequestTally};
-use crate::http::client::Pinned;
-use crate::http::headers::{add_forwarded, strip_hop_by_hop};
-use crate::http::{Body, ClientIo};
-use crate::limits::{retry_after_secs, ShedReason, Slot};
+use crate::http::Body;
 use crate::route::route;
 use crate::runtime::Runtime;
-use crate::shared::Shared;
-use crate::stream::Stream;
-
-/// One client connection on the plain path, as every request on it sees it.
-pub(super) struct ClientConn {
-    /// The process's shared state (the backend connection pool among it).
-    pub(super) shared: Arc<Shared>,
-    /// The name of its listener, and the listener epoch it was looked up at: each request
-    /// is routed by the listener its socket belongs to now (a reload may rename, move or
-    /// swap listeners under a keep-alive connection).
-    listener: Mutex<(u64, Arc<str>)>,
-    /// The listening socket that accepted the connection.
-    socket: u64,
-    /// Where the connection comes from.
-    pub(super) peer: Peer,
-    /// The peer is a trusted proxy: each request names its own client, and is counted for
-    /// it while in flight (the connection was admitted without a client).
-    per_request: bool,
-    /// Whether the client connection is TLS.
-    pub(super) tls: bool,
-    /// Whether the client speaks HTTP/2 (each request a stream).
-    pub(super) h2: bool,
-    /// The backend connection kept for a backend with `proxy_protocol`.
-    pub(super) pinned: Arc<Pinned>,
-    /// Set by a request that upgraded: what to do with the connection once hyper lets go.
-    upgrade: Mutex<Option<PendingUpgrade>>,
-}
-
-impl ClientConn {
-    /// The state of a client connection admitted on the plain path (HTTP/1.1 or HTTP/2).
-    pub(super) fn new(
-        shared: &Arc<Shared>,
-        (listener, socket): (Arc<str>, u64),
-        peer: Peer,
-        per_request: bool,
-        (tls, h2): (bool, bool),
-    ) -> Arc<ClientConn> {
-        Arc::new(ClientConn {
-            shared: shared.clone(),
-            listener: Mutex::new((shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire), listener)),
-            socket,
-            peer,
-            per_request,
-            tls,
-            h2,
-            pinned: Arc::new(Pinned::default()),
-            upgrade: Mutex::new(None),
-        })
-    }
-
-    /// The socket that accepted the connection.
-    pub(super) fn socket(&self) -> u64 {
-        self.socket
-    }
-
-    /// The current name of the listener whose socket accepted this connection: looked up
-    /// again only when a reload changed listeners since the last request.
-    pub(super) fn listener_name(&self) -> Arc<str> {
-        let epoch = self.shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire);
-        let Ok(mut cached) = self.listener.lock() else {
-            return Arc::from("");
-        };
-        if cached.0 != epoch {
-            if let Some(now) = self.shared.socket_name(self.socket) {
-                cached.1 = now;
-            }
-            cached.0 = epoch;
-        }
-        cached.1.clone()
-    }
-}
-
-/// An upgrade answered with a 101 through hyper, finished after hyper hands the socket back.
-enum PendingUpgrade {
-    /// Relay to the backend that answered the 101.
-    Relay(OnUpgrade, Box<Prepared>, Instant),
-    /// Shed: send this close frame and go.
-    Shed(OnUpgrade, Vec<u8>),
-}
-
-/// Serves a plain HTTP connection until it closes, upgrades or the balancer drains.
-/// `read` holds what was read while looking at the first request head; `per_request`: the
-/// peer is a trusted proxy, and `slot` counts for no client.
-pub(super) async fn serve(
-    shared: Arc<Shared>,
-    (listener, socket): (Arc<str>, u64),
-    stream: Stream,
-    read: Vec<u8>,
-    slot: Slot,
-    peer: Peer,
-    per_request: bool,
-) {
-    let limits = shared.runtime.load().config.limits.clone();
-    let cx = ClientConn::new(&shared, (listener.clone(), socket), peer, per_request, (stream.is_tls(), false));
-    let io = TokioIo::new(ClientIo::new(Bytes::from(read), stream, limits.idle_timeout));
-    let svc = cx.clone();
-    let service = service_fn(move |req| {
-        let cx = svc.clone();
-        async move { Ok::<_, Infallible>(request(cx, req).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        // Bounds an idle keep-alive connection and each later request head.
-        .header_read_timeout(limits.keepalive_timeout)
-        // A client that sends its request and then shuts its sending side (a one-shot
-        // client) still gets its answer.
-        .half_close(true)
-        .max_buf_size(limits.max_request_header_bytes.max(8192))
-        // Every request of the connection, not only the first (read raw), gets a 431 past
-        // `max_request_header_bytes` (start line included).
-        .max_header_size(limits.max_request_header_bytes)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let drain = shared.drain_started.notified();
-    tokio::pin!(drain);
-    let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    }
-    let ended = tokio::select! {
-        r = &mut conn => r,
-        _ = &mut drain, if !draining => {
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(limits.drain_timeout, &mut conn).await.unwrap_or(Ok(()))
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(client = %peer.addr, "plain HTTP connection ended: {e}");
-    }
-    let pending = cx.upgrade.lock().ok().and_then(|mut u| u.take());
-    match pending {
-        None => {}
-        Some(PendingUpgrade::Shed(on, close)) => {
-            if let Some((mut stream, _)) = upgraded(on).await {
-                let _ = stream.write_all(&close).await;
-                linger(&mut stream).await;
-            }
-        }
-        Some(PendingUpgrade::Relay(on, prepared, started)) => {
-            let Some((stream, early)) = upgraded(on).await else { return };
-            let rt = shared.runtime.load_full();
-            match upgrade::start(&shared, &rt, &listener, socket, stream, *prepared, &early, started) {
-                Ok(ready) => connection::relay(ready).await,
-                Err(ns) => connection::not_started(ns, peer.addr).await,
-            }
-        }
-    }
-    drop(slot);
-}
-
-/// The client socket back from hyper after a 101, with the bytes read past the request.
-async fn upgraded(on: OnUpgrade) -> Option<(Stream, Vec<u8>)> {
-    let up = on.await.ok()?;
-    let parts = up.downcast::<TokioIo<ClientIo>>().ok()?;
-    let (stream, rest) = parts.io.into_inner().into_parts();
-    let mut early = parts.read_buf.to_vec();
-    early.extend_from_slice(&rest);
-    Some((stream, early))
-}
 
 /// Answers one request (of an HTTP/1.1 connection, or one stream of an HTTP/2 one).
 pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Response<Body> {
@@ -338,36 +172,6 @@ pub(super) fn check_request(parts: &hyper::http::request::Parts, hs: &[httparse:
     crate::http::headers::check_framing(hs).map_err(|s| Refusal::BadRequest(s.reason()))
 }
 
-/// The head of a request as it goes to a backend: the target in origin form, hop-by-hop
-/// fields removed, the forwarding fields added. `None` for a target that is not a valid
-/// origin-form URI.
-pub(super) fn outgoing(
-    parts: &hyper::http::request::Parts,
-    target: &str,
-    client: &crate::client_addr::ClientAddr,
-    tls: bool,
-    host: &str,
-) -> Option<hyper::http::request::Parts> {
-    let mut out = Request::new(()).into_parts().0;
-    out.method = parts.method.clone();
-    out.version = hyper::Version::HTTP_11;
-    // An origin-form target (what clients send to a server) is shared, not parsed again.
-    out.uri = match parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        true => parts.uri.clone(),
-        false => target.parse().ok()?,
-    };
-    out.headers = parts.headers.clone();
-    strip_hop_by_hop(&mut out.headers);
-    // A chunked body goes on chunked, whatever the method: hyper's client sends a body of
-    // unknown length on GET or HEAD only when told to (else as `Content-Length: 0`, the
-    // body silently dropped). The codings before `chunked` go on as they were.
-    for te in parts.headers.get_all(TRANSFER_ENCODING) {
-        out.headers.append(TRANSFER_ENCODING, te.clone());
-    }
-    add_forwarded(&mut out.headers, client, tls, host);
-    Some(out)
-}
-
 /// An upgrade on a keep-alive connection: the WebSocket path, answered through hyper.
 #[allow(clippy::too_many_arguments)]
 async fn upgrade_request<'h>(
@@ -441,37 +245,6 @@ pub(super) fn headers_of_map(map: &hyper::HeaderMap) -> Vec<httparse::Header<'_>
         .collect()
 }
 
-/// `503` with a jittered `Retry-After`: the plain-HTTP twin of a shed `1013`.
-pub(super) fn overloaded(rt: &Runtime, reason: ShedReason) -> Response<Body> {
-    crate::metrics::shed(reason.label());
-    refusal(Refusal::Overloaded {
-        retry_after_s: retry_after_secs(rt.config.shedding.retry_hint),
-    })
-}
-
-/// The balancer's own answer. `400`, `405`, `408`, `413` and `431` close the connection:
-/// the request's body was not read (or not all of it), or its framing cannot be trusted.
-pub(super) fn refusal(r: Refusal) -> Response<Body> {
-    crate::metrics::handshake_failure(r.metric_reason());
-    let (code, _) = r.status();
-    let mut resp = Response::new(Full::new(Bytes::from(r.body())).map_err(|e| match e {}).boxed_unsync());
-    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if let Some((name, value)) = r.extra_header() {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    }
-    if matches!(
-        r,
-        Refusal::BadRequest(_) | Refusal::BodyTooLarge | Refusal::BodyTimeout | Refusal::MethodNotAllowed | Refusal::HeadTooLarge
-    ) {
-        h.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
 /// The tally of every request without a body: nothing passed, finished. Shared (never
 /// written: only a request body's [`Limited`] writes its tally).
 fn no_body_tally() -> Arc<RequestTally> {
@@ -497,8 +270,4 @@ impl futures_util::Stream for PrependFrame {
         }
         std::pin::Pin::new(&mut this.1).poll_frame(cx)
     }
-}
-
-pub(super) fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed_unsync()
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::connection::{Logged, Ready};
+use super::relaying::{Logged, Ready};
 use crate::client_addr::{resolve, Peer};
 use crate::clock;
 use crate::config::ListenerConfig;
