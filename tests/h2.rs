@@ -178,14 +178,32 @@ async fn recording_backend() -> Recording {
     Recording { addr, closes, heads }
 }
 
-/// This process's resident memory (KiB).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+/// The balancer as a process of its own, for the tests that measure its memory (the tests of
+/// this file run side by side in one process).
+struct Apart {
+    proc: Proc,
+    port: String,
+}
+
+impl Apart {
+    fn start(dir: &Path, yaml: &str) -> Apart {
+        let file = dir.join("apart.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let mut proc = Proc::spawn(&["run", "-c", file.to_str().unwrap()]);
+        let url = tokio::task::block_in_place(|| proc.line_after("listening l "));
+        let port = url.trim().trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+        Apart { proc, port }
+    }
+
+    /// Its resident memory (KiB).
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.0.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
 }
 
 fn port(p: &Proxy) -> String {
@@ -449,7 +467,7 @@ async fn extended_connect_is_checked_like_an_upgrade() {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_is_cut_off_with_goaway_while_others_are_served() {
     if !python_or_skip("abuse_is_cut_off_with_goaway_while_others_are_served") {
         return;
@@ -457,27 +475,33 @@ async fn abuse_is_cut_off_with_goaway_while_others_are_served() {
     bounded(async {
         let a = http_backend("a").await;
         let dir = tempfile::tempdir().unwrap();
-        let p = Proxy::start(&tls_config(
+        let p = Apart::start(
             dir.path(),
-            &[a.addr],
-            "",
-            "limits:\n  keepalive_timeout: 2s\n  max_request_header_bytes: 8KiB\n",
-        ));
-        let rss_before = rss_kib();
+            &tls_config(
+                dir.path(),
+                &[a.addr],
+                "",
+                "limits:\n  keepalive_timeout: 2s\n  max_request_header_bytes: 8KiB\n",
+            ),
+        );
+        let rss_before = p.rss_kib();
         for attack in [
             "rapid_reset",
             "continuation",
             "hpack_bomb",
             "ping_flood",
+            "ping_ack_flood",
             "settings_flood",
+            "window_update_flood",
+            "unknown_flood",
             "empty_data",
             "idle",
             "streams",
         ] {
             let before = a.seen.requests.load(std::sync::atomic::Ordering::SeqCst);
-            let mut attacker = Py::start("h2abuse.py", &[attack, "127.0.0.1", &port(&p)]);
+            let mut attacker = Py::start("h2abuse.py", &[attack, "127.0.0.1", &p.port]);
             // Another client is served while the attack runs.
-            let facts = Py::run("h2ws.py", &["get", "127.0.0.1", &port(&p)]).await;
+            let facts = Py::run("h2ws.py", &["get", "127.0.0.1", &p.port]).await;
             assert_eq!(facts["status"], "200", "{attack}: another client is served");
             let outcome = attacker.fact("outcome").await;
             assert!(
@@ -485,6 +509,11 @@ async fn abuse_is_cut_off_with_goaway_while_others_are_served() {
                 "{attack}: the attacker is cut off: {outcome} {:?}",
                 attacker.facts
             );
+            if attack.ends_with("_flood") {
+                // A flood ends the connection itself, with GOAWAY (the open upload keeps it
+                // from ending as idle).
+                assert_eq!(outcome, "cut goaway=0", "{attack}");
+            }
             let sent: u64 = attacker.fact("requests").await.parse().unwrap();
             let reached = (a.seen.requests.load(std::sync::atomic::Ordering::SeqCst) - before - 1) as u64;
             // Streams that stay open are real concurrency: at most `max_concurrent_streams`
@@ -495,8 +524,8 @@ async fn abuse_is_cut_off_with_goaway_while_others_are_served() {
                 "{attack}: backends see a small share of the attack's {sent} requests: {reached}"
             );
         }
-        // The balancer runs in this process: what the attacks left behind stays small.
-        let grown = rss_kib().saturating_sub(rss_before);
+        // What the attacks left behind in the balancer stays small.
+        let grown = p.rss_kib().saturating_sub(rss_before);
         assert!(grown < 64 * 1024, "resident memory grew by {grown} KiB over the attacks");
     })
     .await
@@ -548,7 +577,7 @@ async fn chromium_opens_the_page_and_its_websocket_on_one_h2_connection() {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_stalls_only_its_own_stream() {
     if !python_or_skip("a_client_that_stops_reading_stalls_only_its_own_stream") {
         return;
@@ -556,17 +585,17 @@ async fn a_client_that_stops_reading_stalls_only_its_own_stream() {
     bounded(async {
         let b = backend("b").await;
         let dir = tempfile::tempdir().unwrap();
-        let p = Proxy::start(&tls_config(dir.path(), &[b.addr], "", ""));
-        let rss_before = rss_kib();
+        let p = Apart::start(dir.path(), &tls_config(dir.path(), &[b.addr], "", ""));
+        let rss_before = p.rss_kib();
         // The backend streams 20,000 messages of 1 KiB on stream A, whose reader stopped.
-        let mut c = Py::start("h2ws.py", &["stall", "127.0.0.1", &port(&p), "20000"]);
+        let mut c = Py::start("h2ws.py", &["stall", "127.0.0.1", &p.port, "20000"]);
         assert_eq!(c.fact("b_echo").await, "b goes on", "the other stream is not held up");
         let stalled: u64 = c.fact("a_received_stalled").await.parse().unwrap();
         assert!(stalled <= 65_535, "no more than the stream's window reached the client: {stalled}");
         // Backpressure, not buffering: the balancer holds what its windows allow, and the
         // backend's writes wait on its socket.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let grown = rss_kib().saturating_sub(rss_before);
+        let grown = p.rss_kib().saturating_sub(rss_before);
         assert!(
             grown < 8 * 1024,
             "resident memory grew by {grown} KiB while 20 MiB waited to be read"
@@ -607,6 +636,60 @@ async fn a_reload_keeps_h2_connections_and_applies_to_their_next_streams() {
         client.go_on().await;
         assert_eq!(client.fact("echo_after").await, "after", "the WebSocket stream lived through the reload");
         assert_eq!(client.fact("new").await, "200 b", "the next stream is routed by the new config");
+        // A reload that removes the listener: the WebSocket is closed 1001 and the connection
+        // gets GOAWAY (not left answering 503 to every new stream).
+        let other = format!("127.0.0.1:{}", dead_port().await.port());
+        let removed = yaml("", &other).replace("name: l", "name: m") + "limits:\n  drain_timeout: 1s\n";
+        std::fs::write(&path, removed).unwrap();
+        switchyard::reload::reload(&p.server.shared).expect("reload ok");
+        client.go_on().await;
+        assert_eq!(client.fact("close").await, "1001");
+        assert_eq!(client.fact("goaway").await, "0");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_response_whose_window_never_opens_ends_at_idle_timeout() {
+    if !python_or_skip("a_response_whose_window_never_opens_ends_at_idle_timeout") {
+        return;
+    }
+    bounded(async {
+        let a = http_backend("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let p = Proxy::start(&tls_config(dir.path(), &[a.addr], "", "limits:\n  idle_timeout: 2s\n"));
+        let facts = Py::run("h2ws.py", &["nowindow", "127.0.0.1", &port(&p), "15"]).await;
+        let received: u64 = facts["received"].parse().unwrap();
+        assert!(received <= 65_535, "no more than the window: {received}");
+        let cut: u64 = facts["cut_after_ms"]
+            .parse()
+            .unwrap_or_else(|_| panic!("the connection was never cut: {facts:?}"));
+        assert!((2_000..8_000).contains(&cut), "cut after idle_timeout (2 s) and a check: {cut} ms");
+        // The stream, its backend connection and the backend's slot are free again.
+        let b = p.backend(0);
+        assert!(
+            eventually(T, || b.active.load(std::sync::atomic::Ordering::SeqCst) == 0)
+                .await
+                .is_some(),
+            "the backend's slot came back"
+        );
+        assert_eq!(p.server.shared.h2.streams.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(p.server.shared.h2.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cookies_split_over_fields_reach_the_backend_as_one_line() {
+    if !python_or_skip("cookies_split_over_fields_reach_the_backend_as_one_line") {
+        return;
+    }
+    bounded(async {
+        let a = http_backend("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let p = Proxy::start(&tls_config(dir.path(), &[a.addr], "", ""));
+        let facts = Py::run("h2ws.py", &["cookies", "127.0.0.1", &port(&p)]).await;
+        assert_eq!(facts["cookie_lines"], r#"["cookie: a=1; b=2; c=3"]"#);
     })
     .await
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::HeaderValue;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -56,8 +56,9 @@ const MAX_LOCAL_ERROR_RESETS: usize = 256;
 /// Streams the client reset before the server saw them, pending at once (rapid reset).
 const MAX_PENDING_RESETS: usize = 20;
 
-/// How long a flooding client's connection lives after its GOAWAY.
-const FLOOD_GOODBYE: Duration = Duration::from_millis(500);
+/// How long a connection cut off for abuse (a flood, a window never opened) lives after its
+/// GOAWAY.
+const GOODBYE: Duration = Duration::from_millis(500);
 
 /// How many streams of a connection are open, and when the last one ended: a connection
 /// with no stream for `keepalive_timeout` is told to go. Counted in the process's gauges
@@ -66,7 +67,26 @@ struct Streams {
     open: AtomicUsize,
     last_end_ms: AtomicU64,
     shared: Arc<Shared>,
+    /// The plain responses being sent, watched for a client that never opens their window.
+    sending: std::sync::Mutex<Vec<Arc<Progress>>>,
 }
+
+/// How a plain response's sending stands, as the connection's task checks it.
+#[derive(Default)]
+struct Progress {
+    /// When hyper last took a frame of it.
+    took_ms: AtomicU64,
+    /// `WAITING_ON_BACKEND`, `WAITING_ON_CLIENT` or `SENT`.
+    state: std::sync::atomic::AtomicU8,
+}
+
+/// The response's body has nothing ready: the backend's time (bounded by the body's own idle
+/// timer).
+const WAITING_ON_BACKEND: u8 = 0;
+/// hyper took a frame and has not asked for the next: it waits for the stream's window.
+const WAITING_ON_CLIENT: u8 = 1;
+/// Finished or dropped.
+const SENT: u8 = 2;
 
 impl Streams {
     fn new(shared: &Arc<Shared>) -> Streams {
@@ -75,7 +95,29 @@ impl Streams {
             open: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(crate::clock::now_ms()),
             shared: shared.clone(),
+            sending: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Watches a plain response being sent.
+    fn watch(&self) -> Arc<Progress> {
+        let p = Arc::new(Progress::default());
+        if let Ok(mut all) = self.sending.lock() {
+            all.push(p.clone());
+        }
+        p
+    }
+
+    /// Whether a response has waited on the client's window for `patience`: a client that
+    /// never opens it would hold the stream, its backend connection and the backend's slot for
+    /// ever (hyper asks a body for its next frame only once the window has room, so the
+    /// body's own timers never run). Forgets the responses that were sent.
+    fn stalled(&self, now: u64, patience: u64) -> bool {
+        let Ok(mut all) = self.sending.lock() else { return false };
+        all.retain(|p| p.state.load(Ordering::Relaxed) != SENT);
+        all.iter().any(|p| {
+            p.state.load(Ordering::Relaxed) == WAITING_ON_CLIENT && now.saturating_sub(p.took_ms.load(Ordering::Relaxed)) >= patience
+        })
     }
 }
 
@@ -146,10 +188,13 @@ pub(super) async fn serve(
     if draining {
         conn.as_mut().graceful_shutdown();
     }
-    let keepalive = limits.keepalive_timeout;
-    let mut idle_gone = false;
-    let check = tokio::time::sleep(keepalive);
-    tokio::pin!(check);
+    let keepalive = limits.keepalive_timeout.as_millis() as u64;
+    let patience = limits.idle_timeout.map(|d| d.as_millis() as u64);
+    // One timer for the connection's own checks, a quarter of the shortest bound apart.
+    let every = Duration::from_millis((keepalive.min(patience.unwrap_or(u64::MAX)) / 4).clamp(50, 5_000));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut going = false;
     let ended = loop {
         tokio::select! {
             r = &mut conn => break r,
@@ -166,19 +211,26 @@ pub(super) async fn serve(
                 tracing::debug!(client = %cx.peer.addr, "HTTP/2 flood: connection closed");
                 crate::metrics::handshake_failure("h2_flood");
                 conn.as_mut().graceful_shutdown();
-                break tokio::time::timeout(FLOOD_GOODBYE, &mut conn).await.unwrap_or(Ok(()));
+                break tokio::time::timeout(GOODBYE, &mut conn).await.unwrap_or(Ok(()));
             }
-            _ = &mut check, if !idle_gone => {
-                let since = crate::clock::now_ms().saturating_sub(streams.last_end_ms.load(Ordering::Relaxed));
-                let keep_ms = keepalive.as_millis() as u64;
-                if streams.open.load(Ordering::Relaxed) == 0 && since >= keep_ms {
-                    // No stream for `keepalive_timeout`: GOAWAY, and the connection ends.
-                    idle_gone = true;
+            _ = tick.tick() => {
+                let now = crate::clock::now_ms();
+                if patience.is_some_and(|p| streams.stalled(now, p)) {
+                    // A response waited `idle_timeout` on a window the client never opened:
+                    // the client's doing; GOAWAY, and the connection ends with its streams.
+                    tracing::debug!(client = %cx.peer.addr, "HTTP/2 stream window closed for idle_timeout: connection closed");
+                    crate::metrics::handshake_failure("h2_stalled");
                     conn.as_mut().graceful_shutdown();
-                } else {
-                    let left = keep_ms.saturating_sub(since).max(1);
-                    let next = if streams.open.load(Ordering::Relaxed) == 0 { left } else { keep_ms };
-                    check.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(next));
+                    break tokio::time::timeout(GOODBYE, &mut conn).await.unwrap_or(Ok(()));
+                }
+                let idle = streams.open.load(Ordering::Relaxed) == 0
+                    && now.saturating_sub(streams.last_end_ms.load(Ordering::Relaxed)) >= keepalive;
+                // No stream for `keepalive_timeout`, or the connection's listener was removed
+                // by a reload: GOAWAY; the streams in flight finish (WebSockets are closed
+                // `1001` by the reload), then the connection ends.
+                if !going && (idle || !shared.socket_open(cx.socket())) {
+                    going = true;
+                    conn.as_mut().graceful_shutdown();
                 }
             }
         }
@@ -195,7 +247,25 @@ async fn stream_request(cx: Arc<ClientConn>, streams: &Arc<Streams>, req: Reques
     let websocket = req.method() == hyper::Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some();
     if !websocket {
         let resp = plain::request(cx, req).await;
-        return resp.map(|b| Counted { body: b, _guard: guard }.boxed_unsync());
+        if resp.body().is_end_stream() {
+            return resp.map(|b| {
+                Counted {
+                    body: b,
+                    progress: None,
+                    _guard: guard,
+                }
+                .boxed_unsync()
+            });
+        }
+        let progress = Some(streams.watch());
+        return resp.map(|body| {
+            Counted {
+                body,
+                progress,
+                _guard: guard,
+            }
+            .boxed_unsync()
+        });
     }
     websocket_stream(cx, req, guard).await
 }
@@ -203,7 +273,17 @@ async fn stream_request(cx: Arc<ClientConn>, streams: &Arc<Streams>, req: Reques
 /// A response body that keeps its stream counted until it is finished or dropped.
 struct Counted {
     body: Body,
+    /// How its sending stands (a body with something to send).
+    progress: Option<Arc<Progress>>,
     _guard: StreamGuard,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(p) = &self.progress {
+            p.state.store(SENT, Ordering::Relaxed);
+        }
+    }
 }
 
 impl hyper::body::Body for Counted {
@@ -211,7 +291,20 @@ impl hyper::body::Body for Counted {
     type Error = BoxError;
 
     fn poll_frame(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(p) = &this.progress {
+            let state = match &r {
+                Poll::Pending => WAITING_ON_BACKEND,
+                Poll::Ready(Some(Ok(_))) => {
+                    p.took_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+                    WAITING_ON_CLIENT
+                }
+                Poll::Ready(_) => SENT,
+            };
+            p.state.store(state, Ordering::Relaxed);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -243,10 +336,13 @@ async fn websocket_stream(cx: Arc<ClientConn>, mut req: Request<Incoming>, guard
     }
     let on = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();
-    if let Err(r) = plain::authority_as_host(&mut parts) {
+    if let Err(r) = plain::from_h2(&mut parts) {
         return refusal(r);
     }
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if !target.starts_with('/') {
+        return refusal(Refusal::BadRequest("a WebSocket's :path is an absolute path"));
+    }
     let key = own_key();
     let mut hs: Vec<httparse::Header<'_>> = plain::headers_of_map(&parts.headers)
         .into_iter()

@@ -41,7 +41,7 @@ pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Resp
         return refusal(Refusal::Overloaded { retry_after_s: 1 });
     };
     let (mut parts, body) = req.into_parts();
-    if let Err(r) = authority_as_host(&mut parts) {
+    if let Err(r) = from_h2(&mut parts) {
         return refusal(r);
     }
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -129,16 +129,33 @@ pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Resp
     super::forward::forward(&cx, &rt, pool, req, Request::from_parts(out, body), started).await
 }
 
-/// An HTTP/2 request names its host in `:authority` (RFC 9113 §8.3.1): it becomes the `Host`
-/// the routes, the checks and the backend see. A `Host` field that disagrees with it is
-/// refused. HTTP/1.1 requests keep theirs.
-pub(super) fn authority_as_host(parts: &mut hyper::http::request::Parts) -> Result<(), Refusal> {
+/// An HTTP/2 request as an HTTP/1.1 backend must see it. Its host is named in `:authority`
+/// (RFC 9113 §8.3.1): it becomes the `Host` the routes, the checks and the backend see; a
+/// `Host` field that disagrees with it, or an authority with user information, is refused.
+/// Cookies split over several fields (RFC 9113 §8.2.3) are joined into one with `; `, as
+/// HTTP/1.1 wants them. HTTP/1.1 requests are left as they are.
+pub(super) fn from_h2(parts: &mut hyper::http::request::Parts) -> Result<(), Refusal> {
     if parts.version != hyper::Version::HTTP_2 {
         return Ok(());
+    }
+    let cookies = parts.headers.get_all(hyper::header::COOKIE);
+    if cookies.iter().nth(1).is_some() {
+        let mut joined = Vec::new();
+        for c in cookies {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(c.as_bytes());
+        }
+        let v = HeaderValue::from_bytes(&joined).map_err(|_| Refusal::BadRequest("malformed cookie"))?;
+        parts.headers.insert(hyper::header::COOKIE, v);
     }
     let Some(authority) = parts.uri.authority() else {
         return Ok(());
     };
+    if authority.as_str().contains('@') {
+        return Err(Refusal::BadRequest(":authority must not carry user information"));
+    }
     match parts.headers.get(hyper::header::HOST) {
         Some(h) if !h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
             Err(Refusal::BadRequest("Host disagrees with :authority"))

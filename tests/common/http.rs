@@ -50,7 +50,7 @@ impl Drop for HttpBackend {
 }
 
 /// Starts a backend answering `name` on most paths; `/sse` streams 10 events 100 ms apart,
-/// `/upload` counts the body, `/slow` answers after 3 s, `/headers` echoes the request
+/// `/upload` counts the body, `/big` streams 16 MiB, `/slow` answers after 3 s, `/headers` echoes the request
 /// headers, `/ws` upgrades and echoes.
 pub async fn http_backend(name: &'static str) -> HttpBackend {
     serve_http(name, false).await
@@ -151,6 +151,19 @@ async fn answer(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
                 .header("content-type", "text/event-stream")
                 .body(BodyExt::boxed(StreamBody::new(stream)))
                 .unwrap())
+        }
+        "/big" => {
+            // 16 MiB in 64 KiB chunks, produced as fast as the reader takes them.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..256 {
+                    if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx)))))
         }
         "/upload" => {
             let mut body = req.into_body();

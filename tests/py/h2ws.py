@@ -296,6 +296,38 @@ def scenario_reload(c, args):
     get = c.request("GET", "/new")
     c.until(lambda: c.streams[get]["ended"], 10)
     say("new", f"{c.streams[get]['status']} {bytes(c.streams[get]['buf']).decode()}")
+    # The listener is removed next: the WebSocket is closed and the connection told to go.
+    sys.stdin.readline()
+    say("close", c.read_close(sid))
+    c.until(lambda: c.goaway is not None or c.closed, 10)
+    say("goaway", c.goaway)
+
+
+def scenario_nowindow(c, args):
+    """GET a large answer and never open the stream's window (the connection's is given back,
+    pings are answered): the balancer must not hold the stream for ever."""
+    t0 = time.monotonic()
+    sid = c.request("GET", "/big")
+    c.stalled[sid] = 0
+    c.until(lambda: c.goaway is not None or c.closed, float(args[0]))
+    say("received", c.streams[sid].get("received", 0))
+    say("cut_after_ms", round((time.monotonic() - t0) * 1000) if (c.goaway is not None or c.closed) else "never")
+
+
+def scenario_cookies(c, args):
+    """Cookies split over three fields (as browsers send them over HTTP/2)."""
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(
+        sid,
+        [(":method", "GET"), (":scheme", "https"), (":path", "/headers"), (":authority", "localhost"),
+         ("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+        end_stream=True,
+    )
+    c.flush()
+    c.stream(sid)
+    c.until(lambda: c.streams[sid]["ended"], 10)
+    seen = bytes(c.streams[sid]["buf"]).decode()
+    say("cookie_lines", json.dumps([l for l in seen.splitlines() if l.startswith("cookie:")]))
 
 
 def scenario_reset(c, args):
