@@ -6,18 +6,16 @@
 //! later). The paths below do not call back up; what they share (the balancer's own answers,
 //! the relay's life) sits below them ([`super::answer`], [`super::relaying`]).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::answer::{close_now, refuse, shed, Linger};
-use super::relaying::{not_started, Ready, Relaying};
+pub use super::relaying::Connection;
+use super::relaying::{not_started, Ready};
 use super::upgrade::{self, Admit, Answer};
 use crate::client_addr::Peer;
 use crate::config::any_contains;
@@ -51,51 +49,6 @@ pub fn handle(shared: Arc<Shared>, listener: Arc<str>, accepted: Accepted) -> Co
     // long-lived task's allocation while the connection relays for hours. A plain HTTP
     // connection is served to its end inside it.
     Connection::Handshake(Box::pin(async move { first_request(&shared, &listener, accepted).await }))
-}
-
-/// A client connection's task: first its handshake, then (for a WebSocket) its relay.
-///
-/// Written out as two states rather than one `async fn`, because an `async fn` keeps its
-/// arguments and every moved-from local in the task's state for its whole life: 816 bytes
-/// per idle connection where the relay state alone needs 688.
-// The large variant is the one a connection lives in; boxing it would add an allocation to
-// every connection to save bytes only during the handshake.
-#[allow(clippy::large_enum_variant)]
-pub enum Connection {
-    /// Reading the first request and, for an upgrade, opening the backend.
-    Handshake(Pin<Box<dyn Future<Output = Option<Ready>> + Send>>),
-    /// Relaying frames.
-    Relaying(Relaying),
-    /// Ended.
-    Done,
-}
-
-impl Future for Connection {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        loop {
-            match this {
-                Connection::Handshake(first) => match first.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => {
-                        *this = Connection::Done;
-                        return Poll::Ready(());
-                    }
-                    Poll::Ready(Some(ready)) => *this = Connection::Relaying(Relaying::from(ready)),
-                },
-                Connection::Relaying(r) => {
-                    if Pin::new(r).poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    *this = Connection::Done;
-                    return Poll::Ready(());
-                }
-                Connection::Done => return Poll::Ready(()),
-            }
-        }
-    }
 }
 
 async fn first_request(shared: &Arc<Shared>, listener: &Arc<str>, accepted: Accepted) -> Option<Ready> {

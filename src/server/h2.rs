@@ -12,6 +12,8 @@
 //! counters (rapid reset, CONTINUATION floods) and end the connection with GOAWAY.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -387,17 +389,39 @@ async fn websocket_stream(cx: Arc<ClientConn>, mut req: Request<Incoming>, guard
         Ok(prepared) => {
             let resp = connect_ok(&prepared.response_head());
             let (listener, socket) = (name.clone(), cx.socket());
-            tokio::spawn(async move {
-                let _guard = guard;
-                let Some(stream) = upgraded(on).await else { return };
+            // Opening is a boxed future dropped once the relay starts, so what it held does not
+            // stay in the stream's task for the WebSocket's life (as with a TCP connection).
+            let opening: Pin<Box<dyn Future<Output = Option<relaying::Ready>> + Send>> = Box::pin(async move {
+                let stream = upgraded(on).await?;
                 let rt = shared.runtime.load_full();
                 match upgrade::start(&shared, &rt, &listener, socket, stream, prepared, &[], started) {
-                    Ok(ready) => relaying::relay(ready).await,
-                    Err(ns) => relaying::not_started(ns, peer.addr).await,
+                    Ok(ready) => Some(ready),
+                    Err(ns) => {
+                        relaying::not_started(ns, peer.addr).await;
+                        None
+                    }
                 }
+            });
+            tokio::spawn(Guarded {
+                _guard: guard,
+                task: relaying::Connection::Handshake(opening),
             });
             resp
         }
+    }
+}
+
+/// A WebSocket stream's task, its stream counted while it lives.
+struct Guarded {
+    _guard: StreamGuard,
+    task: relaying::Connection,
+}
+
+impl Future for Guarded {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().task).poll(cx)
     }
 }
 
