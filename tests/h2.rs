@@ -693,3 +693,49 @@ async fn cookies_split_over_fields_reach_the_backend_as_one_line() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_protocol_of_each_stream() {
+    if !python_or_skip("the_access_log_names_the_protocol_of_each_stream") {
+        return;
+    }
+    bounded(async {
+        let b = recording_backend().await;
+        let a = http_backend("a").await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = tls_config(dir.path(), &[b.addr], "", "").replace(
+            "    routes:\n      - pool: p\n",
+            "    routes:\n      - match: { path_prefix: /plain }\n        pool: q\n      - pool: p\n",
+        ) + &format!("  q:\n    backends:\n      - address: \"{}\"\n", a.addr);
+        let f = dir.path().join("logged.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        let (mut p, logs) = Proc::spawn_logged(&["--log-format", "json", "run", "-c", f.to_str().unwrap()]);
+        let url = tokio::task::block_in_place(|| p.line_after("listening l "));
+        let port = url.trim().trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+        let out = tokio::process::Command::new("curl")
+            .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{response_code}"])
+            .arg(format!("https://127.0.0.1:{port}/plain"))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+        let facts = Py::run("h2ws.py", &["two", "127.0.0.1", &port]).await;
+        assert_eq!(facts["close_b"], "4002");
+        let mut access = Vec::new();
+        let t0 = std::time::Instant::now();
+        while access.len() < 3 && t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(l) = logs.recv_timeout(Duration::from_millis(200)) {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                if v["target"] == "switchyard::access" {
+                    access.push(v);
+                }
+            }
+        }
+        assert_eq!(access.len(), 3, "{access:?}");
+        assert!(access.iter().all(|v| v["protocol"] == "h2"), "{access:?}");
+        let plain = access.iter().filter(|v| v["method"] == "GET" && v["path"] == "/plain").count();
+        let ws = access.iter().filter(|v| v["message"] == "connection closed").count();
+        assert_eq!((plain, ws), (1, 2), "{access:?}");
+    })
+    .await
+}

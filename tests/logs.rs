@@ -77,6 +77,7 @@ async fn json_lines_carry_the_access_log_fields() {
         assert!(access["bytes_c2b"].as_u64().unwrap() >= 3 * 8);
         assert_eq!(access["close_code"], 1005, "tungstenite closes without a code");
         assert_eq!(access["closed_by"], "client");
+        assert_eq!(access["protocol"], "http1");
         assert!(access["duration_ms"].is_u64());
     })
     .await

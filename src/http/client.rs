@@ -27,7 +27,7 @@ use crate::proxy_protocol::Addresses;
 use crate::runtime::{NameHasher, Pool};
 
 /// Most idle connections kept for one backend.
-pub const MAX_IDLE_PER_BACKEND: usize = 64;
+pub const MAX_IDLE_PER_BACKEND: usize = 256;
 /// An idle connection older than this is closed instead of reused.
 pub const IDLE_TTL: Duration = Duration::from_secs(4);
 /// How long a pooled connection whose response just completed may take to be ready.

@@ -86,7 +86,7 @@ pub(super) async fn forward(
         };
         let mut conn = match kept {
             Some(c) => c,
-            None => match open(cx, pool, i, for_client).await {
+            None => match Box::pin(open(cx, pool, i, for_client)).await {
                 Some(c) => c,
                 None => continue,
             },
@@ -116,7 +116,7 @@ pub(super) async fn forward(
                     if conn.reused && may_retry && (unsent.is_some() || retryable) {
                         may_retry = false;
                         pending = unsent.or_else(|| again(cx, &req));
-                        match open(cx, pool, i, for_client).await {
+                        match Box::pin(open(cx, pool, i, for_client)).await {
                             Some(c) => conn = c,
                             None => break Err(None),
                         }

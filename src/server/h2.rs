@@ -269,7 +269,9 @@ async fn stream_request(cx: Arc<ClientConn>, streams: &Arc<Streams>, req: Reques
             .boxed_unsync()
         });
     }
-    websocket_stream(cx, req, guard).await
+    // Boxed: the WebSocket path's future (a backend opened, TLS included) would otherwise set
+    // the size of every stream's task, which hyper moves into place for each plain request too.
+    Box::pin(websocket_stream(cx, req, guard)).await
 }
 
 /// A response body that keeps its stream counted until it is finished or dropped.
