@@ -2,7 +2,7 @@
 # ../shared/perf (built on first use), free loopback ports, waiting for a listener, a field
 # of loadgen's JSON line, and a run folder whose processes (add their pids to `pids`) are
 # killed and which is removed on exit.
-perf="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/perf"
+perf="${PERF:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/perf}"
 LG="$perf/loadgen/target/release/loadgen"
 [ -x "$LG" ] || (cd "$perf/loadgen" && cargo build --release -q)
 ulimit -n "$(ulimit -Hn)"
