@@ -127,6 +127,11 @@ struct Recording {
 }
 
 async fn recording_backend() -> Recording {
+    recording_backend_with("").await
+}
+
+/// [`recording_backend`] whose `101` carries `extra` header lines.
+async fn recording_backend_with(extra: &'static str) -> Recording {
     use switchyard::ws::frame::{write_header, Opcode};
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -137,7 +142,7 @@ async fn recording_backend() -> Recording {
         while let Ok((mut s, _)) = l.accept().await {
             let (closes, heads) = (c2.clone(), h2.clone());
             tokio::spawn(async move {
-                let (head, mut pending) = accept_upgrade_raw(&mut s, "").await;
+                let (head, mut pending) = accept_upgrade_raw(&mut s, extra).await;
                 heads.lock().unwrap().push(head);
                 let mut code = None;
                 while let Ok(f) = switchyard::ws::peer::read_frame(&mut s, &mut pending).await {
@@ -736,6 +741,31 @@ async fn the_access_log_names_the_protocol_of_each_stream() {
         let plain = access.iter().filter(|v| v["method"] == "GET" && v["path"] == "/plain").count();
         let ws = access.iter().filter(|v| v["message"] == "connection closed").count();
         assert_eq!((plain, ws), (1, 2), "{access:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn extensions_are_negotiated_end_to_end_over_h2() {
+    if !python_or_skip("extensions_are_negotiated_end_to_end_over_h2") {
+        return;
+    }
+    bounded(async {
+        let b = recording_backend_with("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n").await;
+        let dir = tempfile::tempdir().unwrap();
+        let p = Proxy::start(&tls_config(dir.path(), &[b.addr], "", ""));
+        let offer = "sec-websocket-extensions=permessage-deflate; client_max_window_bits";
+        let facts = Py::run("h2ws.py", &["status", "127.0.0.1", &port(&p), offer]).await;
+        assert_eq!(facts["status"], "200");
+        assert_eq!(
+            facts["extensions"], "permessage-deflate; server_no_context_takeover",
+            "the backend's answer reaches the client"
+        );
+        let heads = b.heads.lock().unwrap().clone();
+        assert!(
+            heads[0].contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n"),
+            "the client's offer reaches the backend: {heads:?}"
+        );
     })
     .await
 }

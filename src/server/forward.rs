@@ -371,7 +371,12 @@ pub(super) fn outgoing(
         false => target.parse().ok()?,
     };
     out.headers = parts.headers.clone();
-    strip_hop_by_hop(&mut out.headers);
+    match parts.version {
+        // HTTP/2 has no connection-specific fields but `te: trailers` (RFC 9113 §8.2.2; the h2
+        // crate refuses the rest): no pass over every name for them.
+        hyper::Version::HTTP_2 => drop(out.headers.remove(hyper::header::TE)),
+        _ => strip_hop_by_hop(&mut out.headers),
+    }
     // A chunked body goes on chunked, whatever the method: hyper's client sends a body of
     // unknown length on GET or HEAD only when told to (else as `Content-Length: 0`, the
     // body silently dropped). The codings before `chunked` go on as they were.

@@ -362,6 +362,7 @@ def scenario_status(c, args):
     st = c.streams[sid]
     say("status", st["status"])
     say("reset", st["reset"])
+    say("extensions", st["headers"].get("sec-websocket-extensions"))
 
 
 def main():
