@@ -154,6 +154,7 @@ fn run(shared: &Arc<Shared>, source: Source) -> Outcome {
                     }]
                 }),
             };
+            shared.reloads.text_read();
             text.and_then(|text| check_text(&path, &text))
                 .map_err(|e| e.iter().map(|e| e.render(&name)).collect())
                 .and_then(|cfg| apply(shared, cfg))

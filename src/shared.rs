@@ -132,6 +132,9 @@ pub struct ReloadQueue {
     tx: tokio::sync::mpsc::UnboundedSender<ReloadJob>,
     /// Taken once by the task that runs the reloads.
     pub rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadJob>>>,
+    /// Reloads that have read their config text so far (the one running included): what a
+    /// caller watches to know a reload is under way with the file as it was.
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl Default for ReloadQueue {
@@ -140,6 +143,7 @@ impl Default for ReloadQueue {
         ReloadQueue {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
+            read: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -154,5 +158,15 @@ impl ReloadQueue {
     /// Queues one reload; false when the server is stopping.
     pub fn push(&self, source: ReloadSource, reply: ReloadReply) -> bool {
         self.tx.send(ReloadJob { source, reply }).is_ok()
+    }
+
+    /// How many reloads have read their config text so far.
+    pub fn read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A reload has read its config text.
+    pub(crate) fn text_read(&self) {
+        self.read.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }

@@ -64,8 +64,8 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
         cdp.viewport(1280, 900, 1.0, false).await;
         let url = format!("http://{}/#token={TOKEN}", p.admin());
         cdp.call("Page.navigate", json!({ "url": url })).await;
-        // real time: the page polls once a second
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Real time: the page polls once a second; rates need two polls. Waited for (bounded)
+        // until everything the assertions below look at has been drawn.
 
         let addr = b.addr.to_string();
         let probe = format!(
@@ -73,20 +73,33 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
                 const card = [...document.querySelectorAll('[data-pool="p"] [data-backend]')].find(e => e.dataset.backend === {addr:?});
                 const q = (s) => card && card.querySelector(s) ? card.querySelector(s).textContent : null;
                 return {{
-                    text: document.body.innerText,
+                    text: document.body?.innerText ?? '',
                     pool: document.querySelector('[data-pool="p"] .pool-name')?.textContent ?? null,
                     state: card ? card.dataset.state : null,
                     stateText: q('.state'),
                     active: q('.active-count'),
                     bytesIn: q('.bytes-in'),
                     requests: q('.http-req'),
-                    serving: document.getElementById('serving').textContent,
+                    serving: document.getElementById('serving')?.textContent ?? null,
                     shedRows: document.querySelectorAll('#shed tr').length,
-                    closeCodes: document.getElementById('close-codes').innerText,
+                    closeCodes: document.getElementById('close-codes')?.innerText ?? '',
+                    h2: document.getElementById('sum-h2')?.textContent ?? null,
                 }};
             }})()"#
         );
-        let v = cdp.eval(&probe).await;
+        let drawn = |v: &serde_json::Value| {
+            v["state"] == "up"
+                && v["bytesIn"].as_str().is_some_and(|s| s.ends_with("B/s"))
+                && v["requests"].as_str().is_some_and(|s| s.ends_with("/s"))
+                && v["shedRows"].as_u64().unwrap_or(0) >= 6
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut v = cdp.eval(&probe).await;
+        while !drawn(&v) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            v = cdp.eval(&probe).await;
+        }
+        assert_eq!(v["h2"], "0 · 0 streams", "the HTTP/2 summary is drawn from /api/status: {v}");
         let text = v["text"].as_str().unwrap_or("");
         assert_eq!(v["pool"], "p", "{v}");
         assert!(text.contains(&addr), "backend address not shown:\n{text}");
@@ -126,7 +139,9 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
 
         // a phone-sized viewport still renders (and looks) like a dashboard
         cdp.viewport(390, 844, 2.0, true).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Two animation frames: the new viewport is laid out and painted (a second at most).
+        cdp.eval("new Promise(done => { requestAnimationFrame(() => requestAnimationFrame(() => done(true))); setTimeout(() => done(true), 1000); })")
+            .await;
         let phone = shots.join("dashboard-phone.png");
         let size = cdp.screenshot(&phone).await;
         eprintln!("dashboard screenshot: {} ({size} bytes)", phone.display());
@@ -163,10 +178,14 @@ async fn dashboard_names_the_dns_entry_of_discovered_backends() {
         let mut cdp = Cdp::open(port).await;
         cdp.viewport(1280, 700, 1.0, false).await;
         cdp.call("Page.navigate", json!({ "url": format!("http://{}/", p.admin()) })).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
         let source = |addr: String| {
             format!(r#"[...document.querySelectorAll('[data-pool="p"] [data-backend]')].find(e => e.dataset.backend === {addr:?})?.querySelector('.source')?.textContent ?? null"#)
         };
+        // The page's first poll has drawn the discovered backend (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while cdp.eval(&source(found.addr.to_string())).await.is_null() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(cdp.eval(&source(found.addr.to_string())).await, format!("via DNS {entry}"));
         assert_eq!(cdp.eval(&source(fixed.addr.to_string())).await, "", "a configured backend names no entry");
         let summary = cdp.eval(r#"document.querySelector('[data-pool="p"] .pool-discovery').textContent"#).await;

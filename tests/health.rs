@@ -72,7 +72,9 @@ async fn a_killed_backend_is_marked_down_in_time_and_up_again_after_rise() {
                 }
             }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A reaches the kill with traffic flowing, not before the first conversation.
+        let flowing = served.clone();
+        assert!(eventually(T, || flowing.load(SeqCst) >= 4).await.is_some(), "traffic flows");
         a.kill().await;
         let down = eventually(budget(FALL), || ba.state() == BackendState::Down).await;
         assert!(down.is_some(), "not marked down within {:?}", budget(FALL));

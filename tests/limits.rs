@@ -45,8 +45,13 @@ async fn over_max_connections_extra_clients_get_1013_and_held_ones_keep_echoing(
             assert_eq!(ask(ws, "still").await, "still");
         }
         // a slot frees up: admitted again
+        let admission = p.server.shared.admission.clone();
+        let admitted = admission.active();
         held.pop().unwrap().close(None).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            eventually(T, || admission.active() < admitted).await.is_some(),
+            "the slot came back"
+        );
         still_serves(&p.url("/")).await;
         // the backend never saw the shed ones
         assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);

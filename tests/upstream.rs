@@ -157,7 +157,12 @@ async fn least_connections_fills_the_emptier_backend() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         // the balancer's own count drops when the relay ends
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mine = p.server.shared.runtime.load().pools["p"]
+            .backend(&a.addr.to_string())
+            .unwrap()
+            .clone();
+        let dropped = eventually(T, || mine.active.load(std::sync::atomic::Ordering::SeqCst) == 0).await;
+        assert!(dropped.is_some(), "the balancer counts no connection on `a`");
         for _ in 0..2 {
             let mut ws = connect(&p.url("/")).await;
             assert_eq!(ask(&mut ws, "whoami").await, "a");
