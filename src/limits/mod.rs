@@ -127,6 +127,8 @@ pub struct Admission {
     /// `limits.max_connections_per_client_per_second` at the last admission (the refund
     /// allowance of a client; 0: one a second).
     client_rate: AtomicU64,
+    /// Tokens of the new-connection rate given back so far.
+    refunded: AtomicU64,
 }
 
 /// Most clients whose refunds are tracked at once; past it (and once refilled entries are
@@ -182,6 +184,7 @@ impl Slot {
         let rate = self.admission.client_rate.load(Relaxed);
         if self.admission.refunds.take(key, rate, crate::clock::now_ms()) {
             self.admission.bucket.refund();
+            self.admission.refunded.fetch_add(1, Relaxed);
         }
     }
 }
@@ -270,6 +273,12 @@ impl Admission {
     }
 
     /// Admitted connections now.
+    /// Tokens of the new-connection rate given back so far (connections whose backend
+    /// failed).
+    pub fn refunded(&self) -> u64 {
+        self.refunded.load(Relaxed)
+    }
+
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
     }
