@@ -36,8 +36,9 @@ fn haproxy_ready() -> bool {
 fn spreader(instances: &[SocketAddr], dir: &std::path::Path) -> (Proc, SocketAddr) {
     let l = StdListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let mut cfg = String::from(
-        "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\nfrontend fe\n  bind fd@3\n  default_backend be\nbackend be\n  balance roundrobin\n",
+    let mut cfg = format!(
+        "global\n  maxconn 4000\n  stats socket {}\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\nfrontend fe\n  bind fd@3\n  default_backend be\nbackend be\n  balance roundrobin\n",
+        dir.join("haproxy.sock").display()
     );
     for (i, a) in instances.iter().enumerate() {
         cfg.push_str(&format!(
@@ -126,6 +127,22 @@ async fn client_via(spreader: SocketAddr, key: &str) -> Ws {
     ws
 }
 
+/// How many of the spreader's servers HAProxy runs as up (`show servers state`: the sixth
+/// field is the operational state, 2 = running), asked on its stats socket.
+async fn spreader_up(sock: &std::path::Path) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::UnixStream::connect(sock).await else { return 0 };
+    if s.write_all(b"show servers state\n").await.is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = tokio::time::timeout(T, s.read_to_string(&mut out)).await;
+    out.lines()
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 5)
+        .filter(|l| l.split_whitespace().nth(5) == Some("2"))
+        .count()
+}
+
 struct Farm {
     backends: [Backend; 3],
     dns: Dns,
@@ -159,7 +176,20 @@ async fn setup(dir: &std::path::Path) -> Farm {
     }
     let log = std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default();
     assert!(ok, "haproxy did not start: {log}");
-    tokio::time::sleep(Duration::from_millis(500)).await; // first health checks
+    // Both instances know the three backends (their first DNS answer is in), and HAProxy's
+    // first health checks found both instances up, before any client.
+    for admin in [one.2, two.2] {
+        let t0 = std::time::Instant::now();
+        while listed(admin).await.len() < 3 {
+            assert!(t0.elapsed() < T, "instance at {admin} never listed the three backends");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let t0 = std::time::Instant::now();
+    while spreader_up(&dir.join("haproxy.sock")).await < 2 {
+        assert!(t0.elapsed() < T, "HAProxy never saw both instances up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Farm {
         backends: bs,
         dns,
