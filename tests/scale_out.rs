@@ -131,7 +131,9 @@ async fn client_via(spreader: SocketAddr, key: &str) -> Ws {
 /// field is the operational state, 2 = running), asked on its stats socket.
 async fn spreader_up(sock: &std::path::Path) -> usize {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::UnixStream::connect(sock).await else { return 0 };
+    let Ok(mut s) = tokio::net::UnixStream::connect(sock).await else {
+        return 0;
+    };
     if s.write_all(b"show servers state\n").await.is_err() {
         return 0;
     }
