@@ -196,8 +196,7 @@ impl Apart {
         std::fs::write(&file, yaml).unwrap();
         let mut proc = Proc::spawn(&["run", "-c", file.to_str().unwrap()]);
         let url = tokio::task::block_in_place(|| proc.line_after("listening l "));
-        let port = url.trim().trim_end_matches('/').rsplit(':').next().unwrap().to_string();
-        Apart { proc, port }
+        Apart { proc, port: port_of(&url) }
     }
 
     /// Its resident memory (KiB).
@@ -209,6 +208,11 @@ impl Apart {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
+}
+
+/// The port of the URL a balancer process prints for its listener (`ws://127.0.0.1:PORT/`).
+fn port_of(url: &str) -> String {
+    url.trim().trim_end_matches('/').rsplit(':').next().unwrap().to_string()
 }
 
 fn port(p: &Proxy) -> String {
@@ -716,7 +720,7 @@ async fn the_access_log_names_the_protocol_of_each_stream() {
         std::fs::write(&f, yaml).unwrap();
         let (mut p, logs) = Proc::spawn_logged(&["--log-format", "json", "run", "-c", f.to_str().unwrap()]);
         let url = tokio::task::block_in_place(|| p.line_after("listening l "));
-        let port = url.trim().trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+        let port = port_of(&url);
         let out = tokio::process::Command::new("curl")
             .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{response_code}"])
             .arg(format!("https://127.0.0.1:{port}/plain"))

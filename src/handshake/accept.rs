@@ -11,6 +11,11 @@ pub fn key_is_valid(key: &str) -> bool {
     key.len() == 24 && STANDARD.decode(key).is_ok_and(|b| b.len() == 16)
 }
 
+/// A fresh random key, as a client sends it (16 random bytes, base64).
+pub fn new_key() -> String {
+    STANDARD.encode(rand::random::<[u8; 16]>())
+}
+
 /// `base64(sha1(key + GUID))`, 28 ASCII bytes.
 pub fn accept_key(key: &str) -> [u8; 28] {
     let mut h = Sha1::new();

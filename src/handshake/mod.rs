@@ -5,7 +5,7 @@
 mod accept;
 mod head;
 
-pub use accept::{accept_key, key_is_valid};
+pub use accept::{accept_key, key_is_valid, new_key};
 pub use head::{read_head, HeadError};
 
 /// Most headers a request may carry (more is a 431: each is a slot, not an allocation).

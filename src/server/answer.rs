@@ -67,6 +67,37 @@ pub(super) async fn refuse<T>(stream: &mut Stream, r: Refusal, linger: Linger<'_
     None
 }
 
+/// A response with `status` and the fields of a raw HTTP/1.1 response head, but those named
+/// in `dropped` (lower case); no body.
+pub(super) fn from_raw_head(raw: &[u8], status: StatusCode, dropped: &[&str]) -> Response<Body> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut hs);
+    let _ = parsed.parse(raw);
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    for h in parsed
+        .headers
+        .iter()
+        .filter(|h| !dropped.iter().any(|d| h.name.eq_ignore_ascii_case(d)))
+    {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}
+
+/// The subprotocol a shed handshake echoes: the first one offered. Browsers fail a handshake
+/// that drops it, and then they would see 1006 instead of the balancer's close code.
+pub(super) fn first_subprotocol<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a [u8]> {
+    header(headers, "sec-websocket-protocol")
+        .and_then(|v| v.split(|&b| b == b',').next())
+        .map(<[u8]>::trim_ascii)
+}
+
 /// The 101 with which the balancer completes a shed handshake itself.
 pub(super) fn shed_head(key: &str, headers: &[httparse::Header<'_>]) -> Vec<u8> {
     let accept = accept_key(key);
@@ -74,11 +105,9 @@ pub(super) fn shed_head(key: &str, headers: &[httparse::Header<'_>]) -> Vec<u8> 
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     out.extend_from_slice(&accept);
     out.extend_from_slice(b"\r\n");
-    // Echo the first offered subprotocol: browsers fail a handshake that drops it, and then
-    // they would see 1006 instead of our close code.
-    if let Some(p) = header(headers, "sec-websocket-protocol").and_then(|v| v.split(|&b| b == b',').next()) {
+    if let Some(p) = first_subprotocol(headers) {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
-        out.extend_from_slice(p.trim_ascii());
+        out.extend_from_slice(p);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -30,14 +30,14 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
-use super::answer::{empty, refusal, shed_close};
+use super::answer::{empty, first_subprotocol, from_raw_head, refusal, shed_close};
 use super::client::ClientConn;
 use super::plain;
 use super::relaying;
 use super::upgrade::{self, Admit, Answer};
 use crate::client_addr::Peer;
 use crate::config::ListenerConfig;
-use crate::handshake::{header, Refusal, MAX_HEADERS};
+use crate::handshake::{Refusal, MAX_HEADERS};
 use crate::http::floods::FloodWatch;
 use crate::http::{Body, BoxError, ClientIo};
 use crate::limits::Slot;
@@ -264,17 +264,8 @@ async fn stream_request(cx: Arc<ClientConn>, streams: &Arc<Streams>, req: Reques
     let websocket = req.method() == hyper::Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some();
     if !websocket {
         let resp = plain::request(cx, req).await;
-        if resp.body().is_end_stream() {
-            return resp.map(|b| {
-                Counted {
-                    body: b,
-                    progress: None,
-                    _guard: guard,
-                }
-                .boxed_unsync()
-            });
-        }
-        let progress = Some(streams.watch());
+        // Only a body with something to send can wait on the client's window.
+        let progress = (!resp.body().is_end_stream()).then(|| streams.watch());
         return resp.map(|body| {
             Counted {
                 body,
@@ -362,7 +353,8 @@ async fn websocket_stream(cx: Arc<ClientConn>, mut req: Request<Incoming>, guard
     if !target.starts_with('/') {
         return refusal(Refusal::BadRequest("a WebSocket's :path is an absolute path"));
     }
-    let key = own_key();
+    // The backend side's key (a client on HTTP/2 sends none).
+    let key = crate::handshake::new_key();
     let mut hs: Vec<httparse::Header<'_>> = plain::headers_of_map(&parts.headers)
         .into_iter()
         // RFC 8441 §5: no key on HTTP/2; the balancer's own goes to the backend.
@@ -404,7 +396,18 @@ async fn websocket_stream(cx: Arc<ClientConn>, mut req: Request<Incoming>, guard
         Err(Answer::Refuse(r)) => refusal(r),
         Err(Answer::Shed(reason)) => shed_stream(&rt, &head, on, reason, guard),
         Ok(prepared) => {
-            let resp = connect_ok(&prepared.response_head());
+            // RFC 8441 §5: the `200` carries the `101`'s fields but those of the HTTP/1.1
+            // upgrade itself (no `Sec-WebSocket-Accept`, no connection-specific fields).
+            const DROPPED: &[&str] = &[
+                "upgrade",
+                "connection",
+                "sec-websocket-accept",
+                "keep-alive",
+                "proxy-connection",
+                "transfer-encoding",
+                "content-length",
+            ];
+            let resp = from_raw_head(&prepared.response_head(), StatusCode::OK, DROPPED);
             let (listener, socket) = (name.clone(), cx.socket());
             // Opening is a boxed future dropped once the relay starts, so what it held does not
             // stay in the stream's task for the WebSocket's life (as with a TCP connection).
@@ -460,8 +463,8 @@ fn shed_stream(
 ) -> Response<Body> {
     let close = shed_close(reason, &rt.config.shedding);
     let mut resp = Response::new(empty());
-    if let Some(p) = header(head.headers, "sec-websocket-protocol").and_then(|v| v.split(|&b| b == b',').next()) {
-        if let Ok(v) = HeaderValue::from_bytes(p.trim_ascii()) {
+    if let Some(p) = first_subprotocol(head.headers) {
+        if let Ok(v) = HeaderValue::from_bytes(p) {
             resp.headers_mut().insert("sec-websocket-protocol", v);
         }
     }
@@ -476,41 +479,4 @@ fn shed_stream(
         }
     });
     resp
-}
-
-/// The stream's `200` for the backend's `101` head: its headers but those of the HTTP/1.1
-/// upgrade itself (RFC 8441 §5: no `Sec-WebSocket-Accept`, no connection-specific fields).
-fn connect_ok(raw: &[u8]) -> Response<Body> {
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut hs);
-    let _ = parsed.parse(raw);
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::OK;
-    const DROPPED: [&str; 7] = [
-        "upgrade",
-        "connection",
-        "sec-websocket-accept",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "content-length",
-    ];
-    for h in parsed.headers.iter() {
-        if DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            hyper::header::HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) {
-            resp.headers_mut().append(n, v);
-        }
-    }
-    resp
-}
-
-/// A fresh `Sec-WebSocket-Key` for the backend side of an RFC 8441 stream.
-fn own_key() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
 }

@@ -19,7 +19,7 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 
-use super::answer::{empty, overloaded, refusal, shed_close, shed_head};
+use super::answer::{empty, from_raw_head, overloaded, refusal, shed_close, shed_head};
 use super::client::{ClientConn, PendingUpgrade};
 use super::forward::outgoing;
 use super::upgrade::{self, Admit, Answer};
@@ -220,11 +220,14 @@ async fn upgrade_request<'h>(
     let (answer, pending) = match result {
         Ok(prepared) => {
             let raw = prepared.response_head();
-            (switching(&raw), PendingUpgrade::Relay(on, Box::new(prepared), started))
+            (
+                from_raw_head(&raw, StatusCode::SWITCHING_PROTOCOLS, &[]),
+                PendingUpgrade::Relay(on, Box::new(prepared), started),
+            )
         }
         Err(Answer::Refuse(r)) => return refusal(r),
         Err(Answer::Shed(reason)) => (
-            switching(&shed_head(&key, head.headers)),
+            from_raw_head(&shed_head(&key, head.headers), StatusCode::SWITCHING_PROTOCOLS, &[]),
             PendingUpgrade::Shed(on, shed_close(reason, &rt.config.shedding)),
         ),
     };
@@ -232,24 +235,6 @@ async fn upgrade_request<'h>(
         *u = Some(pending);
     }
     answer
-}
-
-/// A hyper 101 response carrying the headers of a raw 101 head.
-fn switching(raw: &[u8]) -> Response<Body> {
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut hs);
-    let _ = parsed.parse(raw);
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    for h in parsed.headers.iter() {
-        if let (Ok(n), Ok(v)) = (
-            hyper::header::HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) {
-            resp.headers_mut().append(n, v);
-        }
-    }
-    resp
 }
 
 /// The request's headers as the handshake and balancing code reads them.

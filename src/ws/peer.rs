@@ -76,8 +76,7 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, fin: bool, opcode: Op
 
 /// Client side of the opening handshake on `path`; returns bytes read past the 101.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, host: &str, path: &str) -> io::Result<Vec<u8>> {
-    use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let key = crate::handshake::new_key();
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let (buf, end) = read_head(s, 16 * 1024).await.map_err(io::Error::other)?;
