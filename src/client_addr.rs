@@ -91,22 +91,24 @@ pub fn resolve(peer: &Peer, headers: &[httparse::Header<'_>], trusted: &[Cidr]) 
             from_header: true,
             forwarded_for: entries[..=i].join(", "),
         },
-        None => {
-            let ip = peer.addr.ip();
-            let forwarded_for = match entries.is_empty() {
-                true => {
-                    let mut s = String::with_capacity(15);
-                    push_ip(&mut s, ip);
-                    s
-                }
-                false => format!("{}, {ip}", entries.join(", ")),
-            };
-            ClientAddr {
-                addr: peer.addr,
-                from_header: false,
-                forwarded_for,
-            }
-        }
+        None if entries.is_empty() => direct(peer),
+        None => ClientAddr {
+            addr: peer.addr,
+            from_header: false,
+            forwarded_for: format!("{}, {}", entries.join(", "), peer.addr.ip()),
+        },
+    }
+}
+
+/// The client of a request that names none (no `X-Forwarded-For`): the connection's peer,
+/// whoever it is. A connection's requests share it ([`resolve`] gives the same).
+pub fn direct(peer: &Peer) -> ClientAddr {
+    let mut forwarded_for = String::with_capacity(15);
+    push_ip(&mut forwarded_for, peer.addr.ip());
+    ClientAddr {
+        addr: peer.addr,
+        from_header: false,
+        forwarded_for,
     }
 }
 

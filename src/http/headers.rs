@@ -4,6 +4,7 @@
 //! (RFC 9112 §6.1, §6.3).
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED};
 
@@ -32,24 +33,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // over the names finds which, and only those are removed (a lookup each).
     let mut present = 0u16;
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == k.as_str()) {
+        if let Some(i) = hop_by_hop(k.as_str()) {
             present |= 1 << i;
         }
     }
     if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(t)))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers.get_all(CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+            let token = token.trim_ascii();
+            // `close`, `keep-alive`, `upgrade`: nothing more to remove (or removed below).
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || HOP_BY_HOP.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(token))
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token) {
+                named.push(n);
+            }
+        }
+        for n in named {
+            headers.remove(n);
+        }
     }
     for (i, n) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
@@ -57,6 +65,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(*n);
         }
     }
+}
+
+/// The index of a (lowercase) field name in [`HOP_BY_HOP`].
+fn hop_by_hop(name: &str) -> Option<usize> {
+    // Told apart by length first: most names are none of them.
+    let i = match name.len() {
+        10 => match name {
+            "connection" => 0,
+            "keep-alive" => 1,
+            _ => return None,
+        },
+        16 => 2,
+        18 => 3,
+        19 => 4,
+        2 => 5,
+        7 => match name {
+            "trailer" => 6,
+            "upgrade" => 8,
+            _ => return None,
+        },
+        17 => 7,
+        6 => 9,
+        _ => return None,
+    };
+    (HOP_BY_HOP[i] == name).then_some(i)
 }
 
 /// `http` or `https`, for `X-Forwarded-Proto` and `Forwarded`.
@@ -104,10 +137,47 @@ fn push_forwarded_element(out: &mut String, ip: IpAddr, tls: bool, host: &str) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The forwarding values of one client connection's own client, made on its first request
+/// and shared by the next ones (a clone of a value is a reference count): on a keep-alive
+/// connection every request that brings no forwarding fields of its own gets the same
+/// `X-Forwarded-For`, and the same `Forwarded` while it names the same host.
+#[derive(Debug, Default)]
+pub struct Forwarding {
+    forwarded_for: OnceLock<HeaderValue>,
+    /// The host it was made for, and the `Forwarded` value.
+    element: OnceLock<(Box<str>, HeaderValue)>,
+}
+
+/// A value made from text the balancer wrote: the buffer becomes the value (checked, not
+/// copied).
+fn value_of(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes().into_boxed_slice())).ok()
+}
+
 /// Adds the client's address and scheme: `X-Forwarded-For` (the client last, see
 /// [`ClientAddr::forwarded_for`]), `X-Forwarded-Proto` (replaced: a client must not choose
 /// it) and `Forwarded` (this hop's element appended; several lines are one list).
-pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, tls: bool, host: &str) {
+/// `reuse`: the connection's [`Forwarding`], when `client` is the connection's own (the
+/// request named no client of its own).
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, tls: bool, host: &str, reuse: Option<&Forwarding>) {
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme(tls)));
+    // A request that brings `Forwarded` gets its own list.
+    if let Some(f) = reuse.filter(|_| !headers.contains_key(FORWARDED)) {
+        if let Some(v) = f.forwarded_for.get().cloned().or_else(|| value_of(client.forwarded_for.clone())) {
+            let _ = f.forwarded_for.set(v.clone());
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        let element = match f.element.get() {
+            Some((made_for, v)) if **made_for == *host => Some(v.clone()),
+            _ => value_of(forwarded_element(client.ip(), tls, host)).inspect(|v| {
+                let _ = f.element.set((host.into(), v.clone()));
+            }),
+        };
+        if let Some(v) = element {
+            headers.insert(FORWARDED, v);
+        }
+        return;
+    }
     let mut fwd = String::with_capacity(64 + host.len());
     for v in headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()) {
         fwd.push_str(v);
@@ -117,9 +187,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, tls: bool, ho
     if let Ok(v) = HeaderValue::from_str(&client.forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme(tls)));
-    // The String's own buffer becomes the value (checked, not copied).
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd.into_bytes().into_boxed_slice())) {
+    if let Some(v) = value_of(fwd) {
         headers.insert(FORWARDED, v);
     }
 }
@@ -283,11 +351,73 @@ mod tests {
         let peer = crate::client_addr::Peer::socket("192.0.2.7:5".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
         let client = crate::client_addr::resolve(&peer, &hs, &[]);
         drop(hs);
-        add_forwarded(&mut m, &client, false, "h");
+        add_forwarded(&mut m, &client, false, "h", None);
         assert_eq!(m["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
         assert_eq!(m.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(m["x-forwarded-proto"], "http");
         assert_eq!(m["forwarded"], "for=a, for=b, for=192.0.2.7;proto=http;host=\"h\"");
+    }
+
+    #[test]
+    fn a_connections_own_client_reuses_its_values_per_host() {
+        let peer = crate::client_addr::Peer::socket("192.0.2.7:5".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+        let client = crate::client_addr::direct(&peer);
+        let f = Forwarding::default();
+        let mut first = HeaderMap::new();
+        first.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+        add_forwarded(&mut first, &client, true, "a", Some(&f));
+        assert_eq!(first["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(first["x-forwarded-proto"], "https");
+        assert_eq!(first.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(first["forwarded"], "for=192.0.2.7;proto=https;host=\"a\"");
+        // the same host: the same values (shared, not made again)
+        let mut again = HeaderMap::new();
+        add_forwarded(&mut again, &client, true, "a", Some(&f));
+        assert_eq!(again["forwarded"].as_bytes().as_ptr(), first["forwarded"].as_bytes().as_ptr());
+        assert_eq!(
+            again["x-forwarded-for"].as_bytes().as_ptr(),
+            first["x-forwarded-for"].as_bytes().as_ptr()
+        );
+        // another host: its own element
+        let mut other = HeaderMap::new();
+        add_forwarded(&mut other, &client, true, "b", Some(&f));
+        assert_eq!(other["forwarded"], "for=192.0.2.7;proto=https;host=\"b\"");
+        // a request that brings Forwarded: its list, then this hop
+        let mut listed = HeaderMap::new();
+        listed.insert("forwarded", HeaderValue::from_static("for=x"));
+        add_forwarded(&mut listed, &client, true, "a", Some(&f));
+        assert_eq!(listed["forwarded"], "for=x, for=192.0.2.7;proto=https;host=\"a\"");
+        assert_eq!(listed["x-forwarded-for"], "192.0.2.7");
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_told_by_length_then_text() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop(n), Some(i), "{n}");
+        }
+        for n in [
+            "connectiox",
+            "te2",
+            "tx",
+            "host",
+            "content-length",
+            "proxy-connectiox",
+            "upgradf",
+            "expecx",
+            "",
+        ] {
+            assert_eq!(hop_by_hop(n), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn connection_close_and_keep_alive_name_nothing_more() {
+        let mut m = HeaderMap::new();
+        m.insert("connection", HeaderValue::from_static("Close, , Keep-Alive,UPGRADE"));
+        m.insert("close", HeaderValue::from_static("kept: not hop-by-hop"));
+        m.insert("upgrade", HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut m);
+        assert_eq!(m.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["close"]);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use hyper::upgrade::OnUpgrade;
 
 use super::upgrade::Prepared;
 
-use crate::client_addr::Peer;
+use crate::client_addr::{ClientAddr, Peer};
 use crate::http::client::Pinned;
+use crate::http::headers::Forwarding;
 use crate::shared::Shared;
 
 /// One client connection on the plain path, as every request on it sees it.
@@ -25,6 +26,10 @@ pub(super) struct ClientConn {
     socket: u64,
     /// Where the connection comes from.
     pub(super) peer: Peer,
+    /// The client of its requests that name none (no `X-Forwarded-For`): the peer.
+    pub(super) direct: ClientAddr,
+    /// The forwarding values of [`Self::direct`], made once.
+    pub(super) forwarding: Forwarding,
     /// The peer is a trusted proxy: each request names its own client, and is counted for
     /// it while in flight (the connection was admitted without a client).
     pub(super) per_request: bool,
@@ -51,6 +56,8 @@ impl ClientConn {
             shared: shared.clone(),
             listener: Mutex::new((shared.listener_epoch.load(std::sync::atomic::Ordering::Acquire), listener)),
             socket,
+            direct: crate::client_addr::direct(&peer),
+            forwarding: Forwarding::default(),
             peer,
             per_request,
             tls,
@@ -58,6 +65,12 @@ impl ClientConn {
             pinned: Arc::new(Pinned::default()),
             upgrade: Mutex::new(None),
         })
+    }
+
+    /// Whether the client connection is TLS, and the forwarding values to reuse for
+    /// `client` (when it is the connection's own).
+    pub(super) fn reuse(&self, client: &ClientAddr) -> (bool, Option<&Forwarding>) {
+        (self.tls, std::ptr::eq(client, &self.direct).then_some(&self.forwarding))
     }
 
     /// The socket that accepted the connection.

@@ -188,7 +188,7 @@ pub(super) async fn forward(
 
 /// A bodiless request made again from the client's head, for a retry.
 fn again(cx: &ClientConn, req: &Forward<'_>) -> Option<Request<Body>> {
-    let head = outgoing(req.head, req.target, req.client, cx.tls, req.host)?;
+    let head = outgoing(req.head, req.target, req.client, cx.reuse(req.client), req.host)?;
     Some(Request::from_parts(head, empty()))
 }
 
@@ -359,7 +359,7 @@ pub(super) fn outgoing(
     parts: &hyper::http::request::Parts,
     target: &str,
     client: &crate::client_addr::ClientAddr,
-    tls: bool,
+    (tls, reuse): (bool, Option<&crate::http::headers::Forwarding>),
     host: &str,
 ) -> Option<hyper::http::request::Parts> {
     let mut out = Request::new(()).into_parts().0;
@@ -383,6 +383,6 @@ pub(super) fn outgoing(
     for te in parts.headers.get_all(TRANSFER_ENCODING) {
         out.headers.append(TRANSFER_ENCODING, te.clone());
     }
-    add_forwarded(&mut out.headers, client, tls, host);
+    add_forwarded(&mut out.headers, client, tls, host, reuse);
     Some(out)
 }

@@ -74,7 +74,16 @@ pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Resp
         return refusal(Refusal::NoRoute);
     };
     let limits = &rt.config.limits;
-    let client = resolve(&cx.peer, &hs, &limits.trusted_proxies);
+    // A request that names no client is the connection's own client (its forwarding
+    // values made once per connection).
+    let resolved;
+    let client = match crate::handshake::header(&hs, "x-forwarded-for") {
+        None => &cx.direct,
+        Some(_) => {
+            resolved = resolve(&cx.peer, &hs, &limits.trusted_proxies);
+            &resolved
+        }
+    };
     // Through a trusted proxy, the request is its client's connection while in flight (no
     // rate token: a proxy's keep-alive requests are not new connections).
     let client_slot = match cx.per_request {
@@ -91,7 +100,7 @@ pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Resp
     if declared.is_some_and(|n| n > limits.max_request_body_bytes) {
         return refusal(Refusal::BodyTooLarge);
     }
-    let Some(out) = outgoing(&parts, target, &client, cx.tls, host) else {
+    let Some(out) = outgoing(&parts, target, client, cx.reuse(client), host) else {
         return refusal(Refusal::BadRequest("malformed request target"));
     };
     // Most requests have no body: they share one finished tally and an empty body (a boxed
@@ -122,7 +131,7 @@ pub(super) async fn request(cx: Arc<ClientConn>, req: Request<Incoming>) -> Resp
         target,
         host,
         headers: &hs,
-        client: &client,
+        client,
         client_slot,
         tally,
     };
