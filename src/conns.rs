@@ -3,12 +3,13 @@
 //! relay never touches the table, only its own `ConnShared` atomics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use futures_util::task::AtomicWaker;
 
 use crate::backend::Backend;
+use crate::config::MessageLimits;
 
 /// A shard keeps room for this many connections however few are left.
 const MIN_SHARD_CAPACITY: usize = 64;
@@ -36,6 +37,12 @@ pub struct ConnShared {
     pub waker: AtomicWaker,
     /// Last data frame in either direction (ms, process clock).
     pub last_data_ms: AtomicU64,
+    /// The position of the route it came by among its listener's routes (a reload finds
+    /// its message limits by it).
+    pub route: u32,
+    /// A reload's message limits for it, until its relay takes them.
+    limits: Mutex<Option<Box<MessageLimits>>>,
+    limits_changed: AtomicBool,
 }
 
 impl ConnShared {
@@ -46,6 +53,26 @@ impl ConnShared {
             self.close_at_ms.store(at_ms, Relaxed);
             self.waker.wake();
         }
+    }
+
+    /// Gives the connection new message limits (a reload); its relay takes them at once.
+    pub fn set_limits(&self, limits: MessageLimits) {
+        if let Ok(mut l) = self.limits.lock() {
+            *l = Some(Box::new(limits));
+            self.limits_changed.store(true, Relaxed);
+            self.waker.wake();
+        }
+    }
+
+    /// New limits wait for the relay (one load per wake-up).
+    pub fn limits_changed(&self) -> bool {
+        self.limits_changed.load(Relaxed)
+    }
+
+    /// The new limits, taken.
+    pub fn take_limits(&self) -> Option<MessageLimits> {
+        self.limits_changed.store(false, Relaxed);
+        self.limits.lock().ok()?.take().map(|b| *b)
     }
 
     /// The requested close, if any: (when, code).
@@ -96,7 +123,7 @@ impl Drop for Registration {
 
 impl ConnTable {
     /// Registers a new connection on `backend`.
-    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, listener: Arc<str>, socket: u64, now_ms: u64) -> Registration {
+    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, (listener, route): (Arc<str>, u32), socket: u64, now_ms: u64) -> Registration {
         let id = self.next_id.fetch_add(1, Relaxed);
         let shared = Arc::new(ConnShared {
             id,
@@ -108,6 +135,9 @@ impl ConnTable {
             close_code: AtomicU16::new(0),
             waker: AtomicWaker::new(),
             last_data_ms: AtomicU64::new(now_ms),
+            route,
+            limits: Mutex::new(None),
+            limits_changed: AtomicBool::new(false),
         });
         if let Ok(mut s) = self.shards[(id % 16) as usize].lock() {
             s.insert(id, shared.clone());
@@ -165,7 +195,7 @@ mod tests {
         let t = Arc::new(ConnTable::default());
         let b = Backend::for_test("a:1", 1);
         let listener: Arc<str> = "l".into();
-        let mut regs: Vec<Registration> = (0..8_000).map(|_| t.register(b.clone(), listener.clone(), 0, 1)).collect();
+        let mut regs: Vec<Registration> = (0..8_000).map(|_| t.register(b.clone(), (listener.clone(), 0), 0, 1)).collect();
         assert_eq!(t.len(), 8_000);
         let peak = capacity(&t);
         assert!(peak >= 8_000, "{peak}");

@@ -100,6 +100,8 @@ struct BackendValues {
     serving: Option<usize>,
     protocol_errors: u64,
     custom_load_errors: u64,
+    throttled_ms: u64,
+    limit_closes: [u64; 3],
     /// The discovery entry it was found by (of the object whose state is shown).
     discovered_from: Option<String>,
 }
@@ -143,6 +145,10 @@ fn render_backends(out: &mut String, now_ms: u64) {
             }
             v.protocol_errors += m.protocol_errors.load(Relaxed);
             v.custom_load_errors += m.custom_load_errors.load(Relaxed);
+            v.throttled_ms += m.throttled_ms.load(Relaxed);
+            for (sum, c) in v.limit_closes.iter_mut().zip(&m.limit_closes) {
+                *sum += c.load(Relaxed);
+            }
             true
         });
     }
@@ -235,6 +241,40 @@ fn render_backends(out: &mut String, now_ms: u64) {
     sparse(out, "switchyard_custom_load_errors_total", "", &|v| {
         vec![("", v.custom_load_errors)]
     });
+    // Per pool: the message limits' throttled time and closes.
+    let mut pools: BTreeMap<&str, (u64, [u64; 3])> = BTreeMap::new();
+    for ((pool, _), v) in &values {
+        let p = pools.entry(pool).or_default();
+        p.0 += v.throttled_ms;
+        for (sum, n) in p.1.iter_mut().zip(v.limit_closes) {
+            *sum += n;
+        }
+    }
+    out.push_str("# TYPE switchyard_throttled_seconds_total counter\n");
+    for (pool, (ms, _)) in &pools {
+        let _ = writeln!(
+            out,
+            "switchyard_throttled_seconds_total{{pool=\"{}\"}} {}",
+            escape(pool),
+            *ms as f64 / 1000.0
+        );
+    }
+    out.push('\n');
+    let mut lines = String::new();
+    for (pool, (_, closes)) in &pools {
+        for (reason, n) in LIMIT_REASONS.iter().zip(closes).filter(|(_, n)| **n > 0) {
+            let _ = writeln!(
+                lines,
+                "switchyard_limit_closes_total{{pool=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(pool)
+            );
+        }
+    }
+    if !lines.is_empty() {
+        out.push_str("# TYPE switchyard_limit_closes_total counter\n");
+        out.push_str(&lines);
+        out.push('\n');
+    }
     // An info series per backend found by DNS discovery: which entry it came from.
     let mut lines = String::new();
     for (k, v) in &values {
@@ -277,6 +317,14 @@ pub struct BackendMetrics {
     protocol_errors: AtomicU64,
     /// `switchyard_custom_load_errors_total`.
     custom_load_errors: AtomicU64,
+    /// Milliseconds its connections were throttled by their message limits
+    /// (`switchyard_throttled_seconds_total{pool}`, summed over the pool).
+    pub throttled_ms: AtomicU64,
+    /// Its connections throttled now (the admin API).
+    pub throttled_now: AtomicU64,
+    /// Connections closed over their rate, by [`crate::relay::LimitReason`]
+    /// (`switchyard_limit_closes_total{pool,reason}`).
+    pub limit_closes: [AtomicU64; 3],
 }
 
 /// `protocol` values: how the client spoke (HTTP/1.1, or HTTP/2 streams).
@@ -286,6 +334,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `to` values of `switchyard_health_transitions_total`: `BackendState as usize`, then a
 /// passive ejection.
 const TRANSITION_STATES: [&str; 4] = ["up", "down", "draining", "ejected"];
+/// `reason` values of `switchyard_limit_closes_total`, by [`crate::relay::LimitReason`].
+const LIMIT_REASONS: [&str; 3] = ["client_messages", "client_bytes", "client_sum"];
 /// `state` values of `switchyard_backend_state`.
 const SERVING_STATES: [&str; 4] = ["up", "down", "ejected", "draining"];
 

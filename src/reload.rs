@@ -261,7 +261,40 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
         tracing::info!(listener = %b.name, addr = %b.actual, "listener closed by reload");
     }
     shared.drain_removed(&old, &rt, now);
+    push_message_limits(shared, &old.config, &rt.config);
     Ok(notes)
+}
+
+/// A reload that changed message limits (`limits:` or a route's) gives every live
+/// connection its limits under the new config: its listener's route at the position it
+/// came by when that route still goes to its pool, else the listener's first route to its
+/// pool, else `limits:` alone.
+fn push_message_limits(shared: &Shared, old: &crate::config::Config, new: &crate::config::Config) {
+    let route_limits = |c: &crate::config::Config| -> Vec<crate::config::MessageOverride> {
+        c.listeners.iter().flat_map(|l| l.routes.iter().map(|r| r.limits)).collect()
+    };
+    if old.limits.messages == new.limits.messages && route_limits(old) == route_limits(new) {
+        return;
+    }
+    let conns = shared.conns.select(|_| true);
+    for c in &conns {
+        let listener = shared.socket_name(c.socket);
+        let routes = listener
+            .as_deref()
+            .and_then(|n| new.listeners.iter().find(|l| *l.name == *n))
+            .map(|l| l.routes.as_slice())
+            .unwrap_or_default();
+        let route = routes
+            .get(c.route as usize)
+            .filter(|r| *r.pool == *c.pool)
+            .or_else(|| routes.iter().find(|r| *r.pool == *c.pool));
+        let limits = match route {
+            Some(r) => new.limits.messages.with(&r.limits),
+            None => new.limits.messages,
+        };
+        c.set_limits(limits);
+    }
+    tracing::info!(connections = conns.len(), "message limits of live connections changed by reload");
 }
 
 /// How a reload's listeners map onto the bound ones.

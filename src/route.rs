@@ -41,6 +41,7 @@ mod tests {
                 },
                 pool: "chat".into(),
                 http: Default::default(),
+                limits: Default::default(),
             },
             Route {
                 matcher: RouteMatch {
@@ -52,6 +53,7 @@ mod tests {
                 },
                 pool: "tenant".into(),
                 http: Default::default(),
+                limits: Default::default(),
             },
             Route {
                 matcher: RouteMatch {
@@ -60,6 +62,7 @@ mod tests {
                 },
                 pool: "only".into(),
                 http: Default::default(),
+                limits: Default::default(),
             },
         ];
         let pool = |target, host, h: &[httparse::Header<'_>]| route(&routes, target, host, h).map(|r| r.pool.clone());

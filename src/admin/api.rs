@@ -52,6 +52,7 @@ fn backend(b: &Backend) -> Value {
         "max_connections": (max != 0).then_some(max),
         "ejected": b.is_ejected(clock::now_ms()),
         "active": b.active(),
+        "throttled": b.metrics.throttled_now.load(Relaxed),
         "total": b.total.load(Relaxed),
         "bytes_in_per_s": b.rate_c2b.get(),
         "bytes_out_per_s": b.rate_b2c.get(),
@@ -106,6 +107,15 @@ pub(crate) fn status(admin: &Admin) -> Value {
         "draining": shared.draining.load(Relaxed),
         "connections": shared.conns.len(),
         "admitted": shared.admission.active(),
+        // Connections held back by their message limits now.
+        "throttled": shared
+            .runtime
+            .load()
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter())
+            .map(|b| b.metrics.throttled_now.load(Relaxed))
+            .sum::<u64>(),
         "h2": {
             "connections": shared.h2.connections.load(Relaxed),
             "streams": shared.h2.streams.load(Relaxed),

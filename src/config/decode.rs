@@ -45,6 +45,24 @@ const LIMITS_KEYS: &[&str] = &[
     "max_connections_per_client",
     "max_connections_per_client_per_second",
     "trusted_proxies",
+    "client_messages_per_second",
+    "client_message_burst",
+    "client_bytes_per_second",
+    "client_bytes_burst",
+    "backend_messages_per_second",
+    "max_messages_per_second_per_client",
+    "client_limit_action",
+    "client_limit_grace",
+];
+/// The keys of a route's `limits:` (the per-connection message limits).
+const ROUTE_LIMITS_KEYS: &[&str] = &[
+    "client_messages_per_second",
+    "client_message_burst",
+    "client_bytes_per_second",
+    "client_bytes_burst",
+    "backend_messages_per_second",
+    "client_limit_action",
+    "client_limit_grace",
 ];
 /// Close codes a peer must never send (RFC 6455 §7.4.1).
 const RESERVED_CLOSE_CODES: [u64; 4] = [1004, 1005, 1006, 1015];
@@ -359,7 +377,7 @@ fn decode_routes<'a>(ctx: &mut Ctx, node: &'a Node, listener: &str, pool_refs: &
     let mut catch_all: Option<usize> = None;
     for (i, item) in items.iter().enumerate() {
         let what = format!("{listener}.routes[{i}]");
-        let Some(f) = ctx.fields(item, &what, &["match", "pool", "http"]) else {
+        let Some(f) = ctx.fields(item, &what, &["match", "pool", "http", "limits"]) else {
             continue;
         };
         if let Some(line) = catch_all {
@@ -384,8 +402,19 @@ fn decode_routes<'a>(ctx: &mut Ctx, node: &'a Node, listener: &str, pool_refs: &
             Some(n) => ctx.choice(n, "http", &[("proxy", HttpMode::Proxy), ("reject", HttpMode::Reject)]),
             None => Some(HttpMode::Proxy),
         };
-        if let (Some(matcher), Some(pool), Some(http)) = (matcher, pool, http) {
-            routes.push(Route { matcher, pool, http });
+        let limits = match f.get("limits") {
+            Some(n) => ctx
+                .fields(n, &format!("{what}.limits"), ROUTE_LIMITS_KEYS)
+                .map(|lf| message_limits(ctx, &lf, &format!("{what}.limits"))),
+            None => Some(MessageOverride::default()),
+        };
+        if let (Some(matcher), Some(pool), Some(http), Some(limits)) = (matcher, pool, http, limits) {
+            routes.push(Route {
+                matcher,
+                pool,
+                http,
+                limits,
+            });
         }
     }
     (routes.len() == items.len()).then_some(routes)
@@ -494,7 +523,45 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
     if let Some((n, w)) = get("trusted_proxies") {
         set(&mut l.trusted_proxies, trusted_proxies(ctx, n, &w));
     }
+    l.messages = l.messages.with(&message_limits(ctx, &f, "`limits`"));
+    if let Some((n, w)) = get("max_messages_per_second_per_client") {
+        set(&mut l.messages.max_messages_per_second_per_client, ctx.int(n, &w, 0, MAX_RATE));
+    }
     l
+}
+
+/// Most a message or byte rate (or burst) may be: what a `u32` holds.
+const MAX_RATE: u64 = u32::MAX as u64;
+
+/// The per-connection message limits set in `fields` (of `limits:` or a route's `limits:`,
+/// named `what`).
+fn message_limits(ctx: &mut Ctx, f: &Fields<'_>, what: &str) -> MessageOverride {
+    let mut o = MessageOverride::default();
+    let what = what.trim_matches('`');
+    let name = |key: &str| format!("`{what}.{key}`");
+    let int = |ctx: &mut Ctx, key: &str, out: &mut Option<u64>| {
+        if let Some(n) = f.get(key) {
+            if let Some(v) = ctx.int(n, &name(key), 0, MAX_RATE) {
+                *out = Some(v);
+            }
+        }
+    };
+    int(ctx, "client_messages_per_second", &mut o.client_messages_per_second);
+    int(ctx, "client_message_burst", &mut o.client_message_burst);
+    int(ctx, "client_bytes_per_second", &mut o.client_bytes_per_second);
+    int(ctx, "client_bytes_burst", &mut o.client_bytes_burst);
+    int(ctx, "backend_messages_per_second", &mut o.backend_messages_per_second);
+    if let Some(n) = f.get("client_limit_action") {
+        o.client_limit_action = ctx.choice(
+            n,
+            &name("client_limit_action"),
+            &[("throttle", LimitAction::Throttle), ("close", LimitAction::Close)],
+        );
+    }
+    if let Some(n) = f.get("client_limit_grace") {
+        o.client_limit_grace = ctx.positive_duration(n, &name("client_limit_grace"));
+    }
+    o
 }
 
 /// `limits.trusted_proxies`: a list of networks, each error at its own item.

@@ -111,6 +111,7 @@ fn contract_example_parses() {
             matcher: RouteMatch::default(),
             pool: "default".into(),
             http: HttpMode::Proxy,
+            limits: Default::default(),
         }
     );
     assert_eq!(l.allowed_origins, Some(vec!["https://app.example.com".to_string()]));

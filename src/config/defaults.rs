@@ -84,3 +84,7 @@ pub const REBALANCE_TOLERANCE: f64 = 0.1;
 pub const WORKERS: usize = 0;
 /// `process.access_log`.
 pub const ACCESS_LOG: bool = true;
+
+/// `limits.client_limit_grace`: how long a connection may stay over its message rate
+/// before `client_limit_action: close` closes it.
+pub const CLIENT_LIMIT_GRACE: Duration = Duration::from_secs(10);

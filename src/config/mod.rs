@@ -186,6 +186,98 @@ pub struct Route {
     pub pool: String,
     /// What happens to plain HTTP requests (no `Upgrade: websocket`) on this route.
     pub http: HttpMode,
+    /// `routes[].limits`: this route's message limits where they differ from `limits:`.
+    pub limits: MessageOverride,
+}
+
+/// What a connection may send and receive once open (`limits:`, each key overridable per
+/// route): token buckets per connection, refilled per millisecond; 0 = off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Messages client → backend per second.
+    pub client_messages_per_second: u64,
+    /// Messages a client may send at once (0: one second's worth).
+    pub client_message_burst: u64,
+    /// Payload bytes client → backend per second.
+    pub client_bytes_per_second: u64,
+    /// Payload bytes a client may send at once (0: one second's worth).
+    pub client_bytes_burst: u64,
+    /// Messages backend → client per second (burst: one second's worth).
+    pub backend_messages_per_second: u64,
+    /// Messages client → backend per second summed over every connection of one client
+    /// address (the per-client table's address), burst one second's worth. Global only.
+    pub max_messages_per_second_per_client: u64,
+    /// What happens to a client over its rate.
+    pub client_limit_action: LimitAction,
+    /// With [`LimitAction::Close`]: how long a connection may stay over its rate.
+    pub client_limit_grace: Duration,
+}
+
+impl MessageLimits {
+    /// Any limit on.
+    pub fn any(&self) -> bool {
+        self.client_messages_per_second != 0
+            || self.client_bytes_per_second != 0
+            || self.backend_messages_per_second != 0
+            || self.max_messages_per_second_per_client != 0
+    }
+
+    /// These limits with a route's overrides.
+    pub fn with(mut self, o: &MessageOverride) -> MessageLimits {
+        let pick = |v: Option<u64>, d: u64| v.unwrap_or(d);
+        self.client_messages_per_second = pick(o.client_messages_per_second, self.client_messages_per_second);
+        self.client_message_burst = pick(o.client_message_burst, self.client_message_burst);
+        self.client_bytes_per_second = pick(o.client_bytes_per_second, self.client_bytes_per_second);
+        self.client_bytes_burst = pick(o.client_bytes_burst, self.client_bytes_burst);
+        self.backend_messages_per_second = pick(o.backend_messages_per_second, self.backend_messages_per_second);
+        self.client_limit_action = o.client_limit_action.unwrap_or(self.client_limit_action);
+        self.client_limit_grace = o.client_limit_grace.unwrap_or(self.client_limit_grace);
+        self
+    }
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        MessageLimits {
+            client_messages_per_second: 0,
+            client_message_burst: 0,
+            client_bytes_per_second: 0,
+            client_bytes_burst: 0,
+            backend_messages_per_second: 0,
+            max_messages_per_second_per_client: 0,
+            client_limit_action: LimitAction::Throttle,
+            client_limit_grace: defaults::CLIENT_LIMIT_GRACE,
+        }
+    }
+}
+
+/// `client_limit_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitAction {
+    /// Stop reading the client until tokens return (nothing lost).
+    #[default]
+    Throttle,
+    /// Throttle, and close with 1008 a connection over its rate for the grace.
+    Close,
+}
+
+/// A route's `limits:`: the keys it sets (`None`: as under `limits:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MessageOverride {
+    /// See [`MessageLimits`].
+    pub client_messages_per_second: Option<u64>,
+    /// See [`MessageLimits`].
+    pub client_message_burst: Option<u64>,
+    /// See [`MessageLimits`].
+    pub client_bytes_per_second: Option<u64>,
+    /// See [`MessageLimits`].
+    pub client_bytes_burst: Option<u64>,
+    /// See [`MessageLimits`].
+    pub backend_messages_per_second: Option<u64>,
+    /// See [`MessageLimits`].
+    pub client_limit_action: Option<LimitAction>,
+    /// See [`MessageLimits`].
+    pub client_limit_grace: Option<Duration>,
 }
 
 /// `routes[].http`: plain HTTP on a WebSocket listener.
@@ -570,6 +662,8 @@ pub struct Limits {
     pub max_connections_per_client_per_second: u64,
     /// Peers whose `X-Forwarded-For` and PROXY protocol header are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Message and bandwidth limits of open connections.
+    pub messages: MessageLimits,
 }
 
 /// `shedding:`.
@@ -633,6 +727,7 @@ impl Default for Limits {
             max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
             max_connections_per_client_per_second: defaults::MAX_CONNECTIONS_PER_CLIENT_PER_SECOND,
             trusted_proxies: Vec::new(),
+            messages: MessageLimits::default(),
         }
     }
 }

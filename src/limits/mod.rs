@@ -272,13 +272,20 @@ impl Admission {
         })
     }
 
-    /// Admitted connections now.
+    /// The message allowance shared by the connections of the client at `ip`
+    /// (`limits.max_messages_per_second_per_client`, `rate`); `None` when the client is not
+    /// counted (a trusted proxy's keep-alive connection).
+    pub fn message_bucket(&self, ip: std::net::IpAddr, rate: u64, now_ms: u64) -> Option<Arc<per_client::SharedBucket>> {
+        self.clients.message_bucket(ip, rate, now_ms)
+    }
+
     /// Tokens of the new-connection rate given back so far (connections whose backend
     /// failed).
     pub fn refunded(&self) -> u64 {
         self.refunded.load(Relaxed)
     }
 
+    /// Admitted connections now.
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
     }

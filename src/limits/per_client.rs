@@ -55,8 +55,8 @@ pub enum Refused {
     TableFull,
 }
 
-/// One client's state: 16 bytes (24 with its key in the map).
-#[derive(Debug, Clone, Copy)]
+/// One client's state: 24 bytes (32 with its key in the map).
+#[derive(Debug, Clone)]
 struct Entry {
     /// Live connections admitted.
     count: u32,
@@ -64,24 +64,82 @@ struct Entry {
     tokens: f32,
     /// When `tokens` was computed (process clock, ms).
     last_ms: u64,
+    /// The message allowance its connections share
+    /// (`limits.max_messages_per_second_per_client`), made by the first that asks.
+    messages: Option<Arc<SharedBucket>>,
 }
 
 impl Entry {
-    /// Tokens now at `rate`/s, at most `rate` (the burst).
-    fn refill(&mut self, rate: u64, now_ms: u64) {
+    /// Tokens at `now_ms` at `rate`/s, at most `rate` (the burst).
+    fn tokens_at(&self, rate: u64, now_ms: u64) -> f64 {
         let gained = now_ms.saturating_sub(self.last_ms) as f64 * rate as f64 / 1000.0;
-        self.tokens = (f64::from(self.tokens) + gained).min(rate as f64) as f32;
+        (f64::from(self.tokens) + gained).min(rate as f64)
+    }
+
+    /// Refills its bucket up to `now_ms`.
+    fn refill(&mut self, rate: u64, now_ms: u64) {
+        self.tokens = self.tokens_at(rate, now_ms) as f32;
         self.last_ms = now_ms;
     }
 
     /// No live connection and a full bucket: the entry says nothing a new one would not.
     fn idle(&self, rate: u64, now_ms: u64) -> bool {
-        if self.count > 0 {
-            return false;
+        self.count == 0 && (rate == 0 || self.tokens_at(rate, now_ms) >= rate as f64)
+    }
+}
+
+/// A token bucket shared by every connection of one client (messages client → backend),
+/// taken from by each connection's relay without a lock: thousandths of a token, refilled
+/// per millisecond by whoever comes first (the one that moves `last_ms` gets the time).
+#[derive(Debug)]
+pub struct SharedBucket {
+    /// Tokens per second (also the burst); a reload may change it.
+    rate: AtomicU64,
+    /// Thousandths of a token; below zero when connections took more at once.
+    milli: std::sync::atomic::AtomicI64,
+    last_ms: AtomicU64,
+}
+
+impl SharedBucket {
+    /// A full bucket of `rate` tokens per second.
+    pub fn new(rate: u64, now_ms: u64) -> SharedBucket {
+        SharedBucket {
+            rate: AtomicU64::new(rate),
+            milli: std::sync::atomic::AtomicI64::new(rate as i64 * 1000),
+            last_ms: AtomicU64::new(now_ms),
         }
-        let mut e = *self;
-        e.refill(rate, now_ms);
-        rate == 0 || f64::from(e.tokens) >= rate as f64
+    }
+
+    /// Whole tokens available at `now_ms` (refilled first).
+    pub fn available(&self, now_ms: u64) -> u64 {
+        let rate = self.rate.load(Relaxed) as i64;
+        let last = self.last_ms.load(Relaxed);
+        if now_ms > last && self.last_ms.compare_exchange(last, now_ms, Relaxed, Relaxed).is_ok() {
+            let gained = (now_ms - last).min(1_000_000) as i64 * rate;
+            let cap = rate * 1000;
+            let before = self.milli.fetch_add(gained, Relaxed);
+            if before + gained > cap {
+                self.milli.fetch_min(cap, Relaxed);
+            }
+        }
+        (self.milli.load(Relaxed) / 1000).max(0) as u64
+    }
+
+    /// Takes `n` tokens.
+    pub fn take(&self, n: u64) {
+        self.milli.fetch_sub(n as i64 * 1000, Relaxed);
+    }
+
+    /// Milliseconds until a token is available (at least 1).
+    pub fn wait_ms(&self) -> u64 {
+        let rate = self.rate.load(Relaxed).max(1) as i64;
+        let missing = 1000 - self.milli.load(Relaxed);
+        (missing.max(1) as u64).div_ceil(rate as u64).max(1)
+    }
+
+    /// A reload's rate.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Relaxed);
     }
 }
 
@@ -148,7 +206,7 @@ impl ClientTable {
     /// proxy's connection is not a new connection). `Ok(None)` when both limits are off.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits, new_connection: bool, now_ms: u64) -> Result<Option<ClientSlot>, Refused> {
         let (max, rate) = (limits.max_connections_per_client, limits.max_connections_per_client_per_second);
-        if max == 0 && rate == 0 {
+        if max == 0 && rate == 0 && limits.messages.max_messages_per_second_per_client == 0 {
             return Ok(None);
         }
         self.rate.store(rate, Relaxed);
@@ -170,6 +228,7 @@ impl ClientTable {
             count: 0,
             tokens: rate as f32,
             last_ms: now_ms,
+            messages: None,
         });
         if max != 0 && u64::from(e.count) >= max {
             return Err(Refused::OverLimit);
@@ -183,6 +242,14 @@ impl ClientTable {
         }
         e.count += 1;
         Ok(Some(ClientSlot { table: self.clone(), key }))
+    }
+
+    /// The message allowance the connections of the client at `ip` share, at `rate` per
+    /// second; `None` when the client has no live connection counted here.
+    pub fn message_bucket(&self, ip: IpAddr, rate: u64, now_ms: u64) -> Option<Arc<SharedBucket>> {
+        let mut shard = self.shard(key(ip));
+        let e = shard.map.get_mut(&key(ip))?;
+        Some(e.messages.get_or_insert_with(|| Arc::new(SharedBucket::new(rate, now_ms))).clone())
     }
 
     fn release(&self, key: u64) {

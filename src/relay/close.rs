@@ -127,6 +127,28 @@ impl Relay {
         );
     }
 
+    /// A client over its rate for `client_limit_grace` (with `client_limit_action: close`):
+    /// it gets 1008 and a reason it can read, the backend 1001; what it sent over its rate
+    /// and was not read is dropped, and it is read no more.
+    pub(super) fn limit_close(&mut self, reason: super::LimitReason, now: u64) {
+        if self.closing {
+            return;
+        }
+        tracing::info!(pool = %self.conn.pool, backend = %self.conn.backend.address, reason = reason.label(), "client over its rate limit: closing with 1008");
+        self.conn.backend.metrics.limit_closes[reason.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.c2b.drop_unscanned();
+        // The connection's close, for its log line, is the client's 1008 (whichever of the
+        // two frames is written first).
+        self.first_close
+            .get_or_insert((CloseCode::PolicyViolation.code(), CloseOrigin::Proxy));
+        self.fail(
+            Offender::Client,
+            (CloseCode::PolicyViolation.code(), reason.close_reason()),
+            (CloseCode::GoingAway.code(), "client over its rate limit"),
+            now,
+        );
+    }
+
     /// The proxy closes both sides with `code` (idle, ping timeout, drain, shutdown, 1009).
     /// Each close goes in at the next frame boundary of its direction, or not at all.
     pub(super) fn begin_close(&mut self, code: u16, reason: &'static str, now: u64) {

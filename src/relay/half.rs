@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::buf::Buf;
 use crate::stream::Stream;
 use crate::ws::frame::{ControlFrame, Opcode};
-use crate::ws::stream::{Event, Scanner};
+use crate::ws::stream::{Allowance, Event, Scanner};
 use crate::ws::CloseCode;
 
 /// Room kept free at the end of a buffer for one injected control frame.
@@ -52,6 +52,9 @@ pub struct Pumped {
     pub ping_sent: bool,
     /// Something that ends or changes the connection.
     pub event: Option<HalfEvent>,
+    /// Stopped at a data frame its allowance did not cover: the source is not read until
+    /// the next call brings more.
+    pub throttled: bool,
 }
 
 /// Events the relay acts on.
@@ -156,6 +159,13 @@ impl Half {
         true
     }
 
+    /// Drops what was read and not yet passed on (a source closed for its limits: what it
+    /// sent over them goes nowhere), so a close can follow at the boundary.
+    pub fn drop_unscanned(&mut self) {
+        self.filled = self.out_end;
+        self.rescan = false;
+    }
+
     /// Everything read was written and no frame waits to be put in.
     pub fn drained(&self) -> bool {
         self.filled == 0 && self.inject.is_none()
@@ -172,7 +182,16 @@ impl Half {
     }
 
     /// Moves bytes until blocked or something happens; see [`Pumped`].
-    pub fn pump(&mut self, src: &mut Stream, dst: &mut Stream, cx: &mut Context<'_>, own_ping: Option<&[u8]>) -> Pumped {
+    /// With `allow`, passes on only the data frames it covers (see [`Allowance`]): past it,
+    /// the rest stays in the buffer and the source is not read (its TCP window closes).
+    pub fn pump(
+        &mut self,
+        src: &mut Stream,
+        dst: &mut Stream,
+        cx: &mut Context<'_>,
+        own_ping: Option<&[u8]>,
+        mut allow: Option<&mut Allowance>,
+    ) -> Pumped {
         let mut r = Pumped::default();
         loop {
             if self.out_start < self.out_end {
@@ -239,12 +258,15 @@ impl Half {
             }
             if self.rescan && self.filled > 0 && !self.discard {
                 self.rescan = false;
-                if let Some(ev) = self.scan_buffered(&mut r, own_ping) {
+                if let Some(ev) = self.scan_buffered(&mut r, own_ping, allow.as_deref_mut()) {
                     r.event = Some(ev);
                     return r;
                 }
                 if self.out_end > 0 {
                     continue;
+                }
+                if r.throttled {
+                    return r;
                 }
             }
             if self.src_done {
@@ -308,7 +330,7 @@ impl Half {
                     }
                     self.filled += n;
                     r.rx = true;
-                    if let Some(ev) = self.scan_buffered(&mut r, own_ping) {
+                    if let Some(ev) = self.scan_buffered(&mut r, own_ping, allow.as_deref_mut()) {
                         r.event = Some(ev);
                         return r;
                     }
@@ -330,9 +352,16 @@ impl Half {
     }
 
     /// Scans the unscanned bytes; returns an event that stops this direction.
-    fn scan_buffered(&mut self, r: &mut Pumped, own_ping: Option<&[u8]>) -> Option<HalfEvent> {
+    fn scan_buffered(&mut self, r: &mut Pumped, own_ping: Option<&[u8]>, allow: Option<&mut Allowance>) -> Option<HalfEvent> {
         let stop = self.inject.is_some();
-        let s = self.scan.scan(&mut self.buf, self.out_end, &mut self.filled, own_ping, stop);
+        let s = self
+            .scan
+            .scan_limited(&mut self.buf, self.out_end, &mut self.filled, own_ping, stop, allow);
+        if s.throttled {
+            // The rest is scanned again when the allowance grows (and nothing is read before).
+            self.rescan = true;
+            r.throttled = true;
+        }
         self.unflushed_bytes += (s.forward - self.out_end) as u64;
         self.out_end = s.forward;
         r.data_seen |= s.data_seen;

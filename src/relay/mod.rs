@@ -11,6 +11,7 @@ mod close;
 mod half;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,11 +25,12 @@ use crate::clock;
 use crate::conns::ConnShared;
 use crate::metrics::CloseOrigin;
 use crate::stream::Stream;
-use crate::ws::stream::{Scanner, Side};
+use crate::ws::stream::{Allowance, Scanner, Side};
 use crate::ws::CloseCode;
 pub use close::BACKEND_LOST;
 pub use half::MAX_EARLY_BYTES;
 use half::{Half, Inject};
+pub use throttle::{LimitReason, Throttle};
 
 /// How long both sides get to finish a closing handshake once one started.
 const CLOSE_GRACE_MS: u64 = 5_000;
@@ -159,6 +161,8 @@ pub struct Outcome {
     pub msgs_c2b: u64,
     /// Messages backend → client.
     pub msgs_b2c: u64,
+    /// Milliseconds either direction was held back by its message or byte limits.
+    pub throttled_ms: u64,
 }
 
 impl Outcome {
@@ -220,6 +224,10 @@ pub struct Relay {
     /// The last close code the proxy sent and counted (0: none).
     counted_sent: u16,
     totals: [u64; 4],
+    /// Message and bandwidth limits, when any is on.
+    throttle: Option<Box<Throttle>>,
+    /// A throttled direction's tokens are back: pump again.
+    repump: bool,
 }
 
 impl Relay {
@@ -233,6 +241,7 @@ impl Relay {
         settings: RelaySettings,
         client_early: &[u8],
         backend_early: &[u8],
+        throttle: Option<Box<Throttle>>,
     ) -> Result<Self, NotStarted> {
         let now = clock::now_ms();
         let mut c2b = Half::new(Scanner::new(Side::Client, settings.rsv_allowed, settings.max_message), true);
@@ -262,6 +271,8 @@ impl Relay {
             first_close: None,
             counted_sent: 0,
             totals: [0; 4],
+            throttle,
+            repump: false,
         };
         r.rearm(now, true);
         Ok(r)
@@ -278,6 +289,9 @@ impl Relay {
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         self.conn.waker.register(cx.waker());
+        if self.conn.limits_changed() {
+            self.apply_limits();
+        }
         let mut fired = false;
         'outer: loop {
             loop {
@@ -288,8 +302,21 @@ impl Relay {
                 let btoken = self.timers.backend_ping().map(|_| self.backend_token());
                 let own_b = btoken.as_ref().map(|t| &t[..]);
                 let had_unflushed = self.has_unflushed();
-                let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own);
-                let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, own_b);
+                // The limits' allowances, once per pump (none while closing: a close
+                // waits for nothing).
+                let (mut ca, mut ba, now_t) = match self.throttle.as_deref_mut() {
+                    Some(t) if !self.closing => {
+                        let now = clock::now_ms();
+                        (t.client_allowance(now), t.backend_allowance(now), now)
+                    }
+                    _ => (None, None, 0),
+                };
+                let given = (ca, ba);
+                let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own, ca.as_mut());
+                let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, own_b, ba.as_mut());
+                if given != (None, None) {
+                    self.after_pumps(given, (ca, ba), (a.throttled, b.throttled), now_t);
+                }
                 if a.rx || b.rx {
                     let now = clock::now_ms();
                     if a.rx {
@@ -357,8 +384,8 @@ impl Relay {
                     }
                     self.rearm(now, fired);
                     fired = false;
-                    if self.injected {
-                        continue 'outer; // a frame to put in: let the pumps run
+                    if self.injected || std::mem::take(&mut self.repump) {
+                        continue 'outer; // a frame to put in, or tokens back: let the pumps run
                     }
                 }
                 if self.timer.as_mut().poll(cx).is_pending() {
@@ -409,10 +436,118 @@ impl Relay {
                 self.injected = true;
             }
         }
+        if self.throttle.is_some() {
+            self.on_throttle_time(now);
+        }
         if self.has_unflushed() && now >= self.last_flush_ms + FLUSH_EVERY_MS {
             self.flush(now);
         }
         false
+    }
+
+    /// The limits' part of [`Relay::on_time`]: a client over its rate for the grace is
+    /// closed (with `close`); directions whose tokens are back are pumped again; a throttled
+    /// side is alive and not idle (what it sent waits unread, its pongs among it).
+    fn on_throttle_time(&mut self, now: u64) {
+        let Some(t) = self.throttle.as_deref_mut() else { return };
+        if self.closing {
+            if t.throttled() {
+                t.release_all(now);
+                self.throttled_changed(false);
+            }
+            return;
+        }
+        if let Some(reason) = t.over_grace(now) {
+            self.limit_close(reason, now);
+            return;
+        }
+        let (c, b) = t.due(now);
+        self.repump |= c || b;
+        let (held_c, held_b) = (t.c2b.since_ms != 0, t.b2c.since_ms != 0);
+        if held_c {
+            self.client_ping.heard(now);
+            self.last_data_ms = now;
+            self.conn.last_data_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        if held_b {
+            self.backend_ping.heard(now);
+            self.last_data_ms = now;
+        }
+        if held_c || held_b {
+            self.report_throttled(now);
+        }
+    }
+
+    /// Takes what the pumps passed from the buckets and notes which direction is held back.
+    fn after_pumps(
+        &mut self,
+        given: (Option<Allowance>, Option<Allowance>),
+        left: (Option<Allowance>, Option<Allowance>),
+        throttled: (bool, bool),
+        now: u64,
+    ) {
+        let Some(t) = self.throttle.as_deref_mut() else { return };
+        let before = t.throttled();
+        let mut changed = false;
+        if let (Some(g), Some(l)) = (given.0, left.0) {
+            changed |= t.after_client(g, l, throttled.0, now);
+        }
+        if let (Some(g), Some(l)) = (given.1, left.1) {
+            changed |= t.after_backend(g, l, throttled.1, now);
+        }
+        if throttled.0 || throttled.1 || changed {
+            // A new wait: its deadline may be the earliest now.
+            self.dirty = true;
+        }
+        let after = t.throttled();
+        if before != after {
+            self.throttled_changed(after);
+            if !after {
+                self.report_throttled(now);
+            }
+        }
+    }
+
+    /// The connection entered or left the throttled state (the admin API's count).
+    fn throttled_changed(&self, now_throttled: bool) {
+        let m = &self.conn.backend.metrics.throttled_now;
+        match now_throttled {
+            true => m.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            false => m.fetch_sub(1, std::sync::atomic::Ordering::Relaxed),
+        };
+    }
+
+    /// Adds the throttled time not yet counted to the pool's counter.
+    fn report_throttled(&mut self, now: u64) {
+        if let Some(t) = self.throttle.as_deref_mut() {
+            throttle::add_throttled(&self.conn.backend, t.unreported(now));
+        }
+    }
+
+    /// A reload's limits for this connection.
+    fn apply_limits(&mut self) {
+        let Some(limits) = self.conn.take_limits() else { return };
+        let now = clock::now_ms();
+        let was = self.throttle.as_ref().is_some_and(|t| t.throttled());
+        let keep = match self.throttle.as_deref_mut() {
+            Some(t) => t.update(&limits, now),
+            None => {
+                self.throttle = Throttle::new(&limits, None, now);
+                self.throttle.is_some()
+            }
+        };
+        if !keep {
+            // No limit left: nothing is held back (the buckets stay, empty, for the totals).
+            self.report_throttled(now);
+            if let Some(t) = self.throttle.as_deref_mut() {
+                t.release_all(now);
+            }
+            if was {
+                self.throttled_changed(false);
+            }
+        }
+        self.dirty = true;
+        self.repump = true;
     }
 
     /// The payload of the proxy's pings to the backend.
@@ -449,6 +584,9 @@ impl Relay {
         }
         if self.has_unflushed() {
             d = d.min(self.last_flush_ms + FLUSH_EVERY_MS);
+        }
+        if let Some(at) = self.throttle.as_ref().filter(|_| !self.closing).and_then(|t| t.deadline()) {
+            d = d.min(at);
         }
         d
     }
@@ -488,7 +626,13 @@ impl Relay {
     }
 
     fn finish(&mut self) -> Outcome {
-        self.flush(clock::now_ms());
+        let now = clock::now_ms();
+        self.flush(now);
+        self.report_throttled(now);
+        if self.throttle.as_ref().is_some_and(|t| t.throttled()) {
+            self.throttled_changed(false);
+        }
+        let throttled_ms = self.throttle.as_ref().map_or(0, |t| t.total_ms);
         let (code, origin) = self.first_close.unwrap_or((1006, CloseOrigin::Proxy));
         Outcome {
             code,
@@ -497,6 +641,7 @@ impl Relay {
             bytes_b2c: self.totals[1],
             msgs_c2b: self.totals[2],
             msgs_b2c: self.totals[3],
+            throttled_ms,
         }
     }
 }

@@ -36,8 +36,8 @@ async fn relay(settings: RelaySettings) -> (Relay, Registration, TcpStream, TcpS
     let (c, client) = pair().await;
     let (b, backend) = pair().await;
     let table = Arc::new(ConnTable::default());
-    let reg = table.register(Backend::for_test("127.0.0.1:1", 1), Arc::from("l"), 0, crate::clock::now_ms());
-    let Ok(relay) = Relay::new(Stream::Tcp(c), Stream::Tcp(b), reg.shared.clone(), settings, &[], &[]) else {
+    let reg = table.register(Backend::for_test("127.0.0.1:1", 1), (Arc::from("l"), 0), 0, crate::clock::now_ms());
+    let Ok(relay) = Relay::new(Stream::Tcp(c), Stream::Tcp(b), reg.shared.clone(), settings, &[], &[], None) else {
         panic!("no early bytes: the relay starts");
     };
     (relay, reg, client, backend)

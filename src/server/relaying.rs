@@ -134,6 +134,7 @@ fn access_line(out: &crate::relay::Outcome, reg: &Registration, started: Instant
             bytes_b2c = out.bytes_b2c,
             msgs_c2b = out.msgs_c2b,
             msgs_b2c = out.msgs_b2c,
+            throttled_ms = out.throttled_ms,
             close_code = out.code,
             closed_by = out.origin.name(),
             "connection closed"

@@ -12,8 +12,9 @@ use super::relaying::{Logged, Ready};
 use crate::client_addr::{resolve, Peer};
 use crate::clock;
 use crate::config::ListenerConfig;
+use crate::config::MessageLimits;
 use crate::handshake::{origin_allowed, validate, Refusal};
-use crate::limits::per_client::ClientSlot;
+use crate::limits::per_client::{ClientSlot, SharedBucket};
 use crate::limits::{ShedReason, Slot};
 use crate::relay::{Relay, RelaySettings};
 use crate::route::route;
@@ -49,6 +50,9 @@ pub(super) struct Prepared {
     pool: Arc<Pool>,
     /// `Set-Cookie` for a sticky pool that (re)assigned the backend.
     pub set_cookie: Option<String>,
+    /// The connection's message limits, the position of its route, and the allowance its
+    /// client's connections share.
+    messages: Box<(MessageLimits, u32, Option<Arc<SharedBucket>>)>,
 }
 
 impl Prepared {
@@ -84,10 +88,11 @@ pub(super) async fn prepare(
         return Err(Answer::Refuse(Refusal::ForbiddenOrigin));
     }
     let headers: &[httparse::Header<'_>] = req.headers;
-    let pool = route(&lcfg.routes, up.target, up.host, headers)
-        .and_then(|r| rt.pools.get(&r.pool))
-        .ok_or(Answer::Refuse(Refusal::NoRoute))?;
+    let found = route(&lcfg.routes, up.target, up.host, headers).ok_or(Answer::Refuse(Refusal::NoRoute))?;
+    let pool = rt.pools.get(&found.pool).ok_or(Answer::Refuse(Refusal::NoRoute))?;
+    let route_index = lcfg.routes.iter().position(|r| std::ptr::eq(r, found)).unwrap_or(0) as u32;
     let limits = &rt.config.limits;
+    let messages = limits.messages.with(&found.limits);
     let client = resolve(peer, headers, &limits.trusted_proxies);
     let now = clock::now_ms();
     let (slot, client_slot) = match admit {
@@ -107,6 +112,11 @@ pub(super) async fn prepare(
             (None, counted)
         }
         Admit::Held { client_counted: true } => (None, None),
+    };
+    // The allowance the client's connections share, once it is counted as one of them.
+    let shared_messages = match limits.messages.max_messages_per_second_per_client {
+        0 => None,
+        rate => shared.admission.message_bucket(client.ip(), rate, now),
     };
     let creq = ClientRequest {
         headers,
@@ -138,6 +148,7 @@ pub(super) async fn prepare(
         logged: Logged::new(&client, peer),
         pool: pool.clone(),
         set_cookie,
+        messages: Box::new((messages, route_index, shared_messages)),
     })
 }
 
@@ -161,8 +172,10 @@ pub(super) fn start(
         client_slot,
         logged,
         pool,
+        messages,
         ..
     } = prepared;
+    let (messages, route_index, shared_messages) = *messages;
     let limits = &rt.config.limits;
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
     let mut logged = logged;
@@ -173,7 +186,7 @@ pub(super) fn start(
     let now = clock::now_ms();
     let reg = shared
         .conns
-        .register(upstream.guard.backend().clone(), listener.clone(), socket, now);
+        .register(upstream.guard.backend().clone(), (listener.clone(), route_index), socket, now);
     // Registered first, checked second: a shutdown, reload or drain that ran between this
     // connection's pick and its registration did not see it, so it closes itself. Its
     // listener is the socket that accepted it, whatever a reload renamed it to meanwhile.
@@ -197,6 +210,7 @@ pub(super) fn start(
         settings,
         client_early,
         &upstream.response[upstream.head_len..],
+        crate::relay::Throttle::new(&messages, shared_messages, now),
     )?;
     Ok(Ready {
         relay,

@@ -11,6 +11,8 @@ pub enum CloseCode {
     ProtocolError,
     /// 1007: a close reason that is not UTF-8.
     InvalidPayload,
+    /// 1008: a client over its message or byte rate (`client_limit_action: close`).
+    PolicyViolation,
     /// 1009: a message over `max_message_bytes`.
     MessageTooBig,
     /// 1011: unexpected condition: the backend was lost or broke RFC 6455 (to the client).
@@ -31,6 +33,7 @@ impl CloseCode {
             CloseCode::GoingAway => 1001,
             CloseCode::ProtocolError => 1002,
             CloseCode::InvalidPayload => 1007,
+            CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::ServiceRestart => 1012,

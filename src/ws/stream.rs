@@ -40,6 +40,28 @@ pub struct Scanned {
     pub own_pong: bool,
     /// Data frame bytes (a header or payload) passed: activity for the idle timer.
     pub data_seen: bool,
+    /// Stopped before a data frame its [`Allowance`] did not cover.
+    pub throttled: bool,
+}
+
+/// What a scan may pass on of data frames (message and bandwidth limits): a frame that
+/// starts a message needs a message, a frame with payload needs the byte allowance above
+/// zero (a whole frame goes once it starts: the allowance may end below zero, a debt the
+/// next frames wait for). Control frames pass whatever is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Messages that may start.
+    pub messages: u64,
+    /// Payload bytes that may still pass.
+    pub bytes: i64,
+}
+
+impl Allowance {
+    /// No limit.
+    pub const UNLIMITED: Allowance = Allowance {
+        messages: u64::MAX,
+        bytes: i64::MAX,
+    };
 }
 
 /// State of one direction between reads.
@@ -90,11 +112,26 @@ impl Scanner {
     /// (`*filled` shrinks). With `stop_at_boundary`, stops at the first frame boundary after
     /// `start` so the caller can insert a frame there.
     pub fn scan(&mut self, buf: &mut [u8], start: usize, filled: &mut usize, own_ping: Option<&[u8]>, stop_at_boundary: bool) -> Scanned {
+        self.scan_limited(buf, start, filled, own_ping, stop_at_boundary, None)
+    }
+
+    /// [`Scanner::scan`], passing on only the data frames `allow` covers (and taking them
+    /// from it); stops before the first it does not (`Scanned::throttled`).
+    pub fn scan_limited(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        filled: &mut usize,
+        own_ping: Option<&[u8]>,
+        stop_at_boundary: bool,
+        mut allow: Option<&mut Allowance>,
+    ) -> Scanned {
         let mut out = Scanned {
             forward: start,
             event: None,
             own_pong: false,
             data_seen: false,
+            throttled: false,
         };
         let mut pos = start;
         loop {
@@ -167,6 +204,15 @@ impl Scanner {
                 continue;
             }
             // Data frame (RFC 6455 §5.4 fragmentation rules are checked in `check`).
+            if let Some(a) = allow.as_deref_mut() {
+                let starts = h.opcode != Opcode::Continuation;
+                if (starts && a.messages == 0) || (h.len > 0 && a.bytes <= 0) {
+                    out.throttled = true;
+                    break;
+                }
+                a.messages -= u64::from(starts);
+                a.bytes = a.bytes.saturating_sub(h.len.min(i64::MAX as u64) as i64);
+            }
             out.data_seen = true;
             self.msg_len = if h.opcode == Opcode::Continuation {
                 self.msg_len + h.len
@@ -382,7 +428,8 @@ mod tests {
                     forward: ok.len(),
                     event: None,
                     own_pong: false,
-                    data_seen: true
+                    data_seen: true,
+                    throttled: false,
                 }
             );
             for bad in [
@@ -455,5 +502,55 @@ mod tests {
         let r = s.scan(&mut buf, 0, &mut filled, None, true);
         assert_eq!(r.forward, a.len());
         assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn an_allowance_stops_before_the_first_data_frame_it_does_not_cover() {
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let one = frame(true, Opcode::Text, b"abc", M);
+        let ping = frame(true, Opcode::Ping, b"p", M);
+        let first = frame(false, Opcode::Text, b"ab", M);
+        let cont = frame(true, Opcode::Continuation, b"cd", M);
+        let mut all = one.clone();
+        all.extend(&one);
+        all.extend(&ping);
+        all.extend(&first);
+        all.extend(&cont);
+        all.extend(&one);
+        let mut buf = all.clone();
+        let mut filled = buf.len();
+        // two messages: the two whole ones, the ping behind them, then it stops at the third
+        let mut a = Allowance {
+            messages: 2,
+            bytes: i64::MAX,
+        };
+        let r = s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut a));
+        assert!(r.throttled);
+        assert_eq!(r.forward, 2 * one.len() + ping.len());
+        assert_eq!(a.messages, 0);
+        assert_eq!(s.take_messages(), 2);
+        // one more message: the fragmented one goes whole (a continuation needs none)
+        a.messages = 1;
+        let r = s.scan_limited(&mut buf, r.forward, &mut filled, None, false, Some(&mut a));
+        assert!(r.throttled);
+        assert_eq!(r.forward, all.len() - one.len());
+        // bytes: a frame starts while any are left (a debt after it), none after
+        let mut a = Allowance {
+            messages: u64::MAX,
+            bytes: 1,
+        };
+        let r = s.scan_limited(&mut buf, r.forward, &mut filled, None, false, Some(&mut a));
+        assert!(!r.throttled, "the last frame started with a byte left");
+        assert_eq!(r.forward, all.len());
+        assert_eq!(a.bytes, -2);
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let mut buf = one.clone();
+        let mut filled = buf.len();
+        let r = s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut a));
+        assert!(r.throttled && r.forward == 0, "no bytes left: nothing passes");
+        assert!(
+            !s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut Allowance::UNLIMITED))
+                .throttled
+        );
     }
 }
