@@ -84,6 +84,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
                     shedRows: document.querySelectorAll('#shed tr').length,
                     closeCodes: document.getElementById('close-codes')?.innerText ?? '',
                     h2: document.getElementById('sum-h2')?.textContent ?? null,
+                    throttled: document.getElementById('sum-throttled')?.textContent ?? null,
                 }};
             }})()"#
         );
@@ -100,6 +101,7 @@ async fn dashboard_renders_live_data_in_a_real_browser() {
             v = cdp.eval(&probe).await;
         }
         assert_eq!(v["h2"], "0 · 0 streams", "the HTTP/2 summary is drawn from /api/status: {v}");
+        assert_eq!(v["throttled"], "0", "the throttled count is drawn from /api/status: {v}");
         let text = v["text"].as_str().unwrap_or("");
         assert_eq!(v["pool"], "p", "{v}");
         assert!(text.contains(&addr), "backend address not shown:\n{text}");

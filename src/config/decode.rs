@@ -530,8 +530,10 @@ fn decode_limits(ctx: &mut Ctx, node: &Node) -> Limits {
     l
 }
 
-/// Most a message or byte rate (or burst) may be: what a `u32` holds.
+/// Most a message rate (or burst) may be: what a `u32` holds.
 const MAX_RATE: u64 = u32::MAX as u64;
+/// Most a byte rate (or burst) may be.
+const MAX_BYTE_RATE: u64 = 1 << 40;
 
 /// The per-connection message limits set in `fields` (of `limits:` or a route's `limits:`,
 /// named `what`).
@@ -548,8 +550,19 @@ fn message_limits(ctx: &mut Ctx, f: &Fields<'_>, what: &str) -> MessageOverride 
     };
     int(ctx, "client_messages_per_second", &mut o.client_messages_per_second);
     int(ctx, "client_message_burst", &mut o.client_message_burst);
-    int(ctx, "client_bytes_per_second", &mut o.client_bytes_per_second);
-    int(ctx, "client_bytes_burst", &mut o.client_bytes_burst);
+    // Byte rates are sizes (`1MiB`, or plain bytes).
+    for (key, out) in [
+        ("client_bytes_per_second", &mut o.client_bytes_per_second),
+        ("client_bytes_burst", &mut o.client_bytes_burst),
+    ] {
+        if let Some(n) = f.get(key) {
+            match ctx.size(n, &name(key)) {
+                Some(v) if v > MAX_BYTE_RATE => ctx.error(n, format!("{} must be at most 1TiB", name(key))),
+                Some(v) => *out = Some(v),
+                None => {}
+            }
+        }
+    }
     int(ctx, "backend_messages_per_second", &mut o.backend_messages_per_second);
     if let Some(n) = f.get("client_limit_action") {
         o.client_limit_action = ctx.choice(
