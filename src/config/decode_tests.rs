@@ -555,21 +555,33 @@ fn message_limits_and_their_route_overrides() {
     let c = parse(&text, Path::new("")).unwrap_or_else(|e| panic!("{e:#?}"));
     let m = c.limits.messages;
     assert_eq!(
-        (m.client_messages_per_second, m.client_message_burst, m.client_bytes_per_second, m.client_bytes_burst),
+        (
+            m.client_messages_per_second,
+            m.client_message_burst,
+            m.client_bytes_per_second,
+            m.client_bytes_burst
+        ),
         (100, 300, 1 << 20, 0)
     );
     assert_eq!((m.backend_messages_per_second, m.max_messages_per_second_per_client), (50, 400));
-    assert_eq!((m.client_limit_action, m.client_limit_grace), (LimitAction::Throttle, Duration::from_secs(3)));
+    assert_eq!(
+        (m.client_limit_action, m.client_limit_grace),
+        (LimitAction::Throttle, Duration::from_secs(3))
+    );
     // the route's own: its keys over the global ones, the rest as under `limits:`
     let r = m.with(&c.listeners[0].routes[0].limits);
     assert_eq!((r.client_messages_per_second, r.client_message_burst), (20, 300));
-    assert_eq!((r.client_limit_action, r.client_limit_grace), (LimitAction::Close, Duration::from_secs(3)));
+    assert_eq!(
+        (r.client_limit_action, r.client_limit_grace),
+        (LimitAction::Close, Duration::from_secs(3))
+    );
     assert!(r.any() && !MessageLimits::default().any());
     // errors where they are
     let bad = MINIMAL.replace(
         "      - pool: p\n",
         "      - pool: p\n        limits: { max_messages_per_second_per_client: 5 }\n",
-    ) + "limits:\n  client_messages_per_second: -1\n  client_limit_action: drop\n  client_bytes_burst: 2TiB\n  client_limit_grace: 0s\n";
+    )
+        + "limits:\n  client_messages_per_second: -1\n  client_limit_action: drop\n  client_bytes_burst: 2TiB\n  client_limit_grace: 0s\n";
     let e = errors(&bad);
     has(&e, 6, 19, "unknown key `max_messages_per_second_per_client`");
     has(&e, 12, 31, "`limits.client_messages_per_second` must not be negative");

@@ -30,6 +30,7 @@ use crate::ws::CloseCode;
 pub use close::BACKEND_LOST;
 pub use half::MAX_EARLY_BYTES;
 use half::{Half, Inject};
+use throttle::Step;
 pub use throttle::{LimitReason, Throttle};
 
 /// How long both sides get to finish a closing handshake once one started.
@@ -119,6 +120,17 @@ impl Pinger {
     fn heard(&mut self, now: u64) {
         self.last_rx_ms = now;
         self.awaiting_ms = 0;
+    }
+
+    /// The peer's side is held back by its limits: its answer waits unread behind what it
+    /// sent, and what it sent proves it alive. The ping on the wire counts as answered when
+    /// it was written, so the next one goes out an interval later (its pong, when it comes,
+    /// is cut out like any other).
+    fn held_back(&mut self) {
+        if self.awaiting_ms != 0 {
+            self.last_rx_ms = self.last_rx_ms.max(self.awaiting_ms);
+            self.awaiting_ms = 0;
+        }
     }
 
     /// The queued ping went on the wire.
@@ -304,21 +316,25 @@ impl Relay {
                 let had_unflushed = self.has_unflushed();
                 // The limits' allowances, once per pump (none while closing: a close
                 // waits for nothing).
-                let (mut ca, mut ba, now_t) = match self.throttle.as_deref_mut() {
-                    Some(t) if !self.closing => {
-                        let now = clock::now_ms();
-                        (t.client_allowance(now), t.backend_allowance(now), now)
+                let (mut ca, mut ba) = match self.throttle.as_deref_mut() {
+                    Some(t) if !self.closing => (t.client_allowance(), t.backend_allowance()),
+                    Some(t) if t.throttled() => {
+                        // Closing: nothing is held back any more.
+                        t.release_all(clock::now_ms());
+                        self.throttled_changed(false);
+                        (None, None)
                     }
-                    _ => (None, None, 0),
+                    _ => (None, None),
                 };
                 let given = (ca, ba);
                 let a = self.c2b.pump(&mut self.client, &mut self.backend, cx, own, ca.as_mut());
                 let b = self.b2c.pump(&mut self.backend, &mut self.client, cx, own_b, ba.as_mut());
-                if given != (None, None) {
-                    self.after_pumps(given, (ca, ba), (a.throttled, b.throttled), now_t);
-                }
+                let again = given != (None, None) && self.after_pumps(given, (ca, ba), (a.throttled, b.throttled));
                 if a.rx || b.rx {
                     let now = clock::now_ms();
+                    if let Some(t) = self.throttle.as_deref_mut() {
+                        t.tick(now);
+                    }
                     if a.rx {
                         self.client_ping.heard(now);
                     }
@@ -366,7 +382,7 @@ impl Relay {
                 if (self.b2c.finished() && (self.c2b.finished() || self.client_done())) || self.handshake_done() {
                     return Poll::Ready(self.finish());
                 }
-                if !(a.progress || b.progress || a.event.is_some() || b.event.is_some()) {
+                if !(a.progress || b.progress || a.event.is_some() || b.event.is_some() || again) {
                     break;
                 }
             }
@@ -411,6 +427,13 @@ impl Relay {
                 self.begin_close(code, reason, now);
             }
         }
+        // Before the idle and ping checks: a throttled side is active and alive.
+        if self.throttle.is_some() && !self.closing {
+            self.on_throttle_time(now);
+            if self.closing {
+                return false; // closed over its rate: the closes are on their way
+            }
+        }
         if let Some(idle) = self.timers.idle() {
             if now >= self.last_data_ms + idle {
                 self.begin_close(CloseCode::GoingAway.code(), "idle timeout", now);
@@ -436,9 +459,6 @@ impl Relay {
                 self.injected = true;
             }
         }
-        if self.throttle.is_some() {
-            self.on_throttle_time(now);
-        }
         if self.has_unflushed() && now >= self.last_flush_ms + FLUSH_EVERY_MS {
             self.flush(now);
         }
@@ -450,13 +470,7 @@ impl Relay {
     /// side is alive and not idle (what it sent waits unread, its pongs among it).
     fn on_throttle_time(&mut self, now: u64) {
         let Some(t) = self.throttle.as_deref_mut() else { return };
-        if self.closing {
-            if t.throttled() {
-                t.release_all(now);
-                self.throttled_changed(false);
-            }
-            return;
-        }
+        t.tick(now);
         if let Some(reason) = t.over_grace(now) {
             self.limit_close(reason, now);
             return;
@@ -465,12 +479,12 @@ impl Relay {
         self.repump |= c || b;
         let (held_c, held_b) = (t.c2b.since_ms != 0, t.b2c.since_ms != 0);
         if held_c {
-            self.client_ping.heard(now);
+            self.client_ping.held_back();
             self.last_data_ms = now;
             self.conn.last_data_ms.store(now, std::sync::atomic::Ordering::Relaxed);
         }
         if held_b {
-            self.backend_ping.heard(now);
+            self.backend_ping.held_back();
             self.last_data_ms = now;
         }
         if held_c || held_b {
@@ -478,34 +492,42 @@ impl Relay {
         }
     }
 
-    /// Takes what the pumps passed from the buckets and notes which direction is held back.
+    /// Takes what the pumps passed from the buckets and notes which direction is held back;
+    /// true when a direction that stopped for its allowance has tokens again (pump again).
     fn after_pumps(
         &mut self,
         given: (Option<Allowance>, Option<Allowance>),
         left: (Option<Allowance>, Option<Allowance>),
         throttled: (bool, bool),
-        now: u64,
-    ) {
-        let Some(t) = self.throttle.as_deref_mut() else { return };
+    ) -> bool {
+        let Some(t) = self.throttle.as_deref_mut() else { return false };
         let before = t.throttled();
-        let mut changed = false;
+        // Most pumps pass nothing in a direction, or pass what the allowance had room for.
+        let quiet = |g: Option<Allowance>, l: Option<Allowance>, held: bool| g == l && !held;
+        if !before && quiet(given.0, left.0, throttled.0) && quiet(given.1, left.1, throttled.1) {
+            return false;
+        }
+        let mut steps = [Step::Same; 2];
         if let (Some(g), Some(l)) = (given.0, left.0) {
-            changed |= t.after_client(g, l, throttled.0, now);
+            steps[0] = t.after_client(g, l, throttled.0, clock::now_ms);
         }
         if let (Some(g), Some(l)) = (given.1, left.1) {
-            changed |= t.after_backend(g, l, throttled.1, now);
+            steps[1] = t.after_backend(g, l, throttled.1, clock::now_ms);
         }
-        if throttled.0 || throttled.1 || changed {
-            // A new wait: its deadline may be the earliest now.
-            self.dirty = true;
+        if steps.iter().all(|s| *s == Step::Same) {
+            return false;
         }
+        // A new wait: its deadline may be the earliest now.
+        self.dirty = true;
         let after = t.throttled();
+        let now = t.now();
         if before != after {
             self.throttled_changed(after);
             if !after {
                 self.report_throttled(now);
             }
         }
+        steps.contains(&Step::Again)
     }
 
     /// The connection entered or left the throttled state (the admin API's count).

@@ -47,7 +47,8 @@ impl Bucket {
 
     fn refill(&mut self, now_ms: u64) {
         if now_ms > self.last_ms {
-            let gained = ((now_ms - self.last_ms) as i128 * self.rate as i128).min(i64::MAX as i128) as i64;
+            // Rates are at most 2^40 a second: 2^20 ms of them fit in an i64.
+            let gained = (now_ms - self.last_ms).min(1 << 20) as i64 * self.rate as i64;
             self.milli = self.milli.saturating_add(gained).min(self.cap);
             self.last_ms = now_ms;
         }
@@ -55,7 +56,10 @@ impl Bucket {
 
     /// Whole tokens now (negative: a debt).
     fn whole(&self) -> i64 {
-        self.milli.div_euclid(1000)
+        match self.milli >= 0 {
+            true => self.milli / 1000,
+            false => self.milli.div_euclid(1000),
+        }
     }
 
     fn take(&mut self, n: i64) {
@@ -112,6 +116,19 @@ impl LimitReason {
     }
 }
 
+/// What a direction does after a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Nothing changed.
+    Same,
+    /// It entered or left the throttled state.
+    Changed,
+    /// Still throttled, with a new wait.
+    Waits,
+    /// It stopped for its allowance, and tokens are back already: pump again.
+    Again,
+}
+
 /// One direction's throttling: when it started (0: not throttled) and until when it waits.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Held {
@@ -130,6 +147,10 @@ pub struct Throttle {
     backend_msgs: Option<Bucket>,
     /// The allowance shared by the client's connections.
     shared: Option<Arc<SharedBucket>>,
+    /// Any client limit on.
+    client_limited: bool,
+    /// The clock at the last [`Throttle::tick`].
+    now_ms: u64,
     /// Client → backend.
     pub(super) c2b: Held,
     /// Backend → client.
@@ -152,6 +173,8 @@ impl Throttle {
             client_msgs: Bucket::new(limits.client_messages_per_second, limits.client_message_burst, now_ms),
             client_bytes: Bucket::new(limits.client_bytes_per_second, limits.client_bytes_burst, now_ms),
             backend_msgs: Bucket::new(limits.backend_messages_per_second, 0, now_ms),
+            client_limited: false,
+            now_ms,
             shared,
             c2b: Held::default(),
             b2c: Held::default(),
@@ -160,11 +183,13 @@ impl Throttle {
             counted_to_ms: 0,
             reported_ms: 0,
         };
-        t.active().then(|| Box::new(t))
+        let mut t = Box::new(t);
+        t.client_limited = t.client_msgs.is_some() || t.client_bytes.is_some() || t.shared.is_some();
+        t.active().then_some(t)
     }
 
     fn active(&self) -> bool {
-        self.client_msgs.is_some() || self.client_bytes.is_some() || self.backend_msgs.is_some() || self.shared.is_some()
+        self.client_limited || self.backend_msgs.is_some()
     }
 
     /// New limits (a reload): the buckets keep what they hold. False when none is left on.
@@ -185,6 +210,8 @@ impl Throttle {
             }
         }
         self.limits = *limits;
+        self.client_limited = self.client_msgs.is_some() || self.client_bytes.is_some() || self.shared.is_some();
+        self.now_ms = now_ms;
         self.active()
     }
 
@@ -193,71 +220,90 @@ impl Throttle {
         (self.limits.client_limit_action == LimitAction::Close).then(|| self.limits.client_limit_grace.as_millis() as u64)
     }
 
-    /// What the client may send now (`None`: no client limit).
-    pub(super) fn client_allowance(&mut self, now_ms: u64) -> Option<Allowance> {
-        if self.client_msgs.is_none() && self.client_bytes.is_none() && self.shared.is_none() {
+    /// Refills the buckets up to `now_ms`: called with the clock the relay reads anyway
+    /// (bytes arrived, the timer fired); the allowances are taken from what it left.
+    pub(super) fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        for b in [&mut self.client_msgs, &mut self.client_bytes, &mut self.backend_msgs]
+            .into_iter()
+            .flatten()
+        {
+            b.refill(now_ms);
+        }
+    }
+
+    /// What the client may send (`None`: no client limit), as of the last [`Throttle::tick`].
+    #[inline]
+    pub(super) fn client_allowance(&mut self) -> Option<Allowance> {
+        if !self.client_limited {
             return None;
         }
         let mut a = Allowance::UNLIMITED;
-        if let Some(b) = &mut self.client_msgs {
-            b.refill(now_ms);
+        if let Some(b) = &self.client_msgs {
             a.messages = b.whole().max(0) as u64;
         }
         if let Some(s) = &self.shared {
-            a.messages = a.messages.min(s.available(now_ms));
+            a.messages = a.messages.min(s.available(self.now_ms));
         }
-        if let Some(b) = &mut self.client_bytes {
-            b.refill(now_ms);
-            a.bytes = b.milli / 1000;
+        if let Some(b) = &self.client_bytes {
+            a.bytes = b.whole();
         }
         Some(a)
     }
 
-    /// What the backend may send now (`None`: no limit).
-    pub(super) fn backend_allowance(&mut self, now_ms: u64) -> Option<Allowance> {
-        let b = self.backend_msgs.as_mut()?;
-        b.refill(now_ms);
+    /// What the backend may send (`None`: no limit), as of the last [`Throttle::tick`].
+    pub(super) fn backend_allowance(&self) -> Option<Allowance> {
+        let b = self.backend_msgs.as_ref()?;
         Some(Allowance {
             messages: b.whole().max(0) as u64,
             bytes: i64::MAX,
         })
     }
 
-    /// After a pump of the client's direction: takes what passed from `given`, and when it
-    /// stopped for its allowance, when it may go on. True when the throttled state changed.
-    pub(super) fn after_client(&mut self, given: Allowance, left: Allowance, throttled: bool, now_ms: u64) -> bool {
+    /// After a pump of the client's direction: takes what passed from `given`. When it
+    /// stopped for its allowance, the buckets are refilled from a fresh clock (`now`): with
+    /// tokens back, `Some(true)` (pump again at once); else the direction waits for them.
+    /// Returns whether the throttled state changed (`Some(false)` / `None`: it did not).
+    #[inline]
+    pub(super) fn after_client(&mut self, given: Allowance, left: Allowance, throttled: bool, now: impl Fn() -> u64) -> Step {
         let msgs = given.messages.saturating_sub(left.messages);
         let bytes = given.bytes.saturating_sub(left.bytes);
-        if let Some(b) = &mut self.client_msgs {
-            b.take(msgs as i64);
-        }
-        if let Some(s) = &self.shared {
-            s.take(msgs);
+        if msgs > 0 {
+            if let Some(b) = &mut self.client_msgs {
+                b.take(msgs as i64);
+            }
+            if let Some(s) = &self.shared {
+                s.take(msgs);
+            }
         }
         if let Some(b) = &mut self.client_bytes {
             b.milli = b.milli.saturating_sub(bytes.saturating_mul(1000));
         }
         if !throttled {
-            return self.release(true, now_ms);
+            return match self.c2b.since_ms {
+                0 => Step::Same,
+                _ => self.release(true, self.now_ms),
+            };
+        }
+        let now_ms = now();
+        self.tick(now_ms);
+        if self.client_allowance().is_some_and(|a| a.messages > 0 && a.bytes > 0) {
+            return Step::Again;
         }
         // Which limit is short, and the earliest it has enough again.
         let mut wait = 0u64;
         let mut reason = self.reason;
-        if left.messages == 0 {
-            let own = self.client_msgs.filter(|b| b.whole() < 1).map(|b| b.wait_ms());
-            let sum = self.shared.as_ref().filter(|s| s.available(now_ms) == 0).map(|s| s.wait_ms());
-            match (own, sum) {
-                (Some(o), Some(s)) if s > o => (wait, reason) = (s, LimitReason::ClientSum),
-                (Some(o), _) => (wait, reason) = (o, LimitReason::ClientMessages),
-                (None, Some(s)) => (wait, reason) = (s, LimitReason::ClientSum),
-                (None, None) => {}
-            }
+        let own = self.client_msgs.filter(|b| b.whole() < 1).map(|b| b.wait_ms());
+        let sum = self.shared.as_ref().filter(|s| s.available(now_ms) == 0).map(|s| s.wait_ms());
+        match (own, sum) {
+            (Some(o), Some(s)) if s > o => (wait, reason) = (s, LimitReason::ClientSum),
+            (Some(o), _) => (wait, reason) = (o, LimitReason::ClientMessages),
+            (None, Some(s)) => (wait, reason) = (s, LimitReason::ClientSum),
+            (None, None) => {}
         }
-        if left.bytes <= 0 {
-            if let Some(b) = self.client_bytes.filter(|b| b.milli < 1000) {
-                if b.wait_ms() > wait {
-                    (wait, reason) = (b.wait_ms(), LimitReason::ClientBytes);
-                }
+        if let Some(b) = self.client_bytes.filter(|b| b.milli < 1000) {
+            if b.wait_ms() > wait {
+                (wait, reason) = (b.wait_ms(), LimitReason::ClientBytes);
             }
         }
         self.reason = reason;
@@ -265,16 +311,24 @@ impl Throttle {
     }
 
     /// After a pump of the backend's direction (see [`Throttle::after_client`]).
-    pub(super) fn after_backend(&mut self, given: Allowance, left: Allowance, throttled: bool, now_ms: u64) -> bool {
+    pub(super) fn after_backend(&mut self, given: Allowance, left: Allowance, throttled: bool, now: impl Fn() -> u64) -> Step {
         let Some(b) = &mut self.backend_msgs else {
-            return self.release(false, now_ms);
+            return Step::Same;
         };
         b.take(given.messages.saturating_sub(left.messages) as i64);
-        let wait = b.wait_ms();
-        match throttled {
-            true => self.hold(false, now_ms, now_ms + wait),
-            false => self.release(false, now_ms),
+        if !throttled {
+            return match self.b2c.since_ms {
+                0 => Step::Same,
+                _ => self.release(false, self.now_ms),
+            };
         }
+        let now_ms = now();
+        self.tick(now_ms);
+        let Some(b) = self.backend_msgs else { return Step::Same };
+        if b.whole() >= 1 {
+            return Step::Again;
+        }
+        self.hold(false, now_ms, now_ms + b.wait_ms())
     }
 
     fn held(&mut self, client: bool) -> &mut Held {
@@ -285,25 +339,28 @@ impl Throttle {
         }
     }
 
-    /// A direction waits until `until_ms`; true when it was not throttled before.
-    fn hold(&mut self, client: bool, now_ms: u64, until_ms: u64) -> bool {
+    /// A direction waits until `until_ms`.
+    fn hold(&mut self, client: bool, now_ms: u64, until_ms: u64) -> Step {
         self.count(now_ms);
         let h = self.held(client);
         h.until_ms = until_ms;
-        let started = h.since_ms == 0;
-        if started {
+        if h.since_ms == 0 {
             h.since_ms = now_ms;
+            return Step::Changed;
         }
-        started
+        Step::Waits
     }
 
-    /// A direction is under its rate again; true when it was throttled.
-    fn release(&mut self, client: bool, now_ms: u64) -> bool {
+    /// A direction is under its rate again.
+    fn release(&mut self, client: bool, now_ms: u64) -> Step {
         self.count(now_ms);
         let h = self.held(client);
         let was = h.since_ms != 0;
         *h = Held::default();
-        was
+        match was {
+            true => Step::Changed,
+            false => Step::Same,
+        }
     }
 
     /// Adds the time throttled since the last count to the total.
@@ -312,6 +369,11 @@ impl Throttle {
             self.total_ms += now_ms - self.counted_to_ms;
         }
         self.counted_to_ms = now_ms;
+    }
+
+    /// The clock at the last [`Throttle::tick`].
+    pub(super) fn now(&self) -> u64 {
+        self.now_ms
     }
 
     /// Neither direction is held back any more (the connection is closing).
@@ -400,6 +462,8 @@ mod tests {
         assert_eq!(b.whole(), 2);
         b.refill(10_000);
         assert_eq!(b.whole(), 10, "never more than the burst");
+        b.take(13);
+        assert_eq!(b.whole(), -3, "a debt rounds down");
         assert!(Bucket::new(0, 5, 0).is_none(), "0 = off");
         assert_eq!(Bucket::new(50, 0, 0).unwrap().whole(), 50, "burst 0 = one second's worth");
     }
@@ -409,18 +473,38 @@ mod tests {
         let mut l = limits();
         l.client_bytes_per_second = 1000;
         let mut t = Throttle::new(&l, None, 1).unwrap();
-        let given = t.client_allowance(1).unwrap();
-        assert_eq!(given.bytes, 1000);
+        let given = t.client_allowance().unwrap();
+        assert_eq!(
+            given,
+            Allowance {
+                messages: u64::MAX,
+                bytes: 1000
+            }
+        );
         // a 3000-byte frame went (it started with bytes left), then the scan stopped
         let left = Allowance {
             bytes: given.bytes - 3000,
             ..given
         };
-        assert!(t.after_client(given, left, true, 1), "throttled from now");
+        assert_eq!(t.after_client(given, left, true, || 1), Step::Changed, "throttled from now");
         assert_eq!(t.reason, LimitReason::ClientBytes);
         assert_eq!(t.c2b.until_ms, 1 + 2001, "2000 bytes of debt and one byte more at 1 byte/ms");
-        assert_eq!(t.client_allowance(1001).unwrap().bytes, -1000);
-        assert!(t.client_allowance(2002).unwrap().bytes > 0);
+        t.tick(1001);
+        assert_eq!(t.client_allowance().unwrap().bytes, -1000);
+        t.tick(2002);
+        assert!(t.client_allowance().unwrap().bytes > 0);
+    }
+
+    #[test]
+    fn tokens_already_back_mean_pump_again_not_wait() {
+        let mut l = limits();
+        l.client_messages_per_second = 1000;
+        let mut t = Throttle::new(&l, None, 1).unwrap();
+        let g = t.client_allowance().unwrap();
+        // the allowance was taken at the last tick; the fresh clock says 5 ms passed
+        assert_eq!(t.after_client(g, Allowance { messages: 0, ..g }, true, || 6), Step::Again);
+        assert!(!t.throttled());
+        assert_eq!(t.client_allowance().unwrap().messages, 5);
     }
 
     #[test]
@@ -430,12 +514,12 @@ mod tests {
         let shared = Arc::new(SharedBucket::new(10, 1));
         let mut a = Throttle::new(&l, Some(shared.clone()), 1).unwrap();
         let mut b = Throttle::new(&l, Some(shared.clone()), 1).unwrap();
-        let given = a.client_allowance(1).unwrap();
+        let given = a.client_allowance().unwrap();
         assert_eq!(given.messages, 10);
-        a.after_client(given, Allowance { messages: 4, ..given }, false, 1);
-        assert_eq!(b.client_allowance(1).unwrap().messages, 4, "the other connection sees what is left");
-        let g = b.client_allowance(1).unwrap();
-        assert!(b.after_client(g, Allowance { messages: 0, ..g }, true, 1));
+        assert_eq!(a.after_client(given, Allowance { messages: 4, ..given }, false, || 1), Step::Same);
+        assert_eq!(b.client_allowance().unwrap().messages, 4, "the other connection sees what is left");
+        let g = b.client_allowance().unwrap();
+        assert_eq!(b.after_client(g, Allowance { messages: 0, ..g }, true, || 1), Step::Changed);
         assert_eq!(b.reason, LimitReason::ClientSum);
         assert_eq!(b.c2b.until_ms, 1 + 100, "a token every 100 ms at 10/s");
     }
@@ -447,20 +531,45 @@ mod tests {
         l.client_limit_action = LimitAction::Close;
         l.client_limit_grace = std::time::Duration::from_secs(2);
         let mut t = Throttle::new(&l, None, 1).unwrap();
-        let g = t.client_allowance(1).unwrap();
-        assert!(t.after_client(g, Allowance { messages: 0, ..g }, true, 1));
+        let g = t.client_allowance().unwrap();
+        assert_eq!(t.after_client(g, Allowance { messages: 0, ..g }, true, || 1), Step::Changed);
         assert_eq!(t.deadline(), Some(101));
         assert_eq!(t.due(50), (false, false));
         assert_eq!(t.due(101), (true, false));
+        let g = t.client_allowance().unwrap();
+        assert_eq!(t.after_client(g, Allowance { messages: 0, ..g }, true, || 101), Step::Again);
+        t.tick(101);
+        let g = t.client_allowance().unwrap();
+        assert_eq!(
+            t.after_client(g, Allowance { messages: 0, ..g }, true, || 101),
+            Step::Waits,
+            "still over its rate"
+        );
         assert_eq!(t.over_grace(1500), None);
         assert_eq!(t.over_grace(2001), Some(LimitReason::ClientMessages));
         assert_eq!(t.total_at(1001), 1000);
         // under its rate again: no longer throttled, the stretch is over
-        let g = t.client_allowance(1001).unwrap();
-        assert!(t.after_client(g, g, false, 1001));
+        t.tick(1001);
+        let g = t.client_allowance().unwrap();
+        assert_eq!(t.after_client(g, g, false, || 1001), Step::Changed);
         assert!(!t.throttled());
         assert_eq!(t.total_at(5000), 1000);
+        assert_eq!(t.unreported(5000), 1000);
+        assert_eq!(t.unreported(6000), 0);
         assert_eq!(t.over_grace(5000), None);
+    }
+
+    #[test]
+    fn the_backends_direction_has_its_own_bucket() {
+        let mut l = limits();
+        l.backend_messages_per_second = 100;
+        let mut t = Throttle::new(&l, None, 1).unwrap();
+        assert_eq!(t.client_allowance(), None, "the client is not limited");
+        let g = t.backend_allowance().unwrap();
+        assert_eq!(g.messages, 100);
+        assert_eq!(t.after_backend(g, Allowance { messages: 0, ..g }, true, || 1), Step::Changed);
+        assert_eq!(t.b2c.until_ms, 1 + 10);
+        assert_eq!(t.close_grace_ms(), None, "throttle is the default action");
     }
 
     #[test]
@@ -468,14 +577,16 @@ mod tests {
         let mut l = limits();
         l.client_messages_per_second = 10;
         let mut t = Throttle::new(&l, None, 1).unwrap();
-        let g = t.client_allowance(1).unwrap();
-        t.after_client(g, Allowance { messages: 7, ..g }, false, 1);
+        let g = t.client_allowance().unwrap();
+        t.after_client(g, Allowance { messages: 7, ..g }, false, || 1);
         l.client_messages_per_second = 1000;
         assert!(t.update(&l, 1));
-        assert_eq!(t.client_allowance(1).unwrap().messages, 7, "what it held, not a fresh burst");
-        assert_eq!(t.client_allowance(2).unwrap().messages, 8, "at the new rate");
+        assert_eq!(t.client_allowance().unwrap().messages, 7, "what it held, not a fresh burst");
+        t.tick(2);
+        assert_eq!(t.client_allowance().unwrap().messages, 8, "at the new rate");
         l.client_messages_per_second = 0;
         assert!(!t.update(&l, 2), "no limit left");
+        assert_eq!(t.client_allowance(), None);
         assert!(Throttle::new(&limits(), None, 1).is_none());
     }
 }
