@@ -55,8 +55,8 @@ pub enum Refused {
     TableFull,
 }
 
-/// One client's state: 24 bytes (32 with its key in the map).
-#[derive(Debug, Clone)]
+/// One client's state: 16 bytes (24 with its key in the map).
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Live connections admitted.
     count: u32,
@@ -64,9 +64,6 @@ struct Entry {
     tokens: f32,
     /// When `tokens` was computed (process clock, ms).
     last_ms: u64,
-    /// The message allowance its connections share
-    /// (`limits.max_messages_per_second_per_client`), made by the first that asks.
-    messages: Option<Arc<SharedBucket>>,
 }
 
 impl Entry {
@@ -125,6 +122,11 @@ impl SharedBucket {
         (self.milli.load(Relaxed) / 1000).max(0) as u64
     }
 
+    /// Holds its whole burst again at `now_ms`.
+    pub fn full(&self, now_ms: u64) -> bool {
+        self.available(now_ms) >= self.rate.load(Relaxed)
+    }
+
     /// Takes `n` tokens.
     pub fn take(&self, n: u64) {
         self.milli.fetch_sub(n as i64 * 1000, Relaxed);
@@ -147,6 +149,10 @@ impl SharedBucket {
 struct Shard {
     map: HashMap<u64, Entry>,
     sweep_at: usize,
+    /// The message allowances the connections of a client share
+    /// (`limits.max_messages_per_second_per_client`), made by the first that asks; only
+    /// for clients in `map`, and only with that limit on (an entry stays 16 bytes).
+    messages: HashMap<u64, Arc<SharedBucket>>,
 }
 
 impl Shard {
@@ -154,6 +160,10 @@ impl Shard {
     /// `evict_refilling`, those whose bucket is still refilling too.
     fn sweep(&mut self, rate: u64, now_ms: u64, evict_refilling: bool) {
         self.map.retain(|_, e| e.count > 0 || (!evict_refilling && !e.idle(rate, now_ms)));
+        if !self.messages.is_empty() {
+            let map = &self.map;
+            self.messages.retain(|k, _| map.contains_key(k));
+        }
         self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP);
         // Give back what an attack made it grow to.
         if self.map.capacity() > 4 * self.sweep_at {
@@ -228,7 +238,6 @@ impl ClientTable {
             count: 0,
             tokens: rate as f32,
             last_ms: now_ms,
-            messages: None,
         });
         if max != 0 && u64::from(e.count) >= max {
             return Err(Refused::OverLimit);
@@ -247,19 +256,32 @@ impl ClientTable {
     /// The message allowance the connections of the client at `ip` share, at `rate` per
     /// second; `None` when the client has no live connection counted here.
     pub fn message_bucket(&self, ip: IpAddr, rate: u64, now_ms: u64) -> Option<Arc<SharedBucket>> {
-        let mut shard = self.shard(key(ip));
-        let e = shard.map.get_mut(&key(ip))?;
-        Some(e.messages.get_or_insert_with(|| Arc::new(SharedBucket::new(rate, now_ms))).clone())
+        let k = key(ip);
+        let mut shard = self.shard(k);
+        if !shard.map.contains_key(&k) {
+            return None;
+        }
+        Some(
+            shard
+                .messages
+                .entry(k)
+                .or_insert_with(|| Arc::new(SharedBucket::new(rate, now_ms)))
+                .clone(),
+        )
     }
 
     fn release(&self, key: u64) {
         let rate = self.rate.load(Relaxed);
         let now_ms = crate::clock::now_ms();
         let mut shard = self.shard(key);
+        // A message allowance still refilling stays with its client, like its connection
+        // rate's tokens: leaving and coming back does not buy a fresh burst.
+        let refilling = shard.messages.get(&key).is_some_and(|m| !m.full(now_ms));
         if let Some(e) = shard.map.get_mut(&key) {
             e.count = e.count.saturating_sub(1);
-            if e.idle(rate, now_ms) {
+            if e.idle(rate, now_ms) && !refilling {
                 shard.map.remove(&key);
+                shard.messages.remove(&key);
             }
         }
     }

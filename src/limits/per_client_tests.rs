@@ -134,3 +134,38 @@ fn a_million_distinct_clients_never_grow_the_table_past_its_bound() {
     drop(held);
     assert_eq!(t.tracked(), 0);
 }
+
+#[test]
+fn a_clients_connections_share_one_message_allowance_that_outlives_a_reconnect() {
+    let table = Arc::new(ClientTable::default());
+    let mut l = limits(0, 0);
+    l.messages.max_messages_per_second_per_client = 10;
+    let a = ip("192.0.2.1");
+    let now = clock::now_ms();
+    // Not counted: no allowance to share.
+    assert!(table.message_bucket(a, 10, now).is_none());
+    let s1 = table.admit(a, &l, true, now).unwrap().expect("counted with the message limit on");
+    let s2 = table.admit(a, &l, true, now).unwrap().unwrap();
+    let b1 = table.message_bucket(a, 10, now).unwrap();
+    let b2 = table.message_bucket(a, 10, now).unwrap();
+    assert!(Arc::ptr_eq(&b1, &b2), "one allowance for the client's connections");
+    let other = table.admit(ip("192.0.2.2"), &l, true, now).unwrap().unwrap();
+    assert!(!Arc::ptr_eq(&b1, &table.message_bucket(ip("192.0.2.2"), 10, now).unwrap()));
+    b1.take(10);
+    assert_eq!((b2.available(now), b2.wait_ms()), (0, 100), "a token every 100 ms at 10/s");
+    assert_eq!(b2.available(now + 100), 1);
+    // Deep in debt (1,000 s at 10/s): both leave and one comes back: the same allowance, not
+    // a fresh burst.
+    b1.take(10_000);
+    drop((s1, s2));
+    let _s3 = table.admit(a, &l, true, now + 100).unwrap().unwrap();
+    let b3 = table.message_bucket(a, 10, now + 100).unwrap();
+    assert!(Arc::ptr_eq(&b1, &b3));
+    assert_eq!(b3.available(now + 100), 0);
+    drop(other);
+    assert_eq!(
+        table.tracked(),
+        1,
+        "a client whose allowance is full is forgotten with its last connection"
+    );
+}

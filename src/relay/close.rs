@@ -11,6 +11,9 @@ use crate::ws::CloseCode;
 /// Close code for a backend that died mid-stream (the contract allows 1014 or 1011).
 pub const BACKEND_LOST: CloseCode = CloseCode::InternalError;
 
+/// How long a client closed over its limits keeps its socket after the close frame.
+const LIMIT_CLOSE_LINGER_MS: u64 = 1_000;
+
 /// Which side broke RFC 6455.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Offender {
@@ -147,6 +150,12 @@ impl Relay {
             (CloseCode::GoingAway.code(), "client over its rate limit"),
             now,
         );
+        // What it sent over its rate lies unread in its socket: closing that socket at once
+        // would answer with a reset, which can make the client's kernel drop the close frame
+        // before the client reads it. The socket is kept (not read; the close frame and a FIN
+        // are out) for a second, then closed.
+        self.linger = true;
+        self.closing_deadline_ms = now + LIMIT_CLOSE_LINGER_MS;
     }
 
     /// The proxy closes both sides with `code` (idle, ping timeout, drain, shutdown, 1009).

@@ -240,6 +240,9 @@ pub struct Relay {
     throttle: Option<Box<Throttle>>,
     /// A throttled direction's tokens are back: pump again.
     repump: bool,
+    /// Closed over its limits: the client's socket is kept until the close grace ends
+    /// (see [`Relay::limit_close`]).
+    linger: bool,
 }
 
 impl Relay {
@@ -285,6 +288,7 @@ impl Relay {
             totals: [0; 4],
             throttle,
             repump: false,
+            linger: false,
         };
         r.rearm(now, true);
         Ok(r)
@@ -379,7 +383,7 @@ impl Relay {
                 if self.stranded() {
                     return Poll::Ready(self.finish());
                 }
-                if (self.b2c.finished() && (self.c2b.finished() || self.client_done())) || self.handshake_done() {
+                if !self.linger && ((self.b2c.finished() && (self.c2b.finished() || self.client_done())) || self.handshake_done()) {
                     return Poll::Ready(self.finish());
                 }
                 if !(a.progress || b.progress || a.event.is_some() || b.event.is_some() || again) {

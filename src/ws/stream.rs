@@ -548,8 +548,9 @@ mod tests {
         let mut filled = buf.len();
         let r = s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut a));
         assert!(r.throttled && r.forward == 0, "no bytes left: nothing passes");
+        let mut all_of_it = Allowance::UNLIMITED;
         assert!(
-            !s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut Allowance::UNLIMITED))
+            !s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut all_of_it))
                 .throttled
         );
     }
