@@ -37,9 +37,9 @@ pub struct ConnShared {
     pub waker: AtomicWaker,
     /// Last data frame in either direction (ms, process clock).
     pub last_data_ms: AtomicU64,
-    /// The position of the route it came by among its listener's routes (a reload finds
-    /// its message limits by it).
-    pub route: u32,
+    /// The route it came by ([`crate::config::Route::key`]): a reload finds its message
+    /// limits by it.
+    pub route: u64,
     /// A reload's message limits for it, until its relay takes them.
     limits: Mutex<Option<Box<MessageLimits>>>,
     limits_changed: AtomicBool,
@@ -123,7 +123,7 @@ impl Drop for Registration {
 
 impl ConnTable {
     /// Registers a new connection on `backend`.
-    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, (listener, route): (Arc<str>, u32), socket: u64, now_ms: u64) -> Registration {
+    pub fn register(self: &Arc<Self>, backend: Arc<Backend>, (listener, route): (Arc<str>, u64), socket: u64, now_ms: u64) -> Registration {
         let id = self.next_id.fetch_add(1, Relaxed);
         let shared = Arc::new(ConnShared {
             id,

@@ -266,9 +266,9 @@ fn apply(shared: &Arc<Shared>, cfg: Config) -> Outcome {
 }
 
 /// A reload that changed message limits (`limits:` or a route's) gives every live
-/// connection its limits under the new config: its listener's route at the position it
-/// came by when that route still goes to its pool, else the listener's first route to its
-/// pool, else `limits:` alone.
+/// connection its limits under the new config: those of its listener's route with the same
+/// conditions and pool as the one it came by (wherever it moved in the list), else of the
+/// listener's first route to its pool, else `limits:` alone.
 fn push_message_limits(shared: &Shared, old: &crate::config::Config, new: &crate::config::Config) {
     let route_limits = |c: &crate::config::Config| -> Vec<crate::config::MessageOverride> {
         c.listeners.iter().flat_map(|l| l.routes.iter().map(|r| r.limits)).collect()
@@ -285,8 +285,8 @@ fn push_message_limits(shared: &Shared, old: &crate::config::Config, new: &crate
             .map(|l| l.routes.as_slice())
             .unwrap_or_default();
         let route = routes
-            .get(c.route as usize)
-            .filter(|r| *r.pool == *c.pool)
+            .iter()
+            .find(|r| r.key() == c.route)
             .or_else(|| routes.iter().find(|r| *r.pool == *c.pool));
         let limits = match route {
             Some(r) => new.limits.messages.with(&r.limits),

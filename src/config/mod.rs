@@ -190,6 +190,18 @@ pub struct Route {
     pub limits: MessageOverride,
 }
 
+impl Route {
+    /// What tells this route from the listener's others across a reload: its conditions
+    /// and pool (a hash), whatever its position.
+    pub fn key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        let m = &self.matcher;
+        (&m.path_prefix, &m.host, m.header.as_ref().map(|h| (&h.name, &h.value)), &self.pool).hash(&mut h);
+        h.finish()
+    }
+}
+
 /// What a connection may send and receive once open (`limits:`, each key overridable per
 /// route): token buckets per connection, refilled per millisecond; 0 = off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,6 +88,12 @@ impl Entry {
 /// A token bucket shared by every connection of one client (messages client → backend),
 /// taken from by each connection's relay without a lock: thousandths of a token, refilled
 /// per millisecond by whoever comes first (the one that moves `last_ms` gets the time).
+///
+/// Once it runs short, its connections take turns: one it held back joins a queue, and
+/// while anyone waits in it only its head takes (then goes to the back if it still waits).
+/// Without turns the connections that send all the time take every token the moment it
+/// appears, and one that sends now and then never gets one. The queue (a lock) is touched
+/// only while someone waits, never on a connection's way when nobody does.
 #[derive(Debug)]
 pub struct SharedBucket {
     /// Tokens per second (also the burst); a reload may change it.
@@ -95,7 +101,16 @@ pub struct SharedBucket {
     /// Thousandths of a token; below zero when connections took more at once.
     milli: std::sync::atomic::AtomicI64,
     last_ms: AtomicU64,
+    /// Connections waiting for a turn, by id, in order; and since when its head is.
+    turns: Mutex<(std::collections::VecDeque<u64>, u64)>,
+    /// How many wait (the queue's length, read without its lock).
+    waiting: AtomicU64,
 }
+
+/// A head that has not taken its turn for this many token periods (and at least
+/// [`MIN_STALE_MS`]) loses it: it waits on something else (its own limits) or is gone.
+const STALE_PERIODS: u64 = 3;
+const MIN_STALE_MS: u64 = 20;
 
 impl SharedBucket {
     /// A full bucket of `rate` tokens per second.
@@ -104,7 +119,60 @@ impl SharedBucket {
             rate: AtomicU64::new(rate),
             milli: std::sync::atomic::AtomicI64::new(rate as i64 * 1000),
             last_ms: AtomicU64::new(now_ms),
+            turns: Mutex::new((std::collections::VecDeque::new(), 0)),
+            waiting: AtomicU64::new(0),
         }
+    }
+
+    fn period_ms(&self) -> u64 {
+        1000u64.div_ceil(self.rate.load(Relaxed).max(1))
+    }
+
+    /// Whole tokens connection `id` may take at `now_ms`: all there are while nobody waits;
+    /// else only on its turn (a stale head is sent to the back first).
+    pub fn available_for(&self, id: u64, now_ms: u64) -> u64 {
+        let a = self.available(now_ms);
+        if self.waiting.load(Relaxed) == 0 {
+            return a;
+        }
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        let (queue, head_since) = &mut *turns;
+        if queue.front() != Some(&id) && now_ms >= *head_since + (STALE_PERIODS * self.period_ms()).max(MIN_STALE_MS) {
+            queue.rotate_left(1.min(queue.len()));
+            *head_since = now_ms;
+        }
+        match queue.front() {
+            Some(&head) if head == id => a,
+            None => a,
+            _ => 0,
+        }
+    }
+
+    /// After connection `id` took its share: `waits` = it was held back by this bucket (it
+    /// joins the queue, or goes to its back after its turn); else it leaves the queue.
+    /// Returns how many turns are ahead of it.
+    pub fn turn(&self, id: u64, waits: bool, now_ms: u64) -> u64 {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        let (queue, head_since) = &mut *turns;
+        let was_head = queue.front() == Some(&id);
+        if let Some(i) = queue.iter().position(|&q| q == id) {
+            if !waits || was_head {
+                queue.remove(i);
+            }
+        }
+        if waits && (was_head || !queue.contains(&id)) {
+            queue.push_back(id);
+        }
+        if was_head || queue.len() == 1 {
+            *head_since = now_ms;
+        }
+        self.waiting.store(queue.len() as u64, Relaxed);
+        queue.iter().position(|&q| q == id).unwrap_or(0) as u64
+    }
+
+    /// Milliseconds until the turn of a connection with `ahead` turns before it.
+    pub fn turn_wait_ms(&self, ahead: u64) -> u64 {
+        self.wait_ms() + ahead * self.period_ms()
     }
 
     /// Whole tokens available at `now_ms` (refilled first).

@@ -169,3 +169,39 @@ fn a_clients_connections_share_one_message_allowance_that_outlives_a_reconnect()
         "a client whose allowance is full is forgotten with its last connection"
     );
 }
+
+#[test]
+fn once_the_shared_allowance_runs_short_its_connections_take_turns() {
+    let now = 1_000;
+    let b = SharedBucket::new(10, now);
+    b.take(10);
+    // Nobody waits: whoever asks gets what there is (no lock on the way).
+    assert_eq!(b.available_for(7, now + 100), 1);
+    // A flooder held back joins the queue; a light sender that asks meanwhile gets nothing
+    // while the flooder's turn is first, and queues behind it.
+    assert_eq!(b.turn(1, true, now + 100), 0);
+    assert_eq!(b.available_for(4, now + 100), 0);
+    assert_eq!(b.turn(4, true, now + 100), 1);
+    assert_eq!(b.turn_wait_ms(1), b.wait_ms() + 100, "one turn ahead: a token period more");
+    // The flooder's turn: it takes, and goes to the back.
+    assert_eq!(b.available_for(1, now + 100), 1);
+    b.take(1);
+    assert_eq!(b.turn(1, true, now + 100), 1);
+    // Another flooder must wait for the light sender's turn, which comes next.
+    assert_eq!(b.available_for(2, now + 200), 0);
+    assert_eq!(b.turn(2, true, now + 200), 2);
+    assert_eq!(b.available_for(4, now + 200), 1);
+    b.take(1);
+    assert_eq!(b.turn(4, false, now + 200), 0, "it sent what it had: out of the queue");
+    // A head that does not come back for its turn (three periods) loses it.
+    assert_eq!(b.available(now + 400), 2);
+    assert_eq!(
+        b.available_for(2, now + 400),
+        0,
+        "tokens there, but the head's turn (not stale yet)"
+    );
+    assert_eq!(b.available_for(2, now + 501), 3, "the stale head went to the back");
+    assert_eq!(b.turn(2, false, now + 501), 0);
+    assert_eq!(b.turn(1, false, now + 501), 0);
+    assert_eq!(b.available_for(9, now + 2_000), 10, "nobody waits: the whole burst again");
+}

@@ -238,7 +238,9 @@ impl Half {
                 }
             }
             if let Some(inj) = self.inject {
-                if self.dst_dead || (self.scan.at_boundary() && !self.rescan) {
+                // At a frame boundary the bytes still to scan (a backlog held back by its
+                // limits, early bytes) start with a frame: the injected one goes before them.
+                if self.dst_dead || self.scan.at_boundary() {
                     self.inject = None;
                     if !self.dst_dead {
                         self.put_front(inj);

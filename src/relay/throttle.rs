@@ -14,6 +14,9 @@ use crate::config::{LimitAction, MessageLimits};
 use crate::limits::per_client::SharedBucket;
 use crate::ws::stream::Allowance;
 
+/// Ids of the connections sharing a client's allowance ([`SharedBucket::turn`]).
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A token bucket in thousandths of a token, refilled per millisecond.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
@@ -149,6 +152,11 @@ pub struct Throttle {
     shared: Option<Arc<SharedBucket>>,
     /// Any client limit on.
     client_limited: bool,
+    /// Its id among the connections sharing `shared`, and whether it waits for a turn
+    /// there (with how many turns ahead of it).
+    id: u64,
+    queued: bool,
+    ahead: u64,
     /// The clock at the last [`Throttle::tick`].
     now_ms: u64,
     /// Client → backend.
@@ -174,6 +182,9 @@ impl Throttle {
             client_bytes: Bucket::new(limits.client_bytes_per_second, limits.client_bytes_burst, now_ms),
             backend_msgs: Bucket::new(limits.backend_messages_per_second, 0, now_ms),
             client_limited: false,
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            queued: false,
+            ahead: 0,
             now_ms,
             shared,
             c2b: Held::default(),
@@ -202,12 +213,24 @@ impl Throttle {
         self.client_bytes = keep(self.client_bytes, limits.client_bytes_per_second, limits.client_bytes_burst);
         self.backend_msgs = keep(self.backend_msgs, limits.backend_messages_per_second, 0);
         match limits.max_messages_per_second_per_client {
-            0 => self.shared = None,
+            0 => {
+                if let (true, Some(s)) = (self.queued, &self.shared) {
+                    s.turn(self.id, false, now_ms);
+                }
+                self.queued = false;
+                self.shared = None;
+            }
             rate => {
                 if let Some(s) = &self.shared {
                     s.set_rate(rate);
                 }
             }
+        }
+        // Closing over the rate is new (or its grace changed): the stretch counts from now,
+        // not from when the old limits began to hold the client back.
+        let close_was = (self.limits.client_limit_action, self.limits.client_limit_grace);
+        if close_was != (limits.client_limit_action, limits.client_limit_grace) && self.c2b.since_ms != 0 {
+            self.c2b.since_ms = now_ms;
         }
         self.limits = *limits;
         self.client_limited = self.client_msgs.is_some() || self.client_bytes.is_some() || self.shared.is_some();
@@ -243,7 +266,7 @@ impl Throttle {
             a.messages = b.whole().max(0) as u64;
         }
         if let Some(s) = &self.shared {
-            a.messages = a.messages.min(s.available(self.now_ms));
+            a.messages = a.messages.min(s.available_for(self.id, self.now_ms));
         }
         if let Some(b) = &self.client_bytes {
             a.bytes = b.whole();
@@ -280,6 +303,13 @@ impl Throttle {
             b.milli = b.milli.saturating_sub(bytes.saturating_mul(1000));
         }
         if !throttled {
+            if self.queued {
+                // Nothing more to send: its turns go to the others.
+                if let Some(s) = &self.shared {
+                    s.turn(self.id, false, self.now_ms);
+                }
+                self.queued = false;
+            }
             return match self.c2b.since_ms {
                 0 => Step::Same,
                 _ => self.release(true, self.now_ms),
@@ -287,6 +317,12 @@ impl Throttle {
         }
         let now_ms = now();
         self.tick(now_ms);
+        // Held back by the client's shared allowance: it takes turns with the others.
+        let sum_short = self.shared.as_ref().is_some_and(|s| s.available_for(self.id, now_ms) == 0);
+        if let Some(s) = self.shared.as_ref().filter(|_| sum_short || self.queued) {
+            self.ahead = s.turn(self.id, sum_short, now_ms);
+            self.queued = sum_short;
+        }
         if self.client_allowance().is_some_and(|a| a.messages > 0 && a.bytes > 0) {
             return Step::Again;
         }
@@ -294,7 +330,7 @@ impl Throttle {
         let mut wait = 0u64;
         let mut reason = self.reason;
         let own = self.client_msgs.filter(|b| b.whole() < 1).map(|b| b.wait_ms());
-        let sum = self.shared.as_ref().filter(|s| s.available(now_ms) == 0).map(|s| s.wait_ms());
+        let sum = self.shared.as_ref().filter(|_| sum_short).map(|s| s.turn_wait_ms(self.ahead));
         match (own, sum) {
             (Some(o), Some(s)) if s > o => (wait, reason) = (s, LimitReason::ClientSum),
             (Some(o), _) => (wait, reason) = (o, LimitReason::ClientMessages),
@@ -433,6 +469,14 @@ impl Throttle {
             out.1 = true;
         }
         out
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        if let (true, Some(s)) = (self.queued, &self.shared) {
+            s.turn(self.id, false, self.now_ms);
+        }
     }
 }
 

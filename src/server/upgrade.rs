@@ -50,9 +50,9 @@ pub(super) struct Prepared {
     pool: Arc<Pool>,
     /// `Set-Cookie` for a sticky pool that (re)assigned the backend.
     pub set_cookie: Option<String>,
-    /// The connection's message limits, the position of its route, and the allowance its
-    /// client's connections share.
-    messages: Box<(MessageLimits, u32, Option<Arc<SharedBucket>>)>,
+    /// The connection's message limits, its route's key, and the allowance its client's
+    /// connections share.
+    messages: Box<(MessageLimits, u64, Option<Arc<SharedBucket>>)>,
 }
 
 impl Prepared {
@@ -90,7 +90,7 @@ pub(super) async fn prepare(
     let headers: &[httparse::Header<'_>] = req.headers;
     let found = route(&lcfg.routes, up.target, up.host, headers).ok_or(Answer::Refuse(Refusal::NoRoute))?;
     let pool = rt.pools.get(&found.pool).ok_or(Answer::Refuse(Refusal::NoRoute))?;
-    let route_index = lcfg.routes.iter().position(|r| std::ptr::eq(r, found)).unwrap_or(0) as u32;
+    let route_key = found.key();
     let limits = &rt.config.limits;
     let messages = limits.messages.with(&found.limits);
     let client = resolve(peer, headers, &limits.trusted_proxies);
@@ -148,7 +148,7 @@ pub(super) async fn prepare(
         logged: Logged::new(&client, peer),
         pool: pool.clone(),
         set_cookie,
-        messages: Box::new((messages, route_index, shared_messages)),
+        messages: Box::new((messages, route_key, shared_messages)),
     })
 }
 
@@ -175,7 +175,7 @@ pub(super) fn start(
         messages,
         ..
     } = prepared;
-    let (messages, route_index, shared_messages) = *messages;
+    let (messages, route_key, shared_messages) = *messages;
     let limits = &rt.config.limits;
     pool.handshake_duration.record(started.elapsed().as_secs_f64());
     let mut logged = logged;
@@ -186,7 +186,7 @@ pub(super) fn start(
     let now = clock::now_ms();
     let reg = shared
         .conns
-        .register(upstream.guard.backend().clone(), (listener.clone(), route_index), socket, now);
+        .register(upstream.guard.backend().clone(), (listener.clone(), route_key), socket, now);
     // Registered first, checked second: a shutdown, reload or drain that ran between this
     // connection's pick and its registration did not see it, so it closes itself. Its
     // listener is the socket that accepted it, whatever a reload renamed it to meanwhile.

@@ -44,10 +44,10 @@ pub struct Scanned {
     pub throttled: bool,
 }
 
-/// What a scan may pass on of data frames (message and bandwidth limits): a frame that
-/// starts a message needs a message, a frame with payload needs the byte allowance above
-/// zero (a whole frame goes once it starts: the allowance may end below zero, a debt the
-/// next frames wait for). Control frames pass whatever is left.
+/// What a scan may pass on (message and bandwidth limits): every data frame, ping and pong
+/// (not the proxy's own pong, not a close) needs a message and the byte allowance above
+/// zero, and costs one message and its bytes, header included (a whole frame goes once it
+/// starts: the bytes may end below zero, a debt the next frames wait for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allowance {
     /// Messages that may start.
@@ -177,6 +177,17 @@ impl Scanner {
                 if let Some(m) = h.mask {
                     apply_mask(p, m, 0);
                 }
+                let own_pong = h.opcode == Opcode::Pong && own_ping == Some(&*p);
+                if let (Some(a), false, false) = (allow.as_deref_mut(), own_pong, h.opcode == Opcode::Close) {
+                    // A ping or pong of the peer's own costs a message and its bytes too (a
+                    // ping flood makes the other side answer each); a close always passes.
+                    if a.messages == 0 || a.bytes <= 0 {
+                        out.throttled = true;
+                        break;
+                    }
+                    a.messages -= 1;
+                    a.bytes = a.bytes.saturating_sub(total as i64);
+                }
                 match h.opcode {
                     Opcode::Close => {
                         // §5.5.1, §7.4: from either side; a backend's invalid close is stopped
@@ -193,7 +204,7 @@ impl Scanner {
                         out.event = Some(Event::Close(code));
                         return out;
                     }
-                    Opcode::Pong if own_ping == Some(&*p) => {
+                    Opcode::Pong if own_pong => {
                         buf.copy_within(pos + total..*filled, pos);
                         *filled -= total;
                         out.own_pong = true;
@@ -205,13 +216,15 @@ impl Scanner {
             }
             // Data frame (RFC 6455 §5.4 fragmentation rules are checked in `check`).
             if let Some(a) = allow.as_deref_mut() {
-                let starts = h.opcode != Opcode::Continuation;
-                if (starts && a.messages == 0) || (h.len > 0 && a.bytes <= 0) {
+                // Every frame costs a message (a message cut into many empty fragments is many)
+                // and its bytes, header included.
+                if a.messages == 0 || a.bytes <= 0 {
                     out.throttled = true;
                     break;
                 }
-                a.messages -= u64::from(starts);
-                a.bytes = a.bytes.saturating_sub(h.len.min(i64::MAX as u64) as i64);
+                a.messages -= 1;
+                let bytes = (h.header_len as u64).saturating_add(h.len).min(i64::MAX as u64) as i64;
+                a.bytes = a.bytes.saturating_sub(bytes);
             }
             out.data_seen = true;
             self.msg_len = if h.opcode == Opcode::Continuation {
@@ -505,47 +518,55 @@ mod tests {
     }
 
     #[test]
-    fn an_allowance_stops_before_the_first_data_frame_it_does_not_cover() {
+    fn an_allowance_stops_before_the_first_frame_it_does_not_cover() {
         let mut s = Scanner::new(Side::Client, 0, 0);
         let one = frame(true, Opcode::Text, b"abc", M);
         let ping = frame(true, Opcode::Ping, b"p", M);
+        let own_pong = frame(true, Opcode::Pong, b"sy-ping!", M);
         let first = frame(false, Opcode::Text, b"ab", M);
         let cont = frame(true, Opcode::Continuation, b"cd", M);
+        let close = frame(true, Opcode::Close, &[0x03, 0xe8], M);
         let mut all = one.clone();
-        all.extend(&one);
         all.extend(&ping);
+        all.extend(&own_pong);
         all.extend(&first);
         all.extend(&cont);
-        all.extend(&one);
+        all.extend(&close);
         let mut buf = all.clone();
         let mut filled = buf.len();
-        // two messages: the two whole ones, the ping behind them, then it stops at the third
+        // two: the message and the ping; the proxy's own pong is cut out for free; then it
+        // stops before the fragmented message
         let mut a = Allowance {
             messages: 2,
             bytes: i64::MAX,
         };
-        let r = s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut a));
-        assert!(r.throttled);
-        assert_eq!(r.forward, 2 * one.len() + ping.len());
-        assert_eq!(a.messages, 0);
-        assert_eq!(s.take_messages(), 2);
-        // one more message: the fragmented one goes whole (a continuation needs none)
+        let r = s.scan_limited(&mut buf, 0, &mut filled, Some(b"sy-ping!"), false, Some(&mut a));
+        assert!(r.throttled && r.own_pong);
+        assert_eq!(r.forward, one.len() + ping.len());
+        assert_eq!(filled, all.len() - own_pong.len());
+        assert_eq!((a.messages, s.take_messages()), (0, 1));
+        // each fragment costs one (a message of many empty fragments is many); the close
+        // always passes
         a.messages = 1;
         let r = s.scan_limited(&mut buf, r.forward, &mut filled, None, false, Some(&mut a));
         assert!(r.throttled);
-        assert_eq!(r.forward, all.len() - one.len());
-        // bytes: a frame starts while any are left (a debt after it), none after
+        assert_eq!(r.forward, one.len() + ping.len() + first.len());
+        a.messages = 1;
+        let r = s.scan_limited(&mut buf, r.forward, &mut filled, None, false, Some(&mut a));
+        assert_eq!(r.event, Some(Event::Close(1000)), "{r:?}");
+        assert_eq!(a.messages, 0);
+        // bytes, headers included: a frame starts while any are left (a debt after it)
+        let mut s = Scanner::new(Side::Client, 0, 0);
+        let mut buf = one.clone();
+        let mut filled = buf.len();
         let mut a = Allowance {
             messages: u64::MAX,
             bytes: 1,
         };
-        let r = s.scan_limited(&mut buf, r.forward, &mut filled, None, false, Some(&mut a));
-        assert!(!r.throttled, "the last frame started with a byte left");
-        assert_eq!(r.forward, all.len());
-        assert_eq!(a.bytes, -2);
+        let r = s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut a));
+        assert!(!r.throttled, "it started with a byte left");
+        assert_eq!(a.bytes, 1 - one.len() as i64);
         let mut s = Scanner::new(Side::Client, 0, 0);
-        let mut buf = one.clone();
-        let mut filled = buf.len();
         let r = s.scan_limited(&mut buf, 0, &mut filled, None, false, Some(&mut a));
         assert!(r.throttled && r.forward == 0, "no bytes left: nothing passes");
         let mut all_of_it = Allowance::UNLIMITED;
