@@ -40,6 +40,13 @@ enum Cmd {
         /// Config file.
         file: PathBuf,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
     /// Three in-process echo backends behind the balancer, with the dashboard.
     Demo {
         /// Balancer port (0 = any free port).
@@ -80,6 +87,17 @@ fn main() -> ExitCode {
         Cmd::Check { file } => return check(&file),
         Cmd::Run { config, watch } => run(&config, watch),
         Cmd::Demo { port, admin_port, quiet } => demo(port, admin_port, quiet),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(anyhow::Error::from)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -907,3 +907,559 @@ async fn the_backend_direction_is_paced_by_backend_messages_per_second() {
     })
     .await
 }
+
+impl Client {
+    /// `python3 tests/py/raw_ws.py client ARGS…`: frames written by hand (a ping flood, empty
+    /// fragments, a reset under a backlog); its times are ms on CLOCK_MONOTONIC, the clock of
+    /// [`RawBackend`]'s too.
+    fn raw(args: &[&str]) -> Client {
+        let args: Vec<&str> = ["client"].iter().chain(args).copied().collect();
+        Client::run("python3", script("py", "raw_ws.py"), &args)
+    }
+}
+
+impl Balancer {
+    /// Reloads through `POST /api/reload` with other routes (same listener, admin and backend).
+    async fn reload_routes(&self, routes: &'static str, limits: &str) {
+        let setup = Setup {
+            backend: self.setup.backend,
+            routes,
+        };
+        std::fs::write(&self.file, yaml(&setup, &self.addr.to_string(), &self.admin.to_string(), limits)).unwrap();
+        let (code, body) = http(self.admin, "POST", "/api/reload", "").await;
+        assert_eq!(code, 200, "reload refused: {body}");
+        assert!(body.starts_with("ok"), "{body}");
+    }
+}
+
+/// What the raw backend last reported.
+#[derive(Default)]
+struct Frames {
+    /// CLOCK_MONOTONIC (ms) at its last progress line.
+    t_ms: f64,
+    /// Counts (`messages`, `frames`, `pings`, `bytes`) of each open connection, by request path.
+    live: serde_json::Map<String, Value>,
+    /// The summary of each connection that ended, by request path.
+    closed: HashMap<String, Value>,
+}
+
+/// `python3 tests/py/raw_ws.py backend`: a backend on a raw socket that sees every frame (each
+/// ping, each empty fragment) where `websockets` answers pings itself and joins fragments. It
+/// echoes data frames and answers pings; with `--flood-prefix`, it floods the connections on
+/// those paths with numbered messages.
+struct RawBackend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Frames>>,
+    _proc: Proc,
+}
+
+impl RawBackend {
+    fn start(args: &[&str]) -> RawBackend {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(script("py", "raw_ws.py"))
+            .args(["backend", "--stdin-eof", "--progress-ms", "50"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc(cmd.spawn().expect("python3 starts"));
+        let lines = proc.lines();
+        let first = tokio::task::block_in_place(|| lines.recv_timeout(Duration::from_secs(20))).expect("the backend says it listens");
+        let hello: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+        let port = hello["port"].as_u64().expect("a port") as u16;
+        let seen = Arc::new(Mutex::new(Frames::default()));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let event = v["event"].as_str().unwrap_or_default().to_string();
+                let mut s = into.lock().unwrap();
+                match event.as_str() {
+                    "progress" => {
+                        s.t_ms = v["t_ms"].as_f64().unwrap_or_default();
+                        s.live = v["conns"].as_object().cloned().unwrap_or_default();
+                    }
+                    "closed" => {
+                        let path = v["path"].as_str().unwrap_or_default().to_string();
+                        s.closed.insert(path, v);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        RawBackend {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            seen,
+            _proc: proc,
+        }
+    }
+
+    /// (its clock in ms, the `key` count of the connection on `path`) at its last report; 0
+    /// while that connection is not open.
+    fn sample(&self, path: &str, key: &str) -> (f64, u64) {
+        let s = self.seen.lock().unwrap();
+        let n = s.live.get(path).and_then(|c| c[key].as_u64()).unwrap_or(0);
+        (s.t_ms, n)
+    }
+
+    /// Waits until the connection on `path` is open with a `key` count of at least `min`.
+    async fn wait_live(&self, path: &str, key: &str, min: u64) {
+        let live = || {
+            let s = self.seen.lock().unwrap();
+            let n = s.live.get(path).and_then(|c| c[key].as_u64());
+            n.is_some_and(|n| n >= min)
+        };
+        assert!(
+            eventually(Duration::from_secs(20), live).await.is_some(),
+            "{path} open with {min} {key}: {:?}",
+            self.seen.lock().unwrap().live
+        );
+    }
+
+    /// The `key` count a second on `path` over the next `window`, timed on its own clock.
+    async fn rate(&self, path: &str, key: &str, window: Duration) -> f64 {
+        let (t1, n1) = self.sample(path, key);
+        tokio::time::sleep(window).await;
+        let (t2, n2) = self.sample(path, key);
+        assert!(
+            t2 - t1 > window.as_millis() as f64 / 2.0,
+            "the backend reports its progress: {t1} → {t2}"
+        );
+        n2.saturating_sub(n1) as f64 * 1000.0 / (t2 - t1)
+    }
+
+    /// The summary of the connection on `path`, once it ended.
+    async fn closed(&self, path: &str) -> Value {
+        let ended = || self.seen.lock().unwrap().closed.contains_key(path);
+        assert!(
+            eventually(Duration::from_secs(20), ended).await.is_some(),
+            "the connection on {path} ended: ended are {:?}",
+            self.seen.lock().unwrap().closed.keys().collect::<Vec<_>>()
+        );
+        self.seen.lock().unwrap().closed[path].clone()
+    }
+}
+
+/// Asserts a raw client connected and met no error.
+#[track_caller]
+fn assert_raw_opened(r: &Value) {
+    assert_eq!(r["opened"], true, "{r}");
+    assert_eq!(r["errors"], json!([]), "{r}");
+    assert_eq!(r["timed_out"], false, "{r}");
+}
+
+/// Three connections from 127.0.0.1 flood and a fourth from the same address (a client behind
+/// the same NAT) sends a message every 500 ms, against `max_messages_per_second_per_client:
+/// 50`: once the shared allowance runs short they take turns, so the light one gets every
+/// message through, each within 0.5 s, while the four together still get one allowance (the
+/// burst and 50 a second), not more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooders_sharing_a_clients_rate_do_not_starve_a_light_connection_of_the_same_client() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("flooders_sharing_a_clients_rate_do_not_starve_a_light_connection_of_the_same_client") {
+        return;
+    }
+    bounded(async {
+        let be = Recorder::start(true);
+        let b = Balancer::start(Setup::new(be.addr), "  max_messages_per_second_per_client: 50\n");
+        // Each keeps 20 messages unanswered: always over the rate, with queues short enough to
+        // be answered and closed cleanly at the end (60 messages: 1.2 s at 50 a second).
+        let floods = ["/flood/1", "/flood/2", "/flood/3"];
+        let flooders: Vec<Client> = floods
+            .iter()
+            .map(|p| Client::node(&["flood", &b.url(p), "--duration-ms=7000", "--max-in-flight=20", "--wait-echo"]))
+            .collect();
+        be.wait_live(&floods, 1).await;
+        // The burst is spent at once: from here on the flooders wait for every token.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // 12 round trips, 500 ms apart.
+        let light = Client::node(&["echo", &b.url("/light"), "--count=12", "--interval-ms=500"]);
+        be.wait_live(&["/light"], 0).await;
+        let all = ["/flood/1", "/flood/2", "/flood/3", "/light"];
+        let rate = be.rate(&all, Duration::from_secs(3)).await;
+        assert_near(rate, 50.0, 0.2, "messages a second of the four connections from 127.0.0.1 together");
+        let light = light.result().await;
+        assert_clean(&light);
+        assert_eq!(
+            (count(&light["sent"]), count(&light["received"])),
+            (12, 12),
+            "every message of the light connection got through: {light}"
+        );
+        assert_eq!(light["echo_in_order"], true, "{light}");
+        let slowest = num(&light["latency_ms"]["max"]);
+        assert!(
+            slowest < 500.0,
+            "the light connection's slowest round trip: {slowest} ms (a turn, not the flooders' queue): {light}"
+        );
+        for c in flooders {
+            assert_clean(&c.result().await);
+        }
+        // Over the whole run too, from the first message to the last: one allowance for the four.
+        let mut at = Vec::new();
+        for p in all {
+            let s = be.closed(p).await;
+            assert_eq!((&s["in_order"], &s["code"]), (&json!(true), &json!(1000)), "{}", summary(&s));
+            at.extend(arrivals(&s));
+        }
+        let first = at.iter().fold(f64::MAX, |m, &t| m.min(t));
+        let last = at.iter().fold(0.0_f64, |m, &t| m.max(t));
+        let allowed = 50.0 + 50.0 * (last - first) / 1000.0;
+        assert_near(
+            at.len() as f64,
+            allowed,
+            0.2,
+            &format!("messages of the four in {:.0} ms (one allowance: {allowed:.0})", last - first),
+        );
+        let m = b.metrics().await;
+        assert_eq!(
+            series(&m, "switchyard_limit_closes_total", &[("pool", "p")]),
+            0.0,
+            "throttled, never closed: {m}"
+        );
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
+
+/// A throttled client (5 messages a second) that vanishes with 4,000 messages of 1 KiB unread
+/// (a reset: SO_LINGER 0) is found out by the balancer's next ping (`ping_interval: 1s`): its
+/// backlog is dropped, not sent on at its rate for 13 minutes nor in a rush, and the backend
+/// gets a close frame, 1001, not a cut connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_client_that_vanishes_has_its_backlog_dropped_and_its_backend_gets_1001() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("a_throttled_client_that_vanishes_has_its_backlog_dropped_and_its_backend_gets_1001") {
+        return;
+    }
+    bounded(async {
+        let be = RawBackend::start(&[]);
+        let b = Balancer::start(
+            Setup::new(be.addr),
+            "  client_messages_per_second: 5\n  ping_interval: 1s\n  ping_timeout: 1s\n",
+        );
+        // 4,000 numbered messages at once; 2 s later, the reset.
+        let r = Client::raw(&["messages", &b.url("/gone"), "--count=4000", "--size=1024", "--hold=2", "--reset"])
+            .result()
+            .await;
+        assert_raw_opened(&r);
+        assert!(r["code"].is_null(), "the client was not closed before it left: {r}");
+        let (open, reset) = (num(&r["open_ms"]), num(&r["reset_ms"]));
+        let seen = be.closed("/gone").await;
+        assert_eq!(
+            (&seen["code"], &seen["reason"]),
+            (&json!(1001), &json!("client went away")),
+            "the backend got a close frame, not a cut connection: {}",
+            summary(&seen)
+        );
+        assert_eq!(seen["in_order"], true, "{}", summary(&seen));
+        // Found out at the next ping (within 1 s), before any ping timeout could end it.
+        let found = num(&seen["closed_ms"]) - reset;
+        assert!(
+            (0.0..2_500.0).contains(&found),
+            "the backend's connection closed {found:.0} ms after the reset: {}",
+            summary(&seen)
+        );
+        // Up to the reset: the burst and the rate; after it, no more than the rate allows.
+        let at = arrivals(&seen);
+        let before = at.iter().filter(|&&t| t <= reset).count() as f64;
+        let allowed = 5.0 + 5.0 * (reset - open) / 1000.0;
+        assert!(
+            (allowed * 0.75..=allowed + 3.0).contains(&before),
+            "{before} messages reached the backend in the {:.0} ms before the reset (allowed {allowed:.1})",
+            reset - open
+        );
+        let after = at.len() as f64 - before;
+        assert!(
+            after <= 5.0 * found / 1000.0 + 2.0,
+            "{after} messages reached the backend in the {found:.0} ms from the reset to the close"
+        );
+        let line = b.access_line(&r["local"]).await;
+        let ms = line["throttled_ms"].as_u64().unwrap_or_else(|| panic!("no throttled_ms: {line}"));
+        assert!(ms > 0, "{line}");
+        assert!(count(&line["msgs_c2b"]) < 40, "the backlog was dropped, not read: {line}");
+        let m = b.metrics().await;
+        assert_eq!(series(&m, "switchyard_limit_closes_total", &[("pool", "p")]), 0.0, "{m}");
+        assert_eq!(b.throttled_now().await, 0);
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
+
+/// Control frames and fragments are messages: with `client_messages_per_second: 10` a client
+/// that sends 4,000 pings at once gets them to the backend at 10 a second (each one answered),
+/// and a message of 10,000 empty continuation frames goes on at 10 frames a second, not in one
+/// go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_empty_fragments_each_cost_a_message() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("pings_and_empty_fragments_each_cost_a_message") {
+        return;
+    }
+    bounded(async {
+        let be = RawBackend::start(&[]);
+        let b = Balancer::start(Setup::new(be.addr), "  client_messages_per_second: 10\n");
+        let pings = Client::raw(&["pings", &b.url("/pings"), "--count=4000", "--hold=5"]);
+        let fragments = Client::raw(&["fragments", &b.url("/fragments"), "--count=10000", "--hold=5"]);
+        be.wait_live("/pings", "pings", 1).await;
+        be.wait_live("/fragments", "frames", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let window = Duration::from_secs(2);
+        let (ping_rate, fragment_rate) = tokio::join!(be.rate("/pings", "pings", window), be.rate("/fragments", "frames", window));
+        assert_near(ping_rate, 10.0, 0.25, "pings a second reaching the backend");
+        assert_near(
+            fragment_rate,
+            10.0,
+            0.25,
+            "frames a second of the fragmented message reaching the backend",
+        );
+        let (t, through_pings) = be.sample("/pings", "pings");
+        let (_, through_frames) = be.sample("/fragments", "frames");
+        let (_, whole) = be.sample("/fragments", "messages");
+        assert_eq!(whole, 0, "the message of 10,002 frames is still on its way");
+        let pings = pings.result().await;
+        let fragments = fragments.result().await;
+        assert_raw_opened(&pings);
+        assert_raw_opened(&fragments);
+        assert!(
+            pings["code"].is_null() && fragments["code"].is_null(),
+            "throttled, not closed: {pings} {fragments}"
+        );
+        // From the open on: the burst (10) and 10 a second, no more.
+        for (what, through, r) in [("pings", through_pings, &pings), ("frames", through_frames, &fragments)] {
+            let allowed = 10.0 + 10.0 * (t - num(&r["open_ms"])) / 1000.0;
+            assert!(
+                (allowed * 0.75..=allowed + 2.0).contains(&(through as f64)),
+                "{through} {what} reached the backend in {:.0} ms (allowed {allowed:.0})",
+                t - num(&r["open_ms"])
+            );
+        }
+        assert!(
+            count(&pings["pongs"]) >= through_pings,
+            "the backend's pong to each ping came back: {through_pings} pings through: {pings}"
+        );
+        let m = b.metrics().await;
+        assert_eq!(series(&m, "switchyard_limit_closes_total", &[("pool", "p")]), 0.0, "{m}");
+        assert!(series(&m, "switchyard_throttled_seconds_total", &[("pool", "p")]) > 0.0, "{m}");
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
+
+/// A byte rate counts each frame's header: with only `client_bytes_per_second: 1000` set, a
+/// flood of empty messages (6 bytes a frame, masked) is held to the burst and 1,000 bytes a
+/// second (about 167 of them), and with `client_limit_action: close` it is closed with 1008
+/// once the grace (1 s) has passed, counted as `reason="client_bytes"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_rate_counts_frame_headers_so_a_flood_of_empty_messages_is_held_and_closed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("a_byte_rate_counts_frame_headers_so_a_flood_of_empty_messages_is_held_and_closed") {
+        return;
+    }
+    bounded(async {
+        let be = RawBackend::start(&[]);
+        let b = Balancer::start(
+            Setup::new(be.addr),
+            "  client_bytes_per_second: 1000\n  client_limit_action: close\n  client_limit_grace: 1s\n",
+        );
+        let r = Client::raw(&["empties", &b.url("/empties"), "--count=100000", "--hold=8"])
+            .result()
+            .await;
+        assert_raw_opened(&r);
+        assert_eq!(r["code"], 1008, "{r}");
+        let reason = r["reason"].as_str().unwrap_or_default().to_ascii_lowercase();
+        assert!(reason.contains("byte"), "a reason a person can read: {r}");
+        let after = num(&r["close_frame_ms"]) - num(&r["open_ms"]);
+        assert!((900.0..3_000.0).contains(&after), "1008 after {after:.0} ms: {r}");
+        let seen = be.closed("/empties").await;
+        assert_eq!(seen["code"], 1001, "{}", summary(&seen));
+        assert_eq!(seen["bytes"], 0, "empty messages only: {}", summary(&seen));
+        let through = count(&seen["messages"]) as f64;
+        let allowed = (1000.0 + 1000.0 * after / 1000.0) / 6.0;
+        assert!(
+            (allowed * 0.75..=allowed * 1.1 + 2.0).contains(&through),
+            "{through} empty messages reached the backend in {after:.0} ms (allowed {allowed:.0})"
+        );
+        let m = b.metrics().await;
+        assert_eq!(
+            series(&m, "switchyard_limit_closes_total", &[("pool", "p"), ("reason", "client_bytes")]),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            series(&m, "switchyard_limit_closes_total", &[("pool", "p")]),
+            1.0,
+            "that one only: {m}"
+        );
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
+
+/// A reload that turns `client_limit_action: close` on (grace 3 s) starts the grace of the
+/// connections already held back from the reload: two flooders held back for 1.5 s before it
+/// are not closed at once nor 1.5 s later, but 3 s after the reload, with 1008 to them and
+/// 1001 to the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_close_starts_the_grace_of_connections_already_held_back_from_the_reload() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("a_reload_to_close_starts_the_grace_of_connections_already_held_back_from_the_reload") {
+        return;
+    }
+    bounded(async {
+        let be = Recorder::start(true);
+        let b = Balancer::start(Setup::new(be.addr), "  client_messages_per_second: 5\n");
+        let held = ["/held/1", "/held/2"];
+        let clients: Vec<Client> = held
+            .iter()
+            .map(|p| Client::python(&[&b.url(p), "--duration=15", "--timeout=25"]))
+            .collect();
+        be.wait_live(&held, 5).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.throttled_now().await, 2, "both held back before the reload");
+        let asked = Instant::now();
+        b.reload_by_api("  client_messages_per_second: 5\n  client_limit_action: close\n  client_limit_grace: 3s\n")
+            .await;
+        let applied = Instant::now();
+        let early = eventually(Duration::from_millis(2_500).saturating_sub(applied.elapsed()), || {
+            !be.ended().is_empty()
+        })
+        .await;
+        assert!(
+            early.is_none(),
+            "{:?} closed {:?} after the reload, before its grace",
+            be.ended(),
+            applied.elapsed()
+        );
+        let both = eventually(Duration::from_millis(4_500).saturating_sub(asked.elapsed()), || {
+            be.ended().len() == 2
+        })
+        .await;
+        assert!(
+            both.is_some(),
+            "both closed within 4.5 s of the reload: {:?} after {:?}",
+            be.ended(),
+            asked.elapsed()
+        );
+        for p in held {
+            let seen = be.closed(p).await;
+            assert_eq!(seen["code"], 1001, "{}", summary(&seen));
+            assert_eq!(seen["in_order"], true, "{}", summary(&seen));
+        }
+        for c in clients {
+            let r = c.result().await;
+            assert_eq!((&r["opened"], &r["code"]), (&json!(true), &json!(1008)), "{r}");
+            let reason = r["reason"].as_str().unwrap_or_default().to_ascii_lowercase();
+            assert!(reason.contains("rate"), "{r}");
+        }
+        let m = b.metrics().await;
+        assert_eq!(
+            series(&m, "switchyard_limit_closes_total", &[("pool", "p"), ("reason", "client_messages")]),
+            2.0,
+            "{m}"
+        );
+        assert_eq!(series(&m, "switchyard_limit_closes_total", &[("pool", "p")]), 2.0, "{m}");
+        assert_eq!(b.throttled_now().await, 0);
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
+
+/// A reload that puts a route (`/admin`, 1,000 messages a second) in front of the one a live
+/// connection came by (`/chat`, 2 a second; same pool) leaves that connection its own route's
+/// limits: it goes on at 2 a second, not at the first route to its pool's rate nor at the
+/// process-wide 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_put_in_front_by_a_reload_leaves_a_live_connection_its_own_routes_limits() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("a_route_put_in_front_by_a_reload_leaves_a_live_connection_its_own_routes_limits") {
+        return;
+    }
+    bounded(async {
+        let be = Recorder::start(true);
+        let chat = "      - match: { path_prefix: /chat }\n        pool: p\n        limits:\n          client_messages_per_second: 2\n      - pool: p\n";
+        let b = Balancer::start(
+            Setup {
+                backend: be.addr,
+                routes: chat,
+            },
+            "  client_messages_per_second: 50\n",
+        );
+        let flood = Client::python(&[&b.url("/chat/1"), "--duration=9", "--timeout=20"]);
+        be.wait_live(&["/chat/1"], 2).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = be.rate(&["/chat/1"], Duration::from_secs(3)).await;
+        assert_near(before, 2.0, 0.25, "messages a second on /chat before the reload");
+        let admin_first = "      - match: { path_prefix: /admin }\n        pool: p\n        limits:\n          client_messages_per_second: 1000\n      - match: { path_prefix: /chat }\n        pool: p\n        limits:\n          client_messages_per_second: 2\n      - pool: p\n";
+        b.reload_routes(admin_first, "  client_messages_per_second: 50\n").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = be.rate(&["/chat/1"], Duration::from_secs(4)).await;
+        assert_near(
+            after,
+            2.0,
+            0.25,
+            "messages a second on the same /chat connection once /admin was put in front of its route",
+        );
+        let flood = flood.result().await;
+        assert_eq!((&flood["opened"], &flood["errors"]), (&json!(true), &json!([])), "{flood}");
+        assert!(flood["code"].is_null(), "held back, not closed: {flood}");
+        let m = b.metrics().await;
+        assert_eq!(series(&m, "switchyard_config_reloads_total", &[("result", "ok")]), 1.0, "{m}");
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
+
+/// `backend_messages_per_second: 10` against a backend that floods its client: the client
+/// gets the messages in order at 10 a second after a burst of 10, and the balancer's pings
+/// (`ping_interval: 1s`) reach it all the while, ahead of the backlog held back in that
+/// direction; its close reaches the backend, and nothing is closed for the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_held_back_by_backend_messages_per_second_gets_its_messages_paced_and_its_pings() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !clients_ready("a_client_held_back_by_backend_messages_per_second_gets_its_messages_paced_and_its_pings") {
+        return;
+    }
+    bounded(async {
+        let be = RawBackend::start(&["--flood-prefix", "/flood"]);
+        let b = Balancer::start(
+            Setup::new(be.addr),
+            "  backend_messages_per_second: 10\n  ping_interval: 1s\n  ping_timeout: 1s\n",
+        );
+        // Reads for 5 s, answering pings, then closes (1000).
+        let r = Client::raw(&["read", &b.url("/flood/1"), "--hold=5"]).result().await;
+        assert_raw_opened(&r);
+        assert!(r["code"].is_null(), "not closed under it: {r}");
+        assert_eq!(r["in_order"], true, "{r}");
+        let open = num(&r["open_ms"]);
+        let first_5s = |key: &str| -> usize {
+            let all = r[key].as_array().unwrap_or_else(|| panic!("no {key}: {r}"));
+            all.iter().map(num).filter(|&t| t - open <= 5_000.0).count()
+        };
+        let pings = first_5s("pings_ms");
+        assert!(pings >= 3, "{pings} pings reached the held-back client in 5 s: {r}");
+        assert_near(
+            first_5s("arrivals_ms") as f64,
+            60.0,
+            0.2,
+            "messages in the first 5 s (a burst of 10, then 10 a second)",
+        );
+        let at = arrivals(&r);
+        assert!(at.len() > 20, "{r}");
+        let steady = (at.len() - 11) as f64 * 1000.0 / (at[at.len() - 1] - at[10]);
+        assert_near(steady, 10.0, 0.2, "messages a second after the burst");
+        let most = most_within(&at, 1_000.0);
+        assert!(most <= 22, "{most} messages within one second (the burst and a second's worth: 20)");
+        let seen = be.closed("/flood/1").await;
+        assert_eq!(seen["code"], 1000, "the client's close reached the backend: {}", summary(&seen));
+        assert!(
+            count(&seen["flood_sent"]) > at.len() as u64,
+            "the backend had more to send: {}",
+            summary(&seen)
+        );
+        let m = b.metrics().await;
+        assert_eq!(series(&m, "switchyard_limit_closes_total", &[("pool", "p")]), 0.0, "{m}");
+        assert!(series(&m, "switchyard_throttled_seconds_total", &[("pool", "p")]) > 0.0, "{m}");
+        still_serves(&b.url("/after")).await;
+    })
+    .await
+}
