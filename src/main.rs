@@ -146,6 +146,7 @@ fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     })?;
     let signals = Signals::register()?;
     let server = Server::start(cfg, Some(path.to_path_buf())).map_err(anyhow::Error::msg)?;
+    switchyard::metrics::config_running(path, &loaded);
     announce(&server);
     tracing::info!(config = %path.display(), "switchyard running");
     if watch {

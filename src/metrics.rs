@@ -69,6 +69,123 @@ pub fn render() -> String {
     out
 }
 
+/// What each family means, for its `# HELP` line (`promtool check metrics` wants one).
+fn help(name: &str) -> &'static str {
+    match name {
+        "switchyard_connections_active" => "Relayed WebSocket connections open now.",
+        "switchyard_connections_total" => "Relayed WebSocket connections since start, by how the client spoke.",
+        "switchyard_backend_up" => "1 while the backend takes new connections (up and not ejected).",
+        "switchyard_backend_state" => "1 for the backend's serving state (up, down, ejected, draining).",
+        "switchyard_bytes_total" => "Frame bytes relayed, headers included, by direction.",
+        "switchyard_messages_total" => "WebSocket messages relayed, by direction.",
+        "switchyard_http_requests_total" => "Plain HTTP answers from backends, by status class and client protocol.",
+        "switchyard_health_transitions_total" => "Backend state changes, passive ejections included.",
+        "switchyard_backend_protocol_errors_total" => "Connections a backend broke RFC 6455 on (stopped at the edge).",
+        "switchyard_custom_load_errors_total" => "Failed custom load reports of a backend.",
+        "switchyard_throttled_seconds_total" => "Seconds connections were held back by their message or byte limits.",
+        "switchyard_limit_closes_total" => "Connections closed with 1008 for staying over their rate.",
+        "switchyard_backend_discovered_from" => "1 for each backend found by DNS discovery, naming its entry.",
+        "switchyard_shed_total" => "Connections and requests shed (1013 or 503), by reason.",
+        "switchyard_handshake_failures_total" => "Requests the balancer answered itself with an error, by reason.",
+        "switchyard_close_codes_total" => "Close codes seen, by who sent them (1006: a peer vanished).",
+        "switchyard_config_reloads_total" => "Config reloads, by result.",
+        "switchyard_handshake_duration_seconds" => "Client request received to 101 sent.",
+        "switchyard_http_request_duration_seconds" => "Plain request received to response head.",
+        "switchyard_sticky_total" => "Sticky cookie outcomes.",
+        "switchyard_passive_ejections_capped_total" => {
+            "Passive ejections refused by max_ejected_percent or for the last available backend."
+        }
+        "switchyard_rebalance_moves_total" => "Connections moved by rebalancing.",
+        "switchyard_rebalance_unreturned_total" => "Rebalance moves whose clients had not come back in the reconnect window.",
+        "switchyard_discovery_errors_total" => "DNS discovery rounds that kept the last answer, by reason.",
+        "switchyard_discovered_backends" => "Backends the DNS discovery entry's answer in use holds.",
+        "switchyard_proxy_protocol_errors_total" => "Connections closed on a proxy_protocol listener before their request.",
+        _ => "Switchyard series (see README, Metrics).",
+    }
+}
+
+/// Gives every family without a `# HELP` line one, before its `# TYPE` line.
+pub fn with_help(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4096);
+    let mut last_help: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            last_help = rest.split_whitespace().next();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            if last_help != Some(name) {
+                let _ = writeln!(out, "# HELP {name} {}", help(name));
+            }
+            last_help = None;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The config file the process runs and a hash of the text it ran from (set at start and
+/// by each successful reload), for `switchyard_config_file_matches`.
+static RUNNING_CONFIG: Mutex<Option<(std::path::PathBuf, u64)>> = Mutex::new(None);
+
+fn text_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// The config from `path` whose text was `text` now runs.
+pub fn config_running(path: &std::path::Path, text: &str) {
+    *RUNNING_CONFIG.lock().unwrap_or_else(PoisonError::into_inner) = Some((path.to_path_buf(), text_hash(text.as_bytes())));
+}
+
+/// The process-wide gauges of a scrape: admitted connections and the cap, the process's
+/// descriptors and their limit, and whether the config file on disk is the one running
+/// (an edit not reloaded, or a reload that failed, shows as 0).
+pub fn render_process(out: &mut String, admitted: u64, max_connections: u64) {
+    let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    };
+    gauge(
+        out,
+        "switchyard_admitted_connections",
+        "Connections admitted now (WebSockets and plain keep-alive connections).",
+        admitted as f64,
+    );
+    gauge(
+        out,
+        "switchyard_max_connections",
+        "limits.max_connections in force.",
+        max_connections as f64,
+    );
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge(out, "process_open_fds", "Number of open file descriptors.", dir.count() as f64);
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        gauge(
+            out,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            lim.rlim_cur as f64,
+        );
+    }
+    let running = RUNNING_CONFIG.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some((path, hash)) = running {
+        // A config is small; a file grown past 4 MiB is not the one running either.
+        let on_disk = std::fs::read(&path).ok().filter(|b| b.len() <= 4 << 20);
+        let matches = on_disk.is_some_and(|b| text_hash(&b) == hash);
+        gauge(
+            out,
+            "switchyard_config_file_matches",
+            "1 when the config file on disk is the one running; 0 after an edit not (successfully) reloaded.",
+            f64::from(u8::from(matches)),
+        );
+    }
+}
+
 /// Every backend object ever built, weakly: one that upgrades is alive (in the runtime or
 /// held by a connection). Pruned at each scrape and whenever the list doubles.
 static BACKENDS: Mutex<Vec<Weak<Backend>>> = Mutex::new(Vec::new());

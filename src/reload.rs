@@ -155,9 +155,15 @@ fn run(shared: &Arc<Shared>, source: Source) -> Outcome {
                 }),
             };
             shared.reloads.text_read();
-            text.and_then(|text| check_text(&path, &text))
+            text.and_then(|text| check_text(&path, &text).map(|cfg| (cfg, text)))
                 .map_err(|e| e.iter().map(|e| e.render(&name)).collect())
-                .and_then(|cfg| apply(shared, cfg))
+                .and_then(|(cfg, text)| {
+                    let applied = apply(shared, cfg);
+                    if applied.is_ok() {
+                        crate::metrics::config_running(&path, &text);
+                    }
+                    applied
+                })
         }
     };
     crate::metrics::reload(result.is_ok());

@@ -254,7 +254,12 @@ async fn route(admin: &Admin, method: &Method, path: &str) -> Resp {
         [""] => dashboard::page(),
         ["healthz"] if admin.shared.draining.load(Relaxed) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         ["healthz"] => text(StatusCode::OK, "ok\n"),
-        ["metrics"] => with_type(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
+        ["metrics"] => {
+            let mut body = crate::metrics::render();
+            let max = admin.shared.runtime.load().config.limits.max_connections;
+            crate::metrics::render_process(&mut body, admin.shared.admission.active(), max);
+            with_type(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::with_help(&body))
+        }
         ["api", "pools"] => json(StatusCode::OK, &api::pools(&admin.shared)),
         ["api", "status"] => json(StatusCode::OK, &api::status(admin)),
         ["api", "reload"] => api::reload(admin).await,
