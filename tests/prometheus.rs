@@ -79,6 +79,62 @@ fn the_shipped_rules_are_valid_and_every_alert_fires_on_its_unit_test() {
     }
 }
 
+/// Every PromQL expression of the Grafana board (`deploy/grafana/switchyard.json`).
+fn dashboard_exprs() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/switchyard.json");
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the board is JSON");
+    let vars = d["templating"]["list"].as_array().expect("templating");
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
+        "the data source is a variable"
+    );
+    let mut exprs = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{p}");
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    exprs
+}
+
+#[test]
+fn every_expression_of_the_grafana_board_parses() {
+    if !tools_ready("every_expression_of_the_grafana_board_parses") {
+        return;
+    }
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    // Each as a recording rule: promtool parses it (and names what does not).
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: board\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: board:expr_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    let file = dir.path().join("board.rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], None);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("SUCCESS: {} rules found", exprs.len())), "{out}");
+    // It is built on the shipped recording rules: each one it names exists.
+    let shipped = std::fs::read_to_string(rules_dir().join("switchyard.rules.yml")).unwrap();
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .filter(|w| w.matches(':').count() == 2)
+        {
+            assert!(
+                shipped.contains(&format!("record: {name}")),
+                "{name} is not a shipped recording rule"
+            );
+        }
+    }
+}
+
 /// A balancer run as its own process (the admin listener on port 0), with its admin address.
 fn balancer(dir: &Path, yaml: &str) -> (Proc, SocketAddr, SocketAddr) {
     let cfg = dir.join("sy.yaml");
@@ -206,6 +262,19 @@ async fn a_real_prometheus_records_the_series_and_fires_and_clears_the_backend_a
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
 
+        // Every expression of the Grafana board runs on the real server.
+        for e in dashboard_exprs() {
+            let q: String = e
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let (_, body) = http_get(prom, &format!("/api/v1/query?query={q}")).await;
+            let v: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").last().unwrap_or(&body)).unwrap_or_default();
+            assert_eq!(v["status"], "success", "{e}: {v}");
+        }
         // A killed backend: pending, then firing; back: the alert goes.
         assert_eq!(alert_state().await, None);
         b1.kill().await;
