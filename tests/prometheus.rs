@@ -2,8 +2,8 @@
 //! `promtool check rules` and `promtool test rules` (every alert with synthetic series),
 //! `promtool check metrics` on a running balancer's scrape, and Debian's real Prometheus
 //! scraping a running balancer with the shipped rules (their `for:` shortened): the recording
-//! rules return series, and a killed backend's alert goes pending, then firing, then away
-//! when the backend is back. Without promtool and prometheus the tests say so and pass,
+//! rules return series, a killed backend's alert goes pending, then firing, then away when
+//! the backend is back, and a reconnect storm makes the shedding alert fire. Without promtool and prometheus the tests say so and pass,
 //! except under CI, where they fail.
 
 mod common;
@@ -170,8 +170,8 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_prometheus_records_the_series_and_fires_and_clears_the_backend_alert() {
-    if !tools_ready("a_real_prometheus_records_the_series_and_fires_and_clears_the_backend_alert") {
+async fn a_real_prometheus_records_the_series_fires_the_backend_and_storm_alerts() {
+    if !tools_ready("a_real_prometheus_records_the_series_fires_the_backend_and_storm_alerts") {
         return;
     }
     bounded(async {
@@ -179,7 +179,7 @@ async fn a_real_prometheus_records_the_series_and_fires_and_clears_the_backend_a
         let mut b1 = backend("b1").await;
         let b2 = backend("b2").await;
         let yaml = format!(
-            "{}    health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }}\nadmin:\n  bind: \"127.0.0.1:0\"\n",
+            "{}    health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }}\nadmin:\n  bind: \"127.0.0.1:0\"\nlimits:\n  max_connections_per_second: 20\n",
             config("round_robin", &[b1.addr, b2.addr], "")
         );
         let (_sy, listen, admin) = balancer(dir.path(), &yaml);
@@ -199,6 +199,7 @@ async fn a_real_prometheus_records_the_series_and_fires_and_clears_the_backend_a
         let rules = std::fs::read_to_string(rules_dir().join("switchyard.rules.yml"))
             .unwrap()
             .replace("for: 1m", "for: 2s")
+            .replace("for: 2m", "for: 2s")
             .replace("for: 30s", "for: 2s");
         std::fs::write(dir.path().join("rules.yml"), rules).unwrap();
         let port = free_port();
@@ -297,6 +298,32 @@ async fn a_real_prometheus_records_the_series_and_fires_and_clears_the_backend_a
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         drop(ws);
+        // A reconnect storm against `max_connections_per_second: 20`: most handshakes are
+        // shed with 1013, and the shedding alert fires.
+        let firing = |name: &'static str| async move {
+            let (_, body) = http_get(prom, "/api/v1/alerts").await;
+            let v: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").last().unwrap_or(&body)).unwrap_or_default();
+            v["data"]["alerts"].as_array().into_iter().flatten().any(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+        };
+        assert!(!firing("SwitchyardShedding").await);
+        let deadline = Instant::now() + Duration::from_secs(25);
+        let mut shed = 0;
+        while !firing("SwitchyardShedding").await {
+            assert!(Instant::now() < deadline, "the shedding alert did not fire ({shed} shed)");
+            // 60 at once, 60 a second: three times the rate.
+            let url = format!("ws://{listen}/storm");
+            let conns = futures_util::future::join_all((0..60).map(|_| connect(&url))).await;
+            let closes = futures_util::future::join_all(conns.into_iter().map(|mut c| async move {
+                match tokio::time::timeout(Duration::from_millis(300), futures_util::StreamExt::next(&mut c)).await {
+                    Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => u16::from(f.code) == 1013,
+                    _ => false,
+                }
+            }))
+            .await;
+            shed += closes.iter().filter(|s| **s).count();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        assert!(shed > 20, "{shed} handshakes shed");
         still_serves(&format!("ws://{listen}/after")).await;
         drop(b2);
     })
