@@ -240,7 +240,7 @@ impl Throttle {
 
     /// The close action and its grace, when the client is to be closed over its rate.
     pub fn close_grace_ms(&self) -> Option<u64> {
-        (self.limits.client_limit_action == LimitAction::Close).then(|| self.limits.client_limit_grace.as_millis() as u64)
+        (self.limits.client_limit_action == LimitAction::Close).then_some(self.limits.client_limit_grace.as_millis() as u64)
     }
 
     /// Refills the buckets up to `now_ms`: called with the clock the relay reads anyway
