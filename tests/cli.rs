@@ -107,7 +107,7 @@ async fn a_second_signal_exits_at_once() {
         let b = backend("b").await;
         let dir = tempfile::tempdir().unwrap();
         let f = config_file(&dir, b.addr, "limits:\n  drain_timeout: 30s\n");
-        let mut p = Proc::spawn(&["run", "-c", &f]);
+        let (mut p, log) = Proc::spawn_logged(&["run", "-c", &f]);
         let url = tokio::task::block_in_place(|| p.line_after("listening l "));
         // Several connections: with a 30 s drain most would wait long for their turn.
         let mut held = Vec::new();
@@ -117,9 +117,20 @@ async fn a_second_signal_exits_at_once() {
             held.push(ws);
         }
         p.signal(libc::SIGTERM);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // Still draining after the first signal (30 s of drain for five connections): the
-        // second signal is what ends it, not the first.
+        // The first signal started the drain (it says so), and the drain is still running
+        // (30 s for five connections): the second signal is what ends it, not the first.
+        let draining = tokio::task::block_in_place(|| {
+            let limit = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = limit.saturating_duration_since(std::time::Instant::now());
+                match log.recv_timeout(left) {
+                    Ok(line) if line.contains("signal received: draining") => break true,
+                    Ok(_) => {}
+                    Err(_) => break false,
+                }
+            }
+        });
+        assert!(draining, "the first signal did not start a drain");
         assert!(p.0.try_wait().unwrap().is_none(), "exited on the first signal");
         let t0 = std::time::Instant::now();
         p.signal(libc::SIGTERM);

@@ -386,9 +386,11 @@ async fn a_one_gib_upload_streams_with_flat_memory() {
 async fn plain_requests_get_503_when_every_backend_is_full_and_when_the_process_cap_sheds() {
     bounded(async {
         let b = http_backend("b1").await;
+        let free = http_backend("free").await;
+        // `/free` goes to a pool with room: there, only the process cap can answer 503.
         let yaml = format!(
-            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n        max_connections: 1\nlimits:\n  max_connections: 2\n",
-            b.addr
+            "listeners:\n  - name: l\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /free }}\n        pool: q\n      - pool: p\npools:\n  p:\n    backends:\n      - address: \"{}\"\n        max_connections: 1\n  q:\n    backends:\n      - address: \"{}\"\nlimits:\n  max_connections: 2\n",
+            b.addr, free.addr
         );
         let p = Proxy::start(&yaml);
         // One request in flight fills the backend (`/slow` answers after 3 s).
@@ -400,9 +402,13 @@ async fn plain_requests_get_503_when_every_backend_is_full_and_when_the_process_
         assert_eq!(r.status, 503, "every backend full: {r:?}");
         let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
         assert!((1..=7).contains(&retry), "{retry}");
-        // Two connections are open (the process cap is 2): a third is shed by the cap.
+        // The pool with room serves this admitted connection...
+        let r = roundtrip(&mut s, &mut buf, &get("/free", "")).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "free"), "{r:?}");
+        // ...but two connections are open (the process cap is 2): a third is shed by the cap,
+        // whichever pool it asks for.
         let (mut third, mut tbuf) = conn(&p).await;
-        let r = roundtrip(&mut third, &mut tbuf, &get("/", "")).await.unwrap();
+        let r = roundtrip(&mut third, &mut tbuf, &get("/free", "")).await.unwrap();
         assert_eq!(r.status, 503, "over max_connections: {r:?}");
         assert!(r.header("retry-after").is_some(), "{r:?}");
         // The request in flight is served, and then the next one on its connection.

@@ -383,7 +383,14 @@ async fn past_the_hard_ceiling_connections_get_503_with_retry_after_before_any_w
         held.close(None).await.unwrap();
         let _ = expect_close(&mut held).await;
         drop(held);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every slot given back (the admitted one and the pending ones), then served again.
+        let a = p.server.shared.admission.clone();
+        assert!(
+            eventually(T, || a.active() == 0 && a.pending() == 0).await.is_some(),
+            "slots not given back: {} admitted, {} pending",
+            a.active(),
+            a.pending()
+        );
         still_serves(&p.url("/")).await;
     })
     .await

@@ -24,10 +24,16 @@ async fn one_connection_then_logs(access_log: bool) -> Vec<serde_json::Value> {
     ws.close(None).await.unwrap();
     let _ = expect_close(&mut ws).await;
     drop(ws);
-    // A reload after the connection ended: its `config reloaded` line proves the log was
-    // still being read past the point where an access line would be (so an access log turned
-    // off is not confused with a log nobody read).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A reload after the connection ended (its backend side closed: the relay is over and
+    // its access line, when on, written just before): the `config reloaded` line proves the
+    // log was still being read past the point where an access line would be (so an access
+    // log turned off is not confused with a log nobody read).
+    assert!(
+        eventually(Duration::from_secs(10), || b.live.load(std::sync::atomic::Ordering::SeqCst) == 0)
+            .await
+            .is_some(),
+        "the balancer closed the backend side"
+    );
     p.signal(libc::SIGHUP);
     let mut lines = Vec::new();
     let t0 = Instant::now();
