@@ -211,6 +211,18 @@ async fn a_record_added_reaches_traffic_within_refresh() {
             "DNS change -> first connection on the new backend: {took:?} ms (refresh {} ms, ±10 % jitter)",
             refresh.as_millis()
         );
+        // The refresh runs at its period, counted in rounds rather than by a wall-clock bound
+        // on one change: a round asks A and AAAA, so 3 s at 300 ms are about 20 queries (a
+        // loaded machine delays rounds a little, it does not halve them); a refresh of 1 s
+        // or more would ask 8 at most, a loop with no period hundreds.
+        let (q0, t0) = (dns.queries(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (asked, span) = (dns.queries() - q0, t0.elapsed());
+        let rounds_at_refresh = 2 * (span.as_millis() / refresh.as_millis()) as u32;
+        assert!(
+            (12..=rounds_at_refresh + 8).contains(&asked),
+            "{asked} queries in {span:?}: not one round of A and AAAA every {refresh:?}"
+        );
     })
     .await
 }
