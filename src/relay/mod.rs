@@ -324,8 +324,7 @@ impl Relay {
                     Some(t) if !self.closing => (t.client_allowance(), t.backend_allowance()),
                     Some(t) if t.throttled() => {
                         // Closing: nothing is held back any more.
-                        t.release_all(clock::now_ms());
-                        self.throttled_changed(false);
+                        self.unthrottle(clock::now_ms());
                         (None, None)
                     }
                     _ => (None, None),
@@ -550,11 +549,20 @@ impl Relay {
         }
     }
 
+    /// Nothing is held back any more (closing, ending, or no limit left): both directions
+    /// released, the admin API's count and the pool's throttled time brought up to date.
+    fn unthrottle(&mut self, now: u64) {
+        if let Some(t) = self.throttle.as_deref_mut().filter(|t| t.throttled()) {
+            t.release_all(now);
+            self.throttled_changed(false);
+        }
+        self.report_throttled(now);
+    }
+
     /// A reload's limits for this connection.
     fn apply_limits(&mut self) {
         let Some(limits) = self.conn.take_limits() else { return };
         let now = clock::now_ms();
-        let was = self.throttle.as_ref().is_some_and(|t| t.throttled());
         let keep = match self.throttle.as_deref_mut() {
             Some(t) => t.update(&limits, now),
             None => {
@@ -564,13 +572,7 @@ impl Relay {
         };
         if !keep {
             // No limit left: nothing is held back (the buckets stay, empty, for the totals).
-            self.report_throttled(now);
-            if let Some(t) = self.throttle.as_deref_mut() {
-                t.release_all(now);
-            }
-            if was {
-                self.throttled_changed(false);
-            }
+            self.unthrottle(now);
         }
         self.dirty = true;
         self.repump = true;
@@ -654,10 +656,7 @@ impl Relay {
     fn finish(&mut self) -> Outcome {
         let now = clock::now_ms();
         self.flush(now);
-        self.report_throttled(now);
-        if self.throttle.as_ref().is_some_and(|t| t.throttled()) {
-            self.throttled_changed(false);
-        }
+        self.unthrottle(now);
         let throttled_ms = self.throttle.as_ref().map_or(0, |t| t.total_ms);
         let (code, origin) = self.first_close.unwrap_or((1006, CloseOrigin::Proxy));
         Outcome {

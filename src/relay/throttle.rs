@@ -150,8 +150,6 @@ pub struct Throttle {
     backend_msgs: Option<Bucket>,
     /// The allowance shared by the client's connections.
     shared: Option<Arc<SharedBucket>>,
-    /// Any client limit on.
-    client_limited: bool,
     /// Its id among the connections sharing `shared`, and whether it waits for a turn
     /// there (with how many turns ahead of it).
     id: u64,
@@ -181,7 +179,6 @@ impl Throttle {
             client_msgs: Bucket::new(limits.client_messages_per_second, limits.client_message_burst, now_ms),
             client_bytes: Bucket::new(limits.client_bytes_per_second, limits.client_bytes_burst, now_ms),
             backend_msgs: Bucket::new(limits.backend_messages_per_second, 0, now_ms),
-            client_limited: false,
             id: NEXT_ID.fetch_add(1, Relaxed),
             queued: false,
             ahead: 0,
@@ -194,13 +191,25 @@ impl Throttle {
             counted_to_ms: 0,
             reported_ms: 0,
         };
-        let mut t = Box::new(t);
-        t.client_limited = t.client_msgs.is_some() || t.client_bytes.is_some() || t.shared.is_some();
-        t.active().then_some(t)
+        t.active().then(|| Box::new(t))
+    }
+
+    /// Any limit of the client's direction on.
+    fn client_limited(&self) -> bool {
+        self.client_msgs.is_some() || self.client_bytes.is_some() || self.shared.is_some()
     }
 
     fn active(&self) -> bool {
-        self.client_limited || self.backend_msgs.is_some()
+        self.client_limited() || self.backend_msgs.is_some()
+    }
+
+    /// Out of the queue for turns at the shared allowance (nothing more to send, no shared
+    /// allowance any more, or gone).
+    fn leave_turns(&mut self, now_ms: u64) {
+        if let (true, Some(s)) = (self.queued, &self.shared) {
+            s.turn(self.id, false, now_ms);
+        }
+        self.queued = false;
     }
 
     /// New limits (a reload): the buckets keep what they hold. False when none is left on.
@@ -214,10 +223,7 @@ impl Throttle {
         self.backend_msgs = keep(self.backend_msgs, limits.backend_messages_per_second, 0);
         match limits.max_messages_per_second_per_client {
             0 => {
-                if let (true, Some(s)) = (self.queued, &self.shared) {
-                    s.turn(self.id, false, now_ms);
-                }
-                self.queued = false;
+                self.leave_turns(now_ms);
                 self.shared = None;
             }
             rate => {
@@ -233,7 +239,6 @@ impl Throttle {
             self.c2b.since_ms = now_ms;
         }
         self.limits = *limits;
-        self.client_limited = self.client_msgs.is_some() || self.client_bytes.is_some() || self.shared.is_some();
         self.now_ms = now_ms;
         self.active()
     }
@@ -258,7 +263,7 @@ impl Throttle {
     /// What the client may send (`None`: no client limit), as of the last [`Throttle::tick`].
     #[inline]
     pub(super) fn client_allowance(&mut self) -> Option<Allowance> {
-        if !self.client_limited {
+        if !self.client_limited() {
             return None;
         }
         let mut a = Allowance::UNLIMITED;
@@ -285,8 +290,8 @@ impl Throttle {
 
     /// After a pump of the client's direction: takes what passed from `given`. When it
     /// stopped for its allowance, the buckets are refilled from a fresh clock (`now`): with
-    /// tokens back, `Some(true)` (pump again at once); else the direction waits for them.
-    /// Returns whether the throttled state changed (`Some(false)` / `None`: it did not).
+    /// tokens back, [`Step::Again`] (pump again at once); else the direction waits for them
+    /// ([`Step::Changed`] when it was not held back before, [`Step::Waits`] when it was).
     #[inline]
     pub(super) fn after_client(&mut self, given: Allowance, left: Allowance, throttled: bool, now: impl Fn() -> u64) -> Step {
         let msgs = given.messages.saturating_sub(left.messages);
@@ -300,16 +305,11 @@ impl Throttle {
             }
         }
         if let Some(b) = &mut self.client_bytes {
-            b.milli = b.milli.saturating_sub(bytes.saturating_mul(1000));
+            b.take(bytes);
         }
         if !throttled {
-            if self.queued {
-                // Nothing more to send: its turns go to the others.
-                if let Some(s) = &self.shared {
-                    s.turn(self.id, false, self.now_ms);
-                }
-                self.queued = false;
-            }
+            // Nothing more to send: its turns go to the others.
+            self.leave_turns(self.now_ms);
             return match self.c2b.since_ms {
                 0 => Step::Same,
                 _ => self.release(true, self.now_ms),
@@ -474,9 +474,7 @@ impl Throttle {
 
 impl Drop for Throttle {
     fn drop(&mut self) {
-        if let (true, Some(s)) = (self.queued, &self.shared) {
-            s.turn(self.id, false, self.now_ms);
-        }
+        self.leave_turns(self.now_ms);
     }
 }
 
